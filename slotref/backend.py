@@ -33,6 +33,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import autograd.numpy as anp
 import numpy as np
 from autograd.extend import VSpace, defvjp, primitive
 from autograd.numpy.numpy_boxes import ArrayBox
@@ -296,3 +297,10 @@ def _index_vjp(ans, x, idx):
 
 
 defvjp(index, _index_vjp)
+
+
+# autograd 1.9.1's VJPs of reshape and ravel pass ``order=None`` on, which
+# CuPy's reshape rejects (NumPy reads it as 'C'): the gradient of every
+# ``x.reshape(...)`` on a traced device array failed. Same VJPs, order spelled out.
+defvjp(anp.reshape, lambda ans, x, shape, order="C": lambda g: anp.reshape(g, anp.shape(x), order=order or "C"))
+defvjp(anp.ravel, lambda ans, x, order="C": lambda g: anp.reshape(g, anp.shape(x), order=order or "C"))

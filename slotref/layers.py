@@ -16,6 +16,7 @@ against finite differences and against a plainly traced version.
 
 from __future__ import annotations
 
+import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
 
@@ -175,7 +176,7 @@ def gru_cell(params: dict, x, h):
     z_h, r_h, n_h = (backend.index(gates_h, (Ellipsis, slice(i * d, (i + 1) * d))) for i in range(3))
     z = sigmoid(z_x + z_h)
     r = sigmoid(r_x + r_h)
-    n = xp_of(n_x).tanh(n_x + r * n_h)
+    n = anp.tanh(n_x + r * n_h)  # autograd.numpy: CuPy's own tanh cannot take a traced value
     return (1 - z) * n + z * h
 
 
@@ -183,10 +184,23 @@ def gru_cell(params: dict, x, h):
 # Convolutions: NHWC, SAME padding with TF semantics (output = ceil(in / s),
 # the odd pixel of padding at the bottom/right), kernels (kh, kw, in, out).
 #
-# Three kernels do all the work, each an im2col GEMM over batch chunks:
+# Three kernels do all the work:
 #   _conv_forward          y = conv(x, w)
 #   _conv_backward_input   dx = conv^T(dy, w)   (the adjoint; also conv_transpose2d)
-#   _conv_backward_weight  dw = sum over patches of x^T dy
+#   _conv_backward_weight  dw = sum over positions of x-patch^T dy
+#
+# All three are "shifted GEMMs" instead of im2col. Flatten the zero-padded
+# input to rows (B * Hp * Wp, C). Output pixel (y, x) sits in row y * Wp + x of
+# the same layout, and kernel tap (i, j) reads row (y + i) * Wp + (x + j), i.e.
+# the output row shifted by i * Wp + j. So
+#     out_rows[q] = sum over taps t of in_rows[q + offset_t] @ w_t,
+# one GEMM per tap over a contiguous slice: no patch matrix is ever built.
+# Rows that fall on padding columns compute garbage and are cropped away.
+# Stride 2 splits the padded input into its four (row, column) parity phases,
+# each a stride-1 problem on a grid of half the size. The adjoint (input
+# gradient) runs the same sums with negative offsets; the weight gradient
+# takes, per tap, in_rows[shifted]^T @ out_rows. ``tests/test_layers.py``
+# checks all three against loops over output positions and kernel taps.
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     """(output size, padding before, padding after) of TF's SAME padding."""
@@ -195,89 +209,125 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     return out, total // 2, total - total // 2
 
 
-# Bytes of im2col buffer per chunk: small on CPUs (cache), large on GPUs.
-CHUNK_BYTES = {"host": 32 << 20, "device": 1 << 30}
+# Rows per block of the shifted GEMMs: blocks that stay in cache on CPUs; one
+# block (the whole array, few large kernels) on GPUs.
+BLOCK_ROWS = 4096
 
 
-def _batch_chunks(xp, batch: int, bytes_per_example: int):
-    budget = CHUNK_BYTES["host" if xp is np else "device"]
-    step = max(1, budget // max(1, bytes_per_example))
-    for start in range(0, batch, step):
-        yield start, min(batch, start + step)
+class _Geometry:
+    """Padding and phase layout of one SAME convolution."""
+
+    def __init__(self, x_shape, kernel_shape, stride):
+        b, h, w, _ = x_shape
+        kh, kw = kernel_shape[:2]
+        self.batch, self.h, self.w, self.kh, self.kw, self.stride = b, h, w, kh, kw, stride
+        self.ho, self.pt, pb = same_padding(h, kh, stride)
+        self.wo, self.pl, pr = same_padding(w, kw, stride)
+        # Padded size rounded up to a multiple of the stride, so that every
+        # phase has the same (hq, wq) grid.
+        self.hq, self.wq = -(-(h + self.pt + pb) // stride), -(-(w + self.pl + pr) // stride)
+        self.hp, self.wp = self.hq * stride, self.wq * stride
+        self.rows = b * self.hq * self.wq
+
+    def taps(self):
+        """(i, j, phase index, row offset) of every kernel tap."""
+        s = self.stride
+        return [(i, j, (i % s) * s + (j % s), (i // s) * self.wq + (j // s))
+                for i in range(self.kh) for j in range(self.kw)]
+
+    def phases(self, x):
+        """The padded input split into stride^2 phases, each (rows, C), contiguous."""
+        xp = xp_of(x)
+        x_pad = xp.pad(x, ((0, 0), (self.pt, self.hp - self.h - self.pt), (self.pl, self.wp - self.w - self.pl), (0, 0)))
+        s, c = self.stride, x.shape[3]
+        if s == 1:
+            return [x_pad.reshape(self.rows, c)]
+        return [xp.ascontiguousarray(x_pad[:, py::s, px::s]).reshape(self.rows, c)
+                for py in range(s) for px in range(s)]
+
+    def to_rows(self, y):
+        """An output-shaped array (B, ho, wo, C) placed in the (rows, C) layout, zeros elsewhere."""
+        xp = xp_of(y)
+        full = xp.zeros((self.batch, self.hq, self.wq, y.shape[3]), dtype=y.dtype)
+        full[:, :self.ho, :self.wo] = y
+        return full.reshape(self.rows, y.shape[3])
+
+    def from_rows(self, rows):
+        """(rows, C) -> the valid outputs (B, ho, wo, C)."""
+        c = rows.shape[1]
+        return rows.reshape(self.batch, self.hq, self.wq, c)[:, :self.ho, :self.wo]
+
+    def unphase(self, phases, c):
+        """Inverse of ``phases``: (rows, C) per phase -> the unpadded input (B, H, W, C)."""
+        xp = xp_of(phases[0])
+        s = self.stride
+        if s == 1:
+            x_pad = phases[0].reshape(self.batch, self.hp, self.wp, c)
+        else:
+            x_pad = xp.empty((self.batch, self.hp, self.wp, c), dtype=phases[0].dtype)
+            for p, ph in enumerate(phases):
+                x_pad[:, p // s::s, p % s::s] = ph.reshape(self.batch, self.hq, self.wq, c)
+        return x_pad[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w]
 
 
-def _pad_same(x, kh, kw, stride, pads=None):
-    xp = xp_of(x)
-    _, h, w, _ = x.shape
-    ho, pt, pb = same_padding(h, kh, stride)
-    wo, pl, pr = same_padding(w, kw, stride)
-    if pads is not None:
-        pt, pb, pl, pr = pads
-    if pt or pb or pl or pr:
-        x = xp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    return x, ho, wo
+def _block_rows(xp, rows):
+    return BLOCK_ROWS if xp is np else rows
 
 
-def _patches(x_pad, kh, kw, stride, ho, wo):
-    """A strided view (B, ho, wo, kh, kw, C) of the padded input: no copy."""
-    xp = xp_of(x_pad)
-    b, _, _, c = x_pad.shape
-    sb, sh, sw, sc = x_pad.strides
-    return xp.lib.stride_tricks.as_strided(
-        x_pad, (b, ho, wo, kh, kw, c), (sb, stride * sh, stride * sw, sh, sw, sc))
+def _shifted_sum(sources, terms, rows, c_out, xp, dtype):
+    """out[q] = sum over (source, offset, weight) terms of sources[source][q + offset] @ weight.
 
-
-def _conv_forward(x, w, stride, pads=None):
-    xp = xp_of(x)
-    kh, kw, c_in, c_out = w.shape
-    x_pad, ho, wo = _pad_same(x, kh, kw, stride, pads)
-    if pads is not None:  # explicit padding: output size from the padded input
-        ho = (x_pad.shape[1] - kh) // stride + 1
-        wo = (x_pad.shape[2] - kw) // stride + 1
-    patches = _patches(x_pad, kh, kw, stride, ho, wo)
-    w_mat = w.reshape(kh * kw * c_in, c_out)
-    out = xp.empty((x.shape[0], ho, wo, c_out), dtype=x.dtype)
-    for b0, b1 in _batch_chunks(xp, x.shape[0], ho * wo * kh * kw * c_in * x.itemsize):
-        cols = patches[b0:b1].reshape(-1, kh * kw * c_in)  # im2col: the one copy
-        out[b0:b1] = (cols @ w_mat).reshape(b1 - b0, ho, wo, c_out)
+    Rows q + offset outside [0, rows) read zeros. Computed in row blocks.
+    """
+    out = xp.empty((rows, c_out), dtype=dtype)
+    block = _block_rows(xp, rows)
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        acc = out[r0:r1]
+        acc[...] = 0
+        for src, offset, weight in terms:
+            a0, a1 = max(0, r0 + offset), min(rows, r1 + offset)
+            if a0 < a1:
+                acc[a0 - r0 - offset:a1 - r0 - offset] += sources[src][a0:a1] @ weight
     return out
+
+
+def _conv_forward(x, w, stride):
+    xp = xp_of(x)
+    geo = _Geometry(x.shape, w.shape, stride)
+    terms = [(phase, offset, w[i, j]) for i, j, phase, offset in geo.taps()]
+    rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
+    return xp.ascontiguousarray(geo.from_rows(rows))
 
 
 def _conv_backward_input(g, w, stride, x_shape):
     """The adjoint of ``_conv_forward`` with respect to its input."""
     xp = xp_of(g)
-    kh, kw, c_in, c_out = w.shape
-    b, h, wd, _ = x_shape
-    ho, pt, pb = same_padding(h, kh, stride)
-    wo, pl, pr = same_padding(wd, kw, stride)
-    if stride == 1:
-        # Stride 1: the adjoint is a correlation of g with the flipped kernel,
-        # padded by (k - 1 - pad) on each side: a plain forward convolution.
-        w_flip = w[::-1, ::-1].transpose(0, 1, 3, 2)
-        return _conv_forward(g, xp.ascontiguousarray(w_flip), 1,
-                             pads=(kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr))
-    # Strided: col2im, scattering each kernel tap's contribution back.
-    w_mat_t = w.reshape(kh * kw * c_in, c_out).T
-    dx_pad = xp.zeros((b, h + pt + pb, wd + pl + pr, c_in), dtype=g.dtype)
-    for b0, b1 in _batch_chunks(xp, b, ho * wo * kh * kw * c_in * g.itemsize):
-        dcols = (g[b0:b1].reshape(-1, c_out) @ w_mat_t).reshape(b1 - b0, ho, wo, kh, kw, c_in)
-        for i in range(kh):
-            for j in range(kw):
-                dx_pad[b0:b1, i:i + stride * ho:stride, j:j + stride * wo:stride] += dcols[:, :, :, i, j]
-    return dx_pad[:, pt:pt + h, pl:pl + wd]
+    geo = _Geometry(x_shape, w.shape, stride)
+    g_rows = [geo.to_rows(g)]
+    n_phases = stride * stride
+    phases = []
+    for p in range(n_phases):
+        # Input row r of phase p received out row r - offset through tap t.
+        terms = [(0, -offset, w[i, j].T) for i, j, phase, offset in geo.taps() if phase == p]
+        phases.append(_shifted_sum(g_rows, terms, geo.rows, x_shape[3], xp, g.dtype))
+    return xp.ascontiguousarray(geo.unphase(phases, x_shape[3]))
 
 
 def _conv_backward_weight(x, g, stride, w_shape):
     """The gradient of ``_conv_forward`` with respect to its kernel."""
     xp = xp_of(x)
-    kh, kw, c_in, c_out = w_shape
-    x_pad, ho, wo = _pad_same(x, kh, kw, stride)
-    patches = _patches(x_pad, kh, kw, stride, ho, wo)
-    dw = xp.zeros((kh * kw * c_in, c_out), dtype=x.dtype)
-    for b0, b1 in _batch_chunks(xp, x.shape[0], ho * wo * kh * kw * c_in * x.itemsize):
-        cols = patches[b0:b1].reshape(-1, kh * kw * c_in)
-        dw += cols.T @ g[b0:b1].reshape(-1, c_out)
-    return dw.reshape(w_shape)
+    geo = _Geometry(x.shape, w_shape, stride)
+    phases, g_rows = geo.phases(x), geo.to_rows(g)
+    dw = xp.zeros(w_shape, dtype=x.dtype)
+    block = _block_rows(xp, geo.rows)
+    for r0 in range(0, geo.rows, block):
+        r1 = min(geo.rows, r0 + block)
+        for i, j, phase, offset in geo.taps():
+            a0, a1 = r0 + offset, min(geo.rows, r1 + offset)
+            if a0 < a1:
+                dw[i, j] += phases[phase][a0:a1].T @ g_rows[r0:r0 + (a1 - a0)]
+    return dw
 
 
 @primitive
@@ -341,11 +391,15 @@ def conv_transpose2d(params: dict, x, stride: int = 1):
 # --------------------------------------------------------------------------
 # Position embedding (appendix E.2) and the set <-> grid reshapes.
 
-def build_grid(height: int, width: int) -> np.ndarray:
-    """(H, W, 4) ramps [y, x, 1 - y, 1 - x], each linear in [0, 1] across the image."""
-    y, x = np.meshgrid(np.linspace(0.0, 1.0, height), np.linspace(0.0, 1.0, width), indexing="ij")
-    grid = np.stack([y, x], axis=-1)
-    return np.concatenate([grid, 1.0 - grid], axis=-1)
+def build_grid(height: int, width: int, xp=np, dtype=np.float64):
+    """(H, W, 4) ramps [y, x, 1 - y, 1 - x], each linear in [0, 1] across the image.
+
+    Made by the array module ``xp``, so the device path creates no host array.
+    """
+    y, x = xp.meshgrid(xp.linspace(0.0, 1.0, height, dtype=dtype),
+                       xp.linspace(0.0, 1.0, width, dtype=dtype), indexing="ij")
+    grid = xp.stack([y, x], axis=-1)
+    return xp.concatenate([grid, 1.0 - grid], axis=-1)
 
 
 def init_soft_position_embed(rng, channels: int) -> dict:
@@ -355,8 +409,7 @@ def init_soft_position_embed(rng, channels: int) -> dict:
 def soft_position_embed(params: dict, x):
     """Add a learned linear projection of the 4-ramp grid. x: (B, H, W, C)."""
     _check_image("soft_position_embed", x, params["w"].shape[1])
-    xp = xp_of(x)
-    grid = xp.asarray(build_grid(x.shape[1], x.shape[2]), dtype=x.dtype)  # (H, W, 4)
+    grid = build_grid(x.shape[1], x.shape[2], xp_of(x), x.dtype)  # (H, W, 4)
     return x + linear(params, grid)
 
 

@@ -1,19 +1,21 @@
 """The Slot Attention module: Algorithm 1 of Locatello et al. (2020).
 
     Algorithm 1  Slot Attention module.
-    Input: inputs in R^{N x D_inputs}, slots ~ N(mu, diag(sigma)) in R^{K x D_slots}
-    Layer params: k, q, v: linear projections for attention; GRU; MLP; LayerNorm(x3)
-     1: inputs = LayerNorm(inputs)
-     2: for t = 0 ... T
-     3:     slots_prev = slots
-     4:     slots = LayerNorm(slots)
-     5:     attn = Softmax(1/sqrt(D) k(inputs) . q(slots)^T, axis='slots')   # norm. over slots
-     6:     updates = WeightedMean(weights=attn + eps, values=v(inputs))      # aggregate
-     7:     slots = GRU(state=slots_prev, inputs=updates)                     # update
-     8:     slots += MLP(LayerNorm(slots))                                   # optional residual MLP
-     9: return slots
+     1: Input: inputs in R^{N x D_inputs}, slots ~ N(mu, diag(sigma)) in R^{K x D_slots}
+     2: Layer params: k, q, v: linear projections for attention; GRU; MLP; LayerNorm(x3)
+     3: inputs = LayerNorm(inputs)
+     4: for t = 0 ... T
+     5:     slots_prev = slots
+     6:     slots = LayerNorm(slots)
+     7:     attn = Softmax(1/sqrt(D) k(inputs) . q(slots)^T, axis='slots')   # norm. over slots
+     8:     updates = WeightedMean(weights=attn + eps, values=v(inputs))      # aggregate
+     9:     slots = GRU(state=slots_prev, inputs=updates)                     # update
+    10:     slots += MLP(LayerNorm(slots))                                   # optional residual MLP
+    11: return slots
 
-(The paper prints the loop as ``for t = 0 ... T`` and runs it T times; so do we.)
+Line numbers are the paper's (appendix B refers to "Line 8" for the
+aggregation). The paper prints the loop as ``for t = 0 ... T`` and runs it T
+times; so do we.
 
 Layout: inputs (B, N, D_inputs), slots (B, K, D), attention (B, N, K) with
 inputs on axis 1 and slots on axis 2, as the official code.
@@ -56,14 +58,14 @@ class SlotAttentionConfig:
     input_size: int = 64          # D_inputs
     slot_size: int = 64           # D_slots = D (the attention dimension)
     mlp_hidden_size: int = 128    # residual MLP hidden width
-    epsilon: float = 1e-8         # the offset of Algorithm 1, line 6
+    epsilon: float = 1e-8         # the offset of Algorithm 1, line 8
     aggregation: str = "mean"     # Figure 7: weighted "mean" | "sum" | "sum_layernorm"
     softmax_axis: str = "slots"   # Figure 10: normalise over "slots" | "inputs"
     slot_init: str = "shared"     # Figure 9: "shared" mu/sigma | "per_slot" mu/sigma
     num_train_slots: int = 7      # only for slot_init="per_slot": how many (mu, sigma) pairs
     update: str = "gru"           # Figure 11: "gru" | "none" (take the updates as the new slots)
     layer_norms: bool = True      # Figure 13: the three LayerNorms
-    residual_mlp: bool = True     # Figure 14: line 8
+    residual_mlp: bool = True     # Figure 14: line 10
     temperature: str = "sqrt_d"   # Figure 15: logits / sqrt(D) | / 1
     epsilon_placement: str = "attention"  # Figure 16: "attention" + eps | mean's "denominator" + eps
     projections: str = "linear"   # soft k-means: "identity" k, q, v
@@ -82,7 +84,7 @@ class SlotAttentionConfig:
     @staticmethod
     def soft_kmeans(**overrides) -> "SlotAttentionConfig":
         """Appendix B's reduction to soft k-means with a dot-product score: identity
-        k/q/v projections, no GRU (take line 6's output), no LayerNorm."""
+        k/q/v projections, no GRU (take line 8's output), no LayerNorm."""
         return replace(SlotAttentionConfig(projections="identity", update="none", layer_norms=False), **overrides)
 
 
@@ -116,11 +118,11 @@ def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = 
 def sample_initial_slots(params: dict, noise):
     """slots = mu + exp(log_sigma) * noise; noise (B, K, D) ~ N(0, 1) from the caller's generator."""
     mu, log_sigma = params["slots_mu"], params["slots_log_sigma"]
+    if noise.ndim != 3 or noise.shape[-1] != mu.shape[-1]:
+        raise ValueError(f"slot noise must be (B, K, {mu.shape[-1]}), got shape {tuple(noise.shape)}")
     if mu.ndim == 2 and noise.shape[1] != mu.shape[0]:
         raise ValueError(f"per-slot initialisation was trained with K = {mu.shape[0]} slots and "
                          f"cannot run with K = {noise.shape[1]}")
-    if noise.ndim != 3 or noise.shape[-1] != mu.shape[-1]:
-        raise ValueError(f"slot noise must be (B, K, {mu.shape[-1]}), got shape {tuple(noise.shape)}")
     return mu + anp.exp(log_sigma) * noise                            # (B, K, D)
 
 
@@ -152,46 +154,47 @@ def slot_attention(params: dict, inputs, slots, num_iterations: int = 3,
     scale = d ** -0.5 if config.temperature == "sqrt_d" else 1.0
     attention_maps = []
 
-    inputs = _norm(params, "norm_inputs", inputs, config)              # line 1. (B, N, D_in)
+    inputs = _norm(params, "norm_inputs", inputs, config)              # line 3. (B, N, D_in)
     k = _project(params, "project_k", inputs, config)                  # (B, N, D)
     v = _project(params, "project_v", inputs, config)                  # (B, N, D)
 
-    for _ in range(num_iterations):                                    # line 2
-        slots_prev = slots                                             # line 3. (B, K, D)
-        slots = _norm(params, "norm_slots", slots, config)             # line 4. (B, K, D)
+    for _ in range(num_iterations):                                    # line 4
+        slots_prev = slots                                             # line 5. (B, K, D)
+        slots = _norm(params, "norm_slots", slots, config)             # line 6. (B, K, D)
         q = _project(params, "project_q", slots, config)               # (B, K, D)
         logits = scale * (k @ anp.swapaxes(q, 1, 2))                   # (B, N, K)
-        attn = softmax(logits, axis=2 if config.softmax_axis == "slots" else 1)  # line 5. (B, N, K)
+        attn = softmax(logits, axis=2 if config.softmax_axis == "slots" else 1)  # line 7. (B, N, K)
         attention_maps.append(attn)
 
-        # Line 6: updates = WeightedMean(weights=attn + eps, values=v).
+        # Line 8: updates = WeightedMean(weights=attn + eps, values=v).
         if config.aggregation == "mean" and config.epsilon_placement == "attention":
             attn = attn + config.epsilon                               # (B, N, K)
             attn = attn / backend.sum(attn, axis=1, keepdims=True)     # (B, N, K) normalised over inputs
         elif config.aggregation == "mean":
-            attn = attn / (backend.sum(attn, axis=1, keepdims=True) + config.epsilon)
+            attn = attn / (backend.sum(attn, axis=1, keepdims=True) + config.epsilon)  # (B, N, K)
         updates = anp.swapaxes(attn, 1, 2) @ v                                    # (B, K, D)
         if config.aggregation == "sum_layernorm":
             updates = layer_norm(params["norm_updates"], updates)     # (B, K, D)
 
-        if config.update == "gru":                                     # line 7. (B, K, D)
+        if config.update == "gru":                                     # line 9. (B, K, D)
             b, n_slots = updates.shape[0], updates.shape[1]
             slots = gru_cell(params["gru"], updates.reshape(b * n_slots, d),
                              slots_prev.reshape(b * n_slots, d)).reshape(b, n_slots, d)
         else:
-            slots = updates
-        if config.residual_mlp:                                        # line 8. (B, K, D)
-            slots = slots + mlp(params["mlp"], _norm(params, "norm_mlp", slots, config))
+            slots = updates                                            # (B, K, D)
+        if config.residual_mlp:                                        # line 10. (B, K, D)
+            slots = slots + mlp(params["mlp"], _norm(params, "norm_mlp", slots, config))  # (B, K, D)
 
     if not return_attention:
-        return slots
-    return slots, _stack(attention_maps, xp)                           # (B, T, N, K)
+        return slots                                                   # line 11. (B, K, D)
+    empty = (inputs.shape[0], 0, inputs.shape[1], slots.shape[1])   # T = 0: (B, 0, N, K)
+    return slots, _stack(attention_maps, xp, empty, getval(inputs).dtype)  # (B, T, N, K)
 
 
-def _stack(maps, xp):
+def _stack(maps, xp, empty_shape, dtype):
     """Per-iteration attention (B, N, K) stacked to (B, T, N, K); for reading (no gradient)."""
     if not maps:
-        return None
+        return xp.zeros(empty_shape, dtype=dtype)
     return xp.stack([getval(m) for m in maps], axis=1)
 
 

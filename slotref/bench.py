@@ -1,0 +1,244 @@
+"""Benchmarks behind ``python cli.py bench`` (speed is measured here, never in tests).
+
+- ``layers``: forward and backward of the convolutions at the paper's shapes,
+  in GFLOP/s next to this machine's float32 matrix-multiply throughput;
+- ``module``: the Slot Attention module alone (``slotref.bench_module``);
+- ``step``: images/s of a full training step (forward, loss, backward, Adam)
+  of each task configuration, beside PyTorch eager CPU on the same
+  architecture (shared/MEASUREMENTS.md), with peak memory; ``--profile``
+  breaks the step down by function;
+- ``data``: images/s of the built-in generators.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import resource
+import time
+from dataclasses import replace
+
+import autograd
+import numpy as np
+
+from slotref import layers
+from slotref.backend import get_backend, host_rng, to_float, to_host
+
+# PyTorch 2.13 eager CPU on the 2-core development machine (shared/MEASUREMENTS.md).
+PYTORCH_CPU_IMAGES_PER_S = {
+    "setpred-64": 78.0, "setpred-128": 19.4, "tetrominoes": 31.8, "multi-dsprites": 6.9, "clevr6-shapes": 1.1,
+}
+# (name, task, dataset/resolution, batch size), as MEASUREMENTS.md measured PyTorch.
+STEP_CONFIGS = [
+    ("setpred-64", "setpred", 64, 32),
+    ("setpred-128", "setpred", 128, 8),
+    ("tetrominoes", "discovery", "tetrominoes", 32),
+    ("multi-dsprites", "discovery", "multi-dsprites", 16),
+    ("clevr6-shapes", "discovery", "clevr6-shapes", 2),
+]
+
+
+def _sync(xp):
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def _time(fn, xp, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call."""
+    fn()
+    _sync(xp)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(xp)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak(be, n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matrix-multiply throughput in GFLOP/s."""
+    xp = be.xp
+    a = be.asarray(host_rng(0).standard_normal((n, n)), dtype=np.float32)
+    b = be.asarray(host_rng(1).standard_normal((n, n)), dtype=np.float32)
+    return 2 * n ** 3 / _time(lambda: a @ b, xp, repeats) / 1e9
+
+
+def peak_memory_gb(be) -> float:
+    """Peak resident memory of this process (CPU) or of CuPy's pool (GPU), in GB."""
+    if be.xp is np:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    return be.xp.get_default_memory_pool().total_bytes() / 1e9
+
+
+# --------------------------------------------------------------------------
+
+def conv_flops(batch, h_out, w_out, kernel, c_in, c_out) -> float:
+    return 2.0 * batch * h_out * w_out * kernel * kernel * c_in * c_out
+
+
+def bench_layers(be, repeats=3, echo=print):
+    xp = be.xp
+    peak = matmul_peak(be)
+    echo(f"float32 matmul peak (2048^3): {peak:.1f} GFLOP/s on {be.device}")
+    echo(f"{'layer':<44}{'pass':<10}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}")
+    rng = host_rng(0)
+    shapes = [("conv 5x5 64->64, 64x64, batch 8, s1", 8, 64, 5, 64, 64, 1, "conv"),
+              ("conv 5x5 64->64, 128x128, batch 8, s1", 8, 128, 5, 64, 64, 1, "conv"),
+              ("conv 5x5 64->64, 128x128, batch 8, s2", 8, 128, 5, 64, 64, 2, "conv"),
+              ("conv 5x5 3->64, 128x128, batch 8, s1", 8, 128, 5, 3, 64, 1, "conv"),
+              ("deconv 5x5 64->64, 64->128, batch 8, s2", 8, 64, 5, 64, 64, 2, "deconv"),
+              ("deconv 5x5 32->32, 35x35, batch 128, s1", 128, 35, 5, 32, 32, 1, "deconv")]
+    rows = []
+    for name, b, res, k, c_in, c_out, s, kind in shapes:
+        x = be.asarray(rng.standard_normal((b, res, res, c_in)))
+        if kind == "conv":
+            w = be.asarray(rng.standard_normal((k, k, c_in, c_out)) * 0.05)
+            y = layers.conv2d_same(x, w, s)
+            g = xp.ones_like(y)
+            flops = conv_flops(b, y.shape[1], y.shape[2], k, c_in, c_out)
+            passes = [("forward", lambda: layers.conv2d_same(x, w, s)),
+                      ("grad x", lambda: layers._conv_backward_input(g, w, s, x.shape)),
+                      ("grad w", lambda: layers._conv_backward_weight(x, g, s, w.shape))]
+        else:
+            w = be.asarray(rng.standard_normal((k, k, c_out, c_in)) * 0.05)
+            y = layers.conv_transpose2d_same(x, w, s)
+            g = xp.ones_like(y)
+            flops = conv_flops(b, res, res, k, c_in, c_out)
+            passes = [("forward", lambda: layers.conv_transpose2d_same(x, w, s)),
+                      ("grad x", lambda: layers._conv_forward(g, w, s)),
+                      ("grad w", lambda: layers._conv_backward_weight(g, x, s, w.shape))]
+        for pass_name, fn in passes:
+            t = _time(fn, xp, repeats)
+            gflops = flops / t / 1e9
+            rows.append({"layer": name, "pass": pass_name, "ms": 1e3 * t, "gflops": gflops, "peak": peak})
+            echo(f"{name:<44}{pass_name:<10}{1e3 * t:>9.1f}{gflops:>10.1f}{100 * gflops / peak:>7.0f}%")
+    return rows
+
+
+# --------------------------------------------------------------------------
+
+def step_setup(be, task: str, dataset, batch_size: int, seed: int = 0):
+    """(loss_and_grad closure, params, adam, state, config) for one synthetic batch."""
+    from slotref.losses import hungarian_huber_loss, mse
+    from slotref.models import autoencoder, discovery_config, init_model, set_prediction, setpred_config
+    from slotref.optim import Adam
+
+    if task == "setpred":
+        config = setpred_config(int(dataset))
+    else:
+        config = discovery_config(dataset)
+    rng = host_rng(seed)
+    params = be.tree_asarray(init_model(rng, config))
+    h, w = config.resolution
+    images = be.asarray(rng.uniform(-1, 1, (batch_size, h, w, 3)))
+    noise = be.asarray(rng.standard_normal((batch_size, config.num_slots, config.slot_attention.slot_size)))
+    if task == "setpred":
+        targets = np.zeros((batch_size, 10, 19))
+        targets[:, :5] = rng.uniform(0, 1, (batch_size, 5, 19))
+        targets[:, :5, -1] = 1
+        targets = be.asarray(targets)
+
+        def loss_fn(p):
+            return hungarian_huber_loss(set_prediction(p, images, noise, config), targets)
+    else:
+        def loss_fn(p):
+            return mse(autoencoder(p, images, noise, config)["recon_combined"], images)
+    adam = Adam()
+    return autograd.value_and_grad(loss_fn), params, adam, adam.init(params), config
+
+
+def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, repeats=3, profile=False, echo=print):
+    configs = STEP_CONFIGS
+    if task == "setpred":
+        configs = [c for c in configs if c[1] == "setpred"]
+        if resolution:
+            configs = [(f"setpred-{resolution}", "setpred", resolution, batch_size or 8)]
+    elif task == "discovery":
+        configs = [c for c in configs if c[1] == "discovery" and (dataset is None or c[2] == dataset)]
+    if batch_size:
+        configs = [(n, t, d, batch_size) for n, t, d, _ in configs]
+    echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}{'PyTorch CPU':>13}{'ratio':>7}"
+         f"{'peak GB':>9}")
+    rows = []
+    for name, t, d, b in configs:
+        value_and_grad, params, adam, state, config = step_setup(be, t, d, b)
+
+        def step():
+            loss, grads = value_and_grad(params)
+            adam.update(params, grads, state, 1e-6)
+            return loss
+
+        seconds = _time(step, be.xp, repeats)
+        ips = b / seconds
+        torch = PYTORCH_CPU_IMAGES_PER_S.get(name)
+        ratio = f"{ips / torch:.2f}" if torch and be.device == "cpu" else "-"
+        rows.append({"config": name, "batch": b, "seconds": seconds, "images_per_s": ips,
+                     "peak_gb": peak_memory_gb(be)})
+        echo(f"{name:<16}{b:>6}{seconds:>9.3f}{ips:>10.1f}{torch or float('nan'):>13.1f}{ratio:>7}"
+             f"{peak_memory_gb(be):>9.2f}")
+        if profile:
+            profile_step(step, echo)
+    return rows
+
+
+# Functions whose time the profile reports, grouped by what they are.
+PROFILE_GROUPS = {
+    "conv forward": ("_conv_forward",),
+    "conv grad input": ("_conv_backward_input",),
+    "conv grad weight": ("_conv_backward_weight",),
+    "Hungarian matching (host)": ("linear_sum_assignment",),
+    "LayerNorm": ("normalize", "_normalize_vjp"),
+    "softmax": ("softmax",),
+    "Adam": ("update",),
+}
+
+
+def profile_step(step, echo=print):
+    """cProfile one step; print each group's share of the step and autograd's own bookkeeping."""
+    profiler = cProfile.Profile()
+    t0 = time.perf_counter()
+    profiler.enable()
+    step()
+    profiler.disable()
+    total = time.perf_counter() - t0
+    stats = pstats.Stats(profiler).stats
+    shares = {}
+    for group, names in PROFILE_GROUPS.items():
+        shares[group] = sum(v[3] for (f, _, fn), v in stats.items() if fn in names)
+    autograd_own = sum(v[2] for (f, _, fn), v in stats.items() if "autograd" in f)
+    echo(f"  profile of one step ({total:.3f} s, under cProfile):")
+    for group, seconds in shares.items():
+        echo(f"    {group:<28}{seconds:>8.3f} s {100 * seconds / total:>5.1f}%")
+    echo(f"    {'autograd bookkeeping (own)':<28}{autograd_own:>8.3f} s {100 * autograd_own / total:>5.1f}%")
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:8]
+    echo("    top functions by own time: " + ", ".join(f"{fn} {v[2]:.3f}s" for (_, _, fn), v in top))
+
+
+# --------------------------------------------------------------------------
+
+def bench_data(echo=print):
+    from slotref.data import generators
+
+    for name, res in (("clevr-shapes", 64), ("clevr-shapes", 128), ("tetrominoes", None),
+                      ("multi-dsprites", None)):
+        n = 512
+        generators.render(name, 0, 0, 64, resolution=res)
+        t0 = time.perf_counter()
+        generators.render(name, 0, 64, n, resolution=res)
+        dt = time.perf_counter() - t0
+        echo(f"{name:<16} {res or 'default':>7}  {n / dt:>8.0f} images/s")
+
+
+def run(what="step", task=None, dataset=None, device=None, batch_size=None, resolution=None, repeats=3,
+        profile=False, echo=print):
+    be = get_backend(device, "float32")
+    if what in ("layers", "all"):
+        bench_layers(be, repeats, echo)
+    if what in ("module", "all"):
+        from slotref.bench_module import bench_module, format_bench_module
+        echo(format_bench_module(bench_module(repeats=repeats)))
+    if what in ("step", "all"):
+        bench_step(be, task, dataset, batch_size, resolution, repeats, profile, echo)
+    if what in ("data", "all"):
+        bench_data(echo)

@@ -1,0 +1,236 @@
+"""Device self-check: every layer's gradient and its agreement with NumPy.
+
+``run_selfcheck("gpu")`` (wired to ``python cli.py selfcheck --device gpu``)
+runs, on the chosen device, for every layer and for the Slot Attention module:
+
+1. ``grad-fd``: the float64 gradient of a scalar loss against central finite
+   differences, one random direction per parameter/input array, evaluated on
+   the device and compared on the host;
+2. ``numpy float64``: forward output and every gradient against the NumPy
+   run on the same inputs (relative error < 1e-9);
+3. ``numpy float32``: the same in float32; the error is reported, and fails
+   only above 1e-3 (float32 GEMMs on a GPU sum in another order than BLAS).
+
+Relative errors are ``max |a - b| / max |b|`` per array, the worst array
+reported. On the CPU the NumPy comparisons are trivially exact; the finite
+difference checks are not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable
+
+import numpy as np
+from autograd import value_and_grad
+
+from slotref import backend, layers
+from slotref import slot_attention as sa
+from slotref.backend import Backend, get_backend, to_float, to_host, tree_leaves, tree_map
+
+FD_STEP = 1e-5
+FD_TOLERANCE = 1e-5
+FLOAT64_TOLERANCE = 1e-9
+FLOAT32_TOLERANCE = 1e-3
+
+
+@dataclasses.dataclass
+class Case:
+    """``fn(params, *inputs) -> array``; params and inputs are host float64 trees."""
+
+    name: str
+    fn: Callable
+    params: Any
+    inputs: tuple
+
+
+def _conv_case(rng, kernel, stride, shape, c_out):
+    b, h, w, c_in = shape
+    return Case(f"conv2d k{kernel} s{stride} {h}x{w}", lambda p, x: layers.conv2d(p, x, stride),
+                layers.init_conv2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),))
+
+
+def _conv_t_case(rng, kernel, stride, shape, c_out):
+    b, h, w, c_in = shape
+    return Case(f"conv_transpose2d k{kernel} s{stride} {h}x{w}", lambda p, x: layers.conv_transpose2d(p, x, stride),
+                layers.init_conv_transpose2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),))
+
+
+def _randomize(rng, tree):
+    """Non-trivial values for zero/one-initialised leaves (biases, LayerNorm scale/offset)."""
+    return tree_map(lambda a: a + 0.3 * rng.standard_normal(np.shape(a)), tree)
+
+
+def layer_cases(seed: int = 0) -> list[Case]:
+    """Small instances of every layer and of the Slot Attention module."""
+    rng = np.random.default_rng(seed)
+    normal = rng.standard_normal
+    config = sa.SlotAttentionConfig(input_size=6, slot_size=5, mlp_hidden_size=8)
+
+    def slot_attention(p, inputs, noise):
+        slots = sa.sample_initial_slots(p, noise)
+        return sa.slot_attention(p, inputs, slots, num_iterations=2, config=config)
+
+    cases = [
+        Case("linear", layers.linear, layers.init_linear(rng, 5, 4), (normal((2, 3, 5)),)),
+        Case("mlp", layers.mlp, layers.init_mlp(rng, [5, 7, 3]), (normal((2, 3, 5)),)),
+        Case("relu", lambda p, x: backend.relu(x), {}, (normal((3, 4)),)),
+        Case("sigmoid", lambda p, x: backend.sigmoid(x), {}, (normal((3, 4)),)),
+        Case("layer_norm", layers.layer_norm, layers.init_layer_norm(6), (normal((2, 3, 6)),)),
+        Case("softmax axis=1", lambda p, x: layers.softmax(x, axis=1), {}, (normal((2, 4, 3)),)),
+        Case("huber", lambda p, x: layers.huber(x), {}, (2.0 * normal((3, 5)),)),
+        Case("gru_cell", layers.gru_cell, layers.init_gru(rng, 5, 4), (normal((3, 5)), normal((3, 4)))),
+        _conv_case(rng, 3, 1, (2, 5, 6, 3), 4),
+        _conv_case(rng, 5, 2, (1, 7, 8, 2), 3),
+        _conv_case(rng, 1, 2, (1, 4, 5, 2), 2),
+        _conv_t_case(rng, 5, 2, (1, 3, 4, 3), 2),
+        _conv_t_case(rng, 3, 1, (2, 4, 5, 2), 3),
+        Case("soft_position_embed", layers.soft_position_embed, layers.init_soft_position_embed(rng, 3),
+             (normal((2, 5, 4, 3)),)),
+        Case("spatial_broadcast+flatten",
+             lambda p, slots: layers.spatial_flatten(layers.spatial_broadcast(slots, (3, 4))), {},
+             (normal((2, 3, 5)),)),
+        Case("slot_attention", slot_attention, sa.init_slot_attention(rng, config),
+             (normal((2, 7, 6)), normal((2, 3, 5)))),
+    ]
+    for case in cases:
+        case.params = _randomize(rng, case.params)
+    return cases
+
+
+# --------------------------------------------------------------------------
+# Device-agnostic pieces.
+
+def _as_backend(device) -> Backend:
+    return device if isinstance(device, Backend) else get_backend(device)
+
+
+def _rel_err(a, b) -> float:
+    a = np.asarray(to_host(a), dtype=np.float64)
+    b = np.asarray(to_host(b), dtype=np.float64)
+    scale = max(float(np.max(np.abs(b), initial=0.0)), 1e-30)
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
+def _projection(case: Case, seed: int) -> np.ndarray:
+    """A fixed random cotangent, so the scalar loss weighs every output entry differently."""
+    out = case.fn(case.params, *case.inputs)
+    return np.random.default_rng(seed).standard_normal(np.shape(out))
+
+
+def _loss(case: Case, r):
+    def loss(wrt):
+        params, inputs = wrt
+        return backend.sum(case.fn(params, *inputs) * r)
+    return loss
+
+
+def _on(b: Backend, case: Case, r: np.ndarray):
+    """(loss function, (params, inputs)) on backend ``b``."""
+    wrt = (b.tree_asarray(case.params), [b.asarray(x) for x in case.inputs])
+    return _loss(case, b.asarray(r)), wrt
+
+
+def _label(path: str) -> str:
+    """'0/gru/w_input' -> 'gru/w_input', '1/0' -> 'input 0' (paths in the (params, inputs) pair)."""
+    head, _, rest = path.partition("/")
+    return f"input {rest}" if head == "1" else rest
+
+
+def _with_leaf(tree, index: int, new):
+    counter = itertools.count()
+    return tree_map(lambda leaf: new if next(counter) == index else leaf, tree)
+
+
+def finite_difference_check(b: Backend, case: Case, r: np.ndarray, seed: int = 1) -> tuple[float, str]:
+    """Worst relative error of <grad, v> against the central difference along v, per leaf.
+
+    Everything is evaluated on ``b``'s device; only scalars come to the host.
+    """
+    loss, wrt = _on(b, case, r)
+    value, grads = value_and_grad(loss)(wrt)
+    # Errors are relative to the larger derivative, but at least to a floor set
+    # by the loss: a gradient that is exactly zero (e.g. Slot Attention's slot
+    # LayerNorm offset, which softmax over slots cancels) meets rounding noise.
+    floor = 1e-4 * (1.0 + abs(to_float(value)))
+    rng = np.random.default_rng(seed)
+    worst, worst_path = 0.0, ""
+    grad_leaves = tree_leaves(grads)
+    for index, (path, leaf) in enumerate(tree_leaves(wrt)):
+        v = rng.standard_normal(leaf.shape)
+        v_dev = b.asarray(v)
+        plus = to_float(loss(_with_leaf(wrt, index, leaf + FD_STEP * v_dev)))
+        minus = to_float(loss(_with_leaf(wrt, index, leaf - FD_STEP * v_dev)))
+        numeric = (plus - minus) / (2 * FD_STEP)
+        analytic = float(np.vdot(to_host(grad_leaves[index][1]), v))
+        err = abs(numeric - analytic) / max(abs(numeric), abs(analytic), floor)
+        if err >= worst:
+            worst, worst_path = err, _label(path)
+    return worst, worst_path
+
+
+def compare_with_numpy(b: Backend, case: Case, r: np.ndarray) -> tuple[float, str, list[str]]:
+    """Worst relative error of forward output and gradients on ``b`` against NumPy.
+
+    Also returns problems that are not numbers: gradients that came back as
+    host arrays on a device, or in the wrong dtype.
+    """
+    host = Backend("cpu", np, b.dtype)
+    results = []
+    for bk in (host, b):
+        loss, wrt = _on(bk, case, r)
+        params, inputs = wrt
+        out = case.fn(params, *inputs)
+        _, grads = value_and_grad(loss)(wrt)
+        results.append((out, grads))
+    (out_h, grads_h), (out_d, grads_d) = results
+    problems = []
+    worst, worst_path = _rel_err(out_d, out_h), "output"
+    for (path, g_d), (_, g_h) in zip(tree_leaves(grads_d), tree_leaves(grads_h)):
+        if b.xp is not np and backend.is_host_array(g_d):
+            problems.append(f"gradient {_label(path)} is a host array")
+        if g_d.dtype != b.dtype:
+            problems.append(f"gradient {_label(path)} has dtype {g_d.dtype}")
+        err = _rel_err(g_d, g_h)
+        if err >= worst:
+            worst, worst_path = err, f"d/d {_label(path)}"
+    if out_d.dtype != b.dtype:
+        problems.append(f"output has dtype {out_d.dtype}")
+    return worst, worst_path, problems
+
+
+# --------------------------------------------------------------------------
+
+def run_selfcheck(device: str | Backend = "cpu", out: Callable[[str], Any] = print,
+                  cases: list[Case] | None = None) -> bool:
+    """Run the checks on ``device`` ('cpu', 'gpu' or a ``Backend``); True if all pass."""
+    b = _as_backend(device)
+    b64 = dataclasses.replace(b, dtype=np.dtype(np.float64))
+    b32 = dataclasses.replace(b, dtype=np.dtype(np.float32))
+    cases = layer_cases() if cases is None else cases
+    out(f"selfcheck on device {b.device!r} ({getattr(b.xp, '__name__', b.xp)}), {len(cases)} layers")
+    all_pass = True
+
+    def report(ok: bool, name: str, check: str, text: str):
+        nonlocal all_pass
+        all_pass &= ok
+        out(f"{'PASS' if ok else 'FAIL'}  {name:<34} {check:<15} {text}")
+
+    for i, case in enumerate(cases):
+        r = _projection(case, seed=100 + i)
+        try:
+            err, path = finite_difference_check(b64, case, r)
+            report(err < FD_TOLERANCE, case.name, "grad-fd", f"rel err {err:.1e} (worst: {path})")
+        except Exception as exc:  # a crash is a failed check, not an aborted self-check
+            report(False, case.name, "grad-fd", f"{type(exc).__name__}: {exc}")
+        for bk, tolerance in ((b64, FLOAT64_TOLERANCE), (b32, FLOAT32_TOLERANCE)):
+            check = f"numpy {bk.dtype}"
+            try:
+                err, path, problems = compare_with_numpy(bk, case, r)
+                text = f"rel err {err:.1e} (worst: {path})" + "".join(f"; {p}" for p in problems)
+                report(err < tolerance and not problems, case.name, check, text)
+            except Exception as exc:
+                report(False, case.name, check, f"{type(exc).__name__}: {exc}")
+    out(f"selfcheck {'PASSED' if all_pass else 'FAILED'}")
+    return all_pass

@@ -1,0 +1,118 @@
+"""Pictures: the paper's Figure 3 (discovery) and Table 2 / Figure 4 style (set prediction)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLORS = ["gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan"]
+MATERIALS = ["rubber", "metal"]
+SHAPES = ["cube", "sphere", "cylinder"]
+SIZES = ["small", "large"]
+# Distinct colours for slot masks.
+SLOT_PALETTE = np.array(plt.get_cmap("tab20").colors)
+
+
+def describe_object(row: np.ndarray) -> str:
+    """A 19-number prediction or target as text: 'large red metal cube (x, y, z)'."""
+    xyz = row[:3] * 6 - 3
+    size, material = SIZES[int(np.argmax(row[3:5]))], MATERIALS[int(np.argmax(row[5:7]))]
+    shape, color = SHAPES[int(np.argmax(row[7:10]))], COLORS[int(np.argmax(row[10:18]))]
+    return f"{size} {color} {material} {shape} ({xyz[0]:.2f}, {xyz[1]:.2f}, {xyz[2]:.2f})"
+
+
+def _image(ax, img, title=None):
+    ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _attention_image(attn_slot: np.ndarray, feature_hw: tuple[int, int]) -> np.ndarray:
+    return attn_slot.reshape(feature_hw)
+
+
+def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_iterations=None) -> None:
+    """Write a PNG for the first images of ``split``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if config.task == "discovery":
+        _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations)
+    else:
+        _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations)
+
+
+def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations):
+    out = task.outputs(be, params, split, num_slots, num_iterations)
+    masks, recon = out["masks"], out["recon_combined"]                # (N, K, H, W), (N, H, W, 3)
+    attn = out["attention"]                                           # (N, T, N_in, K)
+    n, k = masks.shape[:2]
+    t = attn.shape[1] if attn is not None else 0
+    feature_hw = config.model.feature_resolution()
+    # Per-slot reconstructions x alpha need the per-slot RGB: recompute from the model outputs.
+    from slotref.backend import to_host
+    from slotref.models import autoencoder
+    from slotref.train import eval_noise, preprocess
+    images = preprocess(be, split.images)
+    o = autoencoder(params, images, eval_noise(be, config, n, k, 0), config.model, num_iterations)
+    recons = to_host(o["recons"])                                     # (N, K, H, W, 3)
+    cols = 3 + k + t
+    fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.4 * n), squeeze=False)
+    for i in range(n):
+        _image(axes[i, 0], split.images[i] / 255.0, "image" if i == 0 else None)
+        _image(axes[i, 1], (recon[i] + 1) / 2, "recon." if i == 0 else None)
+        winner = np.argmax(masks[i], axis=0)
+        _image(axes[i, 2], SLOT_PALETTE[winner % len(SLOT_PALETTE)], "mask" if i == 0 else None)
+        for j in range(k):
+            slot_img = (recons[i, j] + 1) / 2 * masks[i, j][..., None] + (1 - masks[i, j][..., None])
+            _image(axes[i, 3 + j], slot_img, f"slot {j + 1}" if i == 0 else None)
+        for it in range(t):
+            mix = (attn[i, it][:, :, None] * SLOT_PALETTE[np.arange(k) % len(SLOT_PALETTE)][None]).sum(1)
+            _image(axes[i, 3 + k + it], mix.reshape(*feature_hw, 3), f"attn t={it + 1}" if i == 0 else None)
+    fig.suptitle("Object discovery: image, reconstruction, mask, slots (recon. x alpha), attention", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations):
+    from slotref.models import set_prediction
+    from slotref.backend import to_host
+    from slotref.train import eval_noise, preprocess
+
+    n = len(split)
+    k = num_slots or config.model.num_slots
+    images = preprocess(be, split.images)
+    preds, attn = set_prediction(params, images, eval_noise(be, config, n, k, 0), config.model, num_iterations,
+                                 return_attention=True)
+    preds, attn = to_host(preds), to_host(attn)                       # (N, K, 19), (N, T, N_in, K)
+    t = attn.shape[1]
+    feature_hw = config.model.feature_resolution()
+    fig = plt.figure(figsize=(1.3 * (1 + k) + 4.5, 1.5 * n * t ** 0.5 + 1))
+    grid = fig.add_gridspec(n, 2 + k, width_ratios=[1.3] + [1] * k + [4])
+    for i in range(n):
+        ax = fig.add_subplot(grid[i, 0])
+        _image(ax, split.images[i] / 255.0, "image" if i == 0 else None)
+        order = np.argsort(-preds[i, :, -1])
+        for col, j in enumerate(order):
+            ax = fig.add_subplot(grid[i, 1 + col])
+            ax.imshow(attn[i, -1, :, j].reshape(feature_hw), cmap="magma", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"slot {j + 1}\np={preds[i, j, -1]:.2f}", fontsize=6)
+        ax = fig.add_subplot(grid[i, 1 + k])
+        ax.axis("off")
+        real = split.targets[i][split.targets[i][:, -1] > 0.5]
+        lines = ["predicted (p > 0.5):"] + [describe_object(preds[i, j]) for j in order if preds[i, j, -1] > 0.5]
+        lines += ["true:"] + [describe_object(r) for r in real]
+        ax.text(0, 1, "\n".join(lines), fontsize=5.5, va="top", family="monospace")
+    fig.suptitle(f"Set prediction: attention of the last of T={t} iterations per slot (sorted by presence)",
+                 fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
