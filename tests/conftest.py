@@ -1,0 +1,29 @@
+"""Shared test settings.
+
+Hypothesis profiles, chosen by the environment variable HYPOTHESIS_PROFILE:
+
+- ``ci`` (default): few examples, derandomized (the same examples every run,
+  so CI is reproducible), no deadline (shared CI machines are noisy);
+- ``thorough``: many random examples, for local runs
+  (``HYPOTHESIS_PROFILE=thorough python -m pytest tests``).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=12, deadline=None, derandomize=True, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "thorough", max_examples=300, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy generator for test data."""
+    return np.random.default_rng(20200615)
