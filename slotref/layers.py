@@ -292,9 +292,34 @@ def _shifted_sum(sources, terms, rows, c_out, xp, dtype):
     return out
 
 
+# Below this many input channels a per-tap GEMM (K = C_in) starves the
+# matrix unit; the first layer (RGB, C_in = 3) builds a small patch matrix
+# (K = kh * kw * C_in) instead.
+IM2COL_MAX_CHANNELS = 8
+
+
+def _patch_matrix(x, geo):
+    """im2col for few input channels: (B * ho * wo, kh * kw * C) patches of the padded input.
+
+    Within an image row, kw neighbouring pixels x C channels are contiguous, so
+    a strided view (B, ho, wo, kh, kw * C) needs no copy until the reshape.
+    """
+    xp = xp_of(x)
+    x_pad = xp.ascontiguousarray(
+        xp.pad(x, ((0, 0), (geo.pt, geo.hp - geo.h - geo.pt), (geo.pl, geo.wp - geo.w - geo.pl), (0, 0))))
+    s, c = geo.stride, x.shape[3]
+    sb, sh, sw, sc = x_pad.strides
+    view = xp.lib.stride_tricks.as_strided(
+        x_pad, (geo.batch, geo.ho, geo.wo, geo.kh, geo.kw * c), (sb, s * sh, s * sw, sh, sc))
+    return view.reshape(-1, geo.kh * geo.kw * c)
+
+
 def _conv_forward(x, w, stride):
     xp = xp_of(x)
     geo = _Geometry(x.shape, w.shape, stride)
+    if x.shape[3] <= IM2COL_MAX_CHANNELS:
+        out = _patch_matrix(x, geo) @ w.reshape(-1, w.shape[3])
+        return out.reshape(geo.batch, geo.ho, geo.wo, w.shape[3])
     terms = [(phase, offset, w[i, j]) for i, j, phase, offset in geo.taps()]
     rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
     return xp.ascontiguousarray(geo.from_rows(rows))
@@ -318,6 +343,8 @@ def _conv_backward_weight(x, g, stride, w_shape):
     """The gradient of ``_conv_forward`` with respect to its kernel."""
     xp = xp_of(x)
     geo = _Geometry(x.shape, w_shape, stride)
+    if x.shape[3] <= IM2COL_MAX_CHANNELS:
+        return (_patch_matrix(x, geo).T @ g.reshape(-1, w_shape[3])).reshape(w_shape)
     phases, g_rows = geo.phases(x), geo.to_rows(g)
     dw = xp.zeros(w_shape, dtype=x.dtype)
     block = _block_rows(xp, geo.rows)

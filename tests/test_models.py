@@ -1,0 +1,373 @@
+"""The paper's two models (appendix E) as a specification.
+
+* Architecture: the encoder of Table 4 (CLEVR; strides 1, 2, 2, 1 for property
+  prediction) and Table 5 (Tetrominoes / Multi-dSprites), the decoders of
+  Tables 6 and 7, the set-prediction head of Table 8, the Slot MLP baseline of
+  Tables 9 and 10: read off the parameter shapes at the paper's sizes.
+* Output shapes and ranges of ``set_prediction`` and ``autoencoder`` at tiny
+  sizes; K and T as call arguments; alpha masks that sum to one over slots.
+* Proposition 1 at model level: permuting the initial slot noise permutes the
+  output set.
+* float64 gradients of both training losses against finite differences, and
+  the same forward and backward on the stand-in device as on NumPy.
+* Bad input: a ValueError that names the shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from autograd.test_util import check_grads
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slotref.backend import host_rng, tree_leaves
+from slotref.losses import hungarian_huber_loss, mse
+from slotref.models import (ModelConfig, autoencoder, decoder_layers, discovery_config, encoder, init_model,
+                            set_prediction, setpred_config, slot_mlp)
+from slotref.slot_attention import SlotAttentionConfig
+
+TINY_SA = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
+DISCOVERY = ("tetrominoes", "multi-dsprites", "clevr6")
+
+
+def tiny_setpred(**overrides) -> ModelConfig:
+    """Table 4 + Table 8 with 8 channels everywhere, 16x16 images, K = 3."""
+    base = dict(resolution=(16, 16), encoder_channels=8, mlp_size=8, num_slots=3, head_hidden=8,
+                slot_attention=TINY_SA)
+    return replace(setpred_config(16), **{**base, **overrides})
+
+
+def tiny_discovery(name: str, **overrides) -> ModelConfig:
+    """Tables 4/5 + 6/7 with 8 channels; the CLEVR decoder broadcast to 1x1 so that it ends at 16x16."""
+    size = dict(resolution=(16, 16), decoder_init_resolution=(1, 1)) if name == "clevr6" else dict(resolution=(10, 10))
+    return discovery_config(name, encoder_channels=8, mlp_size=8, decoder_channels=8, slot_attention=TINY_SA,
+                            **{**size, **overrides})
+
+
+def images_for(config: ModelConfig, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=(batch, *config.resolution, 3))
+
+
+def noise_for(config: ModelConfig, batch: int = 2, num_slots: int | None = None, seed: int = 1) -> np.ndarray:
+    k = num_slots or config.num_slots
+    return np.random.default_rng(seed).standard_normal((batch, k, config.slot_attention.slot_size))
+
+
+def random_targets(rng, batch: int, m: int) -> np.ndarray:
+    """Valid 19-number targets: coords in [0, 1], one-hots, presence 1."""
+    t = np.zeros((batch, m, 19))
+    t[..., :3] = rng.uniform(size=(batch, m, 3))
+    for start, n in ((3, 2), (5, 2), (7, 3), (10, 8)):
+        t[..., start:start + n] = np.eye(n)[rng.integers(n, size=(batch, m))]
+    t[..., 18] = 1.0
+    return t
+
+
+# --------------------------------------------------------------------------
+# Architecture read off the parameters (full paper sizes; initialisation only).
+
+def conv_shapes(params):
+    return [(c["w"].shape, c["b"].shape) for c in params["convs"]]
+
+
+def test_setpred_encoder_is_table_4_with_strides_1_2_2_1():
+    config = setpred_config(128)
+    assert config.encoder_strides == (1, 2, 2, 1)
+    assert config.feature_resolution() == (32, 32)
+    p = init_model(host_rng(0, 0), config)["encoder"]
+    assert conv_shapes(p) == [((5, 5, 3, 64), (64,))] + [((5, 5, 64, 64), (64,))] * 3
+    assert p["position_embed"]["w"].shape == (4, 64) and p["position_embed"]["b"].shape == (64,)
+    assert p["norm"]["scale"].shape == (64,)
+    assert [(l["w"].shape, l["b"].shape) for l in p["mlp"]] == [((64, 64), (64,)), ((64, 64), (64,))]
+
+
+def test_clevr6_encoder_is_table_4_with_stride_1():
+    config = discovery_config("clevr6")
+    assert config.encoder_strides == (1, 1, 1, 1) and config.num_slots == 7
+    p = init_model(host_rng(0, 0), config)["encoder"]
+    assert conv_shapes(p) == [((5, 5, 3, 64), (64,))] + [((5, 5, 64, 64), (64,))] * 3
+    assert [l["w"].shape for l in p["mlp"]] == [(64, 64), (64, 64)]
+
+
+@pytest.mark.parametrize("name, resolution, k", [("tetrominoes", 35, 4), ("multi-dsprites", 64, 6)])
+def test_tetrominoes_and_multi_dsprites_encoder_is_table_5(name, resolution, k):
+    config = discovery_config(name)
+    assert config.resolution == (resolution, resolution) and config.num_slots == k
+    assert config.encoder_strides == (1, 1, 1, 1)
+    p = init_model(host_rng(0, 0), config)["encoder"]
+    assert conv_shapes(p) == [((5, 5, 3, 32), (32,))] + [((5, 5, 32, 32), (32,))] * 3
+    assert [l["w"].shape for l in p["mlp"]] == [(32, 32), (32, 32)]
+    assert config.slot_attention.input_size == 32 and config.slot_attention.slot_size == 64
+
+
+def test_clevr_decoder_is_table_6():
+    config = discovery_config("clevr6")
+    assert config.decoder_init_resolution == (8, 8) and config.decoder_output_resolution() == (128, 128)
+    assert decoder_layers(config) == [(5, 2, 64)] * 4 + [(5, 1, 64), (3, 1, 4)]
+    p = init_model(host_rng(0, 0), config)["decoder"]
+    assert p["position_embed"]["w"].shape == (4, 64)
+    # Transposed kernels stored as Keras does: (kh, kw, out, in).
+    assert [l["w"].shape for l in p["deconvs"]] == [(5, 5, 64, 64)] * 5 + [(3, 3, 4, 64)]
+
+
+@pytest.mark.parametrize("name", ["tetrominoes", "multi-dsprites"])
+def test_full_resolution_decoder_is_table_7(name):
+    config = discovery_config(name)
+    assert config.decoder == "full" and config.decoder_output_resolution() == config.resolution
+    assert decoder_layers(config) == [(5, 1, 32)] * 3 + [(3, 1, 4)]
+    p = init_model(host_rng(0, 0), config)["decoder"]
+    assert [l["w"].shape for l in p["deconvs"]] == [(5, 5, 32, 64)] + [(5, 5, 32, 32)] * 2 + [(3, 3, 4, 32)]
+
+
+def test_set_prediction_head_is_table_8():
+    p = init_model(host_rng(0, 0), setpred_config(128))["head"]
+    assert [(l["w"].shape, l["b"].shape) for l in p] == [((64, 64), (64,)), ((64, 19), (19,))]
+
+
+def test_slot_attention_defaults_are_the_papers():
+    config = setpred_config(128)
+    assert (config.num_slots, config.num_iterations) == (10, 3)
+    assert (config.slot_attention.slot_size, config.slot_attention.mlp_hidden_size) == (64, 128)
+
+
+def test_slot_mlp_baseline_is_tables_9_and_10():
+    p = init_model(host_rng(0, 0), setpred_config(128, model="slot-mlp"))
+    assert "encoder" not in p and "slot_attention" not in p
+    assert [l["w"].shape for l in p["slot_mlp"]["mlp"]] == [(768, 512), (512, 512), (512, 640)]
+    p = init_model(host_rng(0, 0), discovery_config("clevr6", model="slot-mlp"))
+    assert [l["w"].shape for l in p["slot_mlp"]["mlp"]] == [(768, 512), (512, 1024), (1024, 1024), (1024, 448)]
+    assert [l["w"].shape for l in p["slot_mlp"]["slot_mlp"]] == [(64, 64), (64, 64)]
+
+
+# --------------------------------------------------------------------------
+# Forward passes at tiny sizes.
+
+def test_set_prediction_outputs_a_set_of_19_numbers_in_0_1():
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    predictions, attn = set_prediction(params, images_for(config), noise_for(config), config, return_attention=True)
+    assert predictions.shape == (2, 3, 19)
+    assert np.all((predictions >= 0) & (predictions <= 1))
+    # Strides 1, 2, 2, 1 of a 16x16 image: N = 4 * 4 inputs; attention (B, T, N, K), a softmax over slots.
+    assert attn.shape == (2, 3, 16, 3)
+    np.testing.assert_allclose(attn.sum(axis=-1), 1.0, rtol=1e-12)
+
+
+def test_encoder_output_is_a_set_over_the_strided_feature_map():
+    config = tiny_setpred(resolution=(17, 13))  # SAME padding: ceil(17/4) x ceil(13/4)
+    params = init_model(host_rng(0, 0), config)
+    features = encoder(params["encoder"], images_for(config), config)
+    assert config.feature_resolution() == (5, 4)
+    assert features.shape == (2, 20, 8)
+
+
+@pytest.mark.parametrize("name", DISCOVERY)
+def test_autoencoder_outputs_and_masks_sum_to_one_over_slots(name):
+    config = tiny_discovery(name)
+    params = init_model(host_rng(0, 0), config)
+    images = images_for(config)
+    k, (h, w) = config.num_slots, config.resolution
+    out = autoencoder(params, images, noise_for(config), config)
+    assert out["recon_combined"].shape == (2, h, w, 3)
+    assert out["recons"].shape == (2, k, h, w, 3)
+    assert out["masks"].shape == (2, k, h, w, 1)
+    assert out["slots"].shape == (2, k, 8)
+    assert out["attention"].shape == (2, 3, h * w, k)  # stride-1 encoder: one input per pixel
+    np.testing.assert_allclose(out["masks"].sum(axis=1), 1.0, rtol=1e-12)
+    assert np.all(out["masks"] >= 0)
+    np.testing.assert_allclose(out["recon_combined"], (out["recons"] * out["masks"]).sum(axis=1), rtol=1e-12)
+
+
+def test_slots_and_iterations_are_call_arguments_for_set_prediction():
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    predictions, attn = set_prediction(params, images_for(config), noise_for(config, num_slots=6), config,
+                                       num_iterations=5, return_attention=True)
+    assert predictions.shape == (2, 6, 19)
+    assert attn.shape == (2, 5, 16, 6)
+
+
+@pytest.mark.parametrize("name", ["tetrominoes", "clevr6"])
+def test_slots_and_iterations_are_call_arguments_for_discovery(name):
+    config = tiny_discovery(name)
+    params = init_model(host_rng(0, 0), config)
+    k = config.num_slots + 2
+    out = autoencoder(params, images_for(config), noise_for(config, num_slots=k), config, num_iterations=1)
+    assert out["masks"].shape[1] == k and out["slots"].shape[1] == k
+    assert out["attention"].shape[1] == 1
+    np.testing.assert_allclose(out["masks"].sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_more_iterations_change_the_output():
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    images, noise = images_for(config), noise_for(config)
+    three = set_prediction(params, images, noise, config)
+    assert np.array_equal(three, set_prediction(params, images, noise, config, num_iterations=3))
+    assert not np.allclose(three, set_prediction(params, images, noise, config, num_iterations=4))
+
+
+@given(perm=st.permutations(range(4)), seed=st.integers(0, 2**16))
+def test_set_prediction_output_set_is_invariant_to_a_permutation_of_the_slot_noise(perm, seed):
+    # Proposition 1 at model level: permuting the initial slots permutes the
+    # predicted set in the same way, so the set (up to order) is unchanged.
+    config = tiny_setpred(num_slots=4)
+    params = init_model(host_rng(0, 0), config)
+    images, noise = images_for(config, seed=seed), noise_for(config, seed=seed + 1)
+    perm = list(perm)
+    predictions = set_prediction(params, images, noise, config)
+    permuted = set_prediction(params, images, noise[:, perm], config)
+    np.testing.assert_allclose(permuted, predictions[:, perm], rtol=1e-10, atol=1e-12)
+
+
+@given(perm=st.permutations(range(4)))
+def test_autoencoder_reconstruction_is_invariant_to_a_permutation_of_the_slot_noise(perm):
+    config = tiny_discovery("tetrominoes")
+    params = init_model(host_rng(0, 0), config)
+    images, noise = images_for(config), noise_for(config)
+    perm = list(perm)
+    out = autoencoder(params, images, noise, config)
+    permuted = autoencoder(params, images, noise[:, perm], config)
+    np.testing.assert_allclose(permuted["recon_combined"], out["recon_combined"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(permuted["masks"], out["masks"][:, perm], rtol=1e-10, atol=1e-12)
+
+
+def test_slot_mlp_baseline_outputs():
+    config = tiny_setpred(model="slot-mlp")
+    params = init_model(host_rng(0, 0), config)
+    images = images_for(config)
+    slots = slot_mlp(params["slot_mlp"], images, config)
+    assert slots.shape == (2, 3, 8)
+    # Table 9: the last layer (slot size x num slots) has no activation.
+    assert np.any(slots < 0)
+    predictions = set_prediction(params, images, noise_for(config), config)
+    assert predictions.shape == (2, 3, 19) and np.all((predictions >= 0) & (predictions <= 1))
+    # Any input resolution: the baseline resizes to 16x16 first.
+    assert set_prediction(params, images_for(tiny_setpred(resolution=(37, 20))), noise_for(config),
+                          config).shape == (2, 3, 19)
+
+
+def test_slot_mlp_baseline_for_discovery():
+    config = tiny_discovery("tetrominoes", model="slot-mlp")
+    params = init_model(host_rng(0, 0), config)
+    out = autoencoder(params, images_for(config), noise_for(config), config)
+    assert out["slots"].shape == (2, 4, 8)
+    assert out["recon_combined"].shape == (2, 10, 10, 3)
+    assert out["attention"] is None
+
+
+# --------------------------------------------------------------------------
+# Gradients (float64, finite differences) and the device path.
+
+def test_set_prediction_loss_gradient_matches_finite_differences(rng):
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    images, noise = images_for(config), noise_for(config)
+    targets = random_targets(rng, 2, 2)  # M = 2 < K = 3: padded with "no object" rows
+    check_grads(lambda p: hungarian_huber_loss(set_prediction(p, images, noise, config), targets),
+                modes=["rev"], order=1)(params)
+
+
+@pytest.mark.parametrize("name", ["tetrominoes", "clevr6"])
+def test_discovery_loss_gradient_matches_finite_differences(name):
+    config = tiny_discovery(name, resolution=(6, 6)) if name != "clevr6" else tiny_discovery(name)
+    params = init_model(host_rng(0, 0), config)
+    images, noise = images_for(config), noise_for(config)
+    check_grads(lambda p: mse(autoencoder(p, images, noise, config)["recon_combined"], images),
+                modes=["rev"], order=1)(params)
+
+
+def test_gradient_reaches_every_parameter(rng):
+    from autograd import grad
+
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    images, noise, targets = images_for(config), noise_for(config), random_targets(rng, 2, 3)
+    g = grad(lambda p: hungarian_huber_loss(set_prediction(p, images, noise, config), targets))(params)
+    zero = [path for path, leaf in tree_leaves(g) if not np.any(leaf)]
+    assert zero == []
+
+
+standin = pytest.importorskip("tests.standin") if False else None
+try:
+    from tests.standin import assert_same_on_standin
+except ImportError:  # the stand-in device is optional
+    assert_same_on_standin = None
+
+needs_standin = pytest.mark.skipif(assert_same_on_standin is None, reason="tests/standin.py not available")
+
+
+@needs_standin
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_set_prediction_forward_and_backward_on_the_standin_device_match_numpy(rng, dtype):
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    targets = random_targets(rng, 2, 3)
+
+    def loss(p, images, noise, t):
+        return hungarian_huber_loss(set_prediction(p, images, noise, config), t)
+
+    # The matching runs on the host and its 0/1 result goes back: one explicit transfer per step.
+    assert_same_on_standin(loss, params, images_for(config), noise_for(config), targets, dtype=dtype,
+                           allow_explicit_transfers=True, rtol=1e-4 if dtype == np.float32 else None)
+
+
+@needs_standin
+@pytest.mark.parametrize("name", ["tetrominoes", "clevr6"])
+def test_autoencoder_forward_and_backward_on_the_standin_device_match_numpy(name):
+    config = tiny_discovery(name)
+    params = init_model(host_rng(0, 0), config)
+
+    def loss(p, images, noise):
+        return mse(autoencoder(p, images, noise, config)["recon_combined"], images)
+
+    assert_same_on_standin(loss, params, images_for(config), noise_for(config), dtype=np.float32, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------
+# Bad input.
+
+def test_nchw_images_raise_value_error_naming_the_shape():
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    nchw = images_for(config).transpose(0, 3, 1, 2)
+    with pytest.raises(ValueError, match=r"NHWC.*\(2, 3, 16, 16\)"):
+        set_prediction(params, nchw, noise_for(config), config)
+    dconfig = tiny_discovery("clevr6")
+    with pytest.raises(ValueError, match=r"\(2, 3, 16, 16\)"):
+        autoencoder(init_model(host_rng(0, 0), dconfig), nchw, noise_for(dconfig), dconfig)
+
+
+def test_images_of_the_wrong_resolution_for_the_decoder_raise_value_error():
+    config = tiny_discovery("clevr6")
+    params = init_model(host_rng(0, 0), config)
+    with pytest.raises(ValueError, match=r"16x16.*32x32"):
+        autoencoder(params, np.zeros((1, 32, 32, 3)), noise_for(config, batch=1), config)
+
+
+def test_a_decoder_that_cannot_produce_the_resolution_is_a_config_error():
+    with pytest.raises(ValueError, match=r"128x128.*64x64"):
+        discovery_config("clevr6", resolution=(64, 64))
+    with pytest.raises(ValueError, match=r"16x16.*20x20"):
+        discovery_config("clevr6", resolution=(20, 20), decoder_init_resolution=(1, 1))
+
+
+def test_slot_noise_of_the_wrong_size_raises_value_error():
+    config = tiny_setpred()
+    params = init_model(host_rng(0, 0), config)
+    with pytest.raises(ValueError, match=r"\(2, 3, 5\)"):
+        set_prediction(params, images_for(config), np.zeros((2, 3, 5)), config)
+
+
+def test_unknown_names_are_value_errors():
+    with pytest.raises(ValueError, match="task"):
+        ModelConfig(task="detection")
+    with pytest.raises(ValueError, match="model"):
+        ModelConfig(model="transformer")
+    with pytest.raises(ValueError, match="clevrtex"):
+        discovery_config("clevrtex")
+    with pytest.raises(ValueError, match="decoder"):
+        replace(discovery_config("tetrominoes"), decoder="bilinear")
