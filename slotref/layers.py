@@ -64,7 +64,9 @@ def linear(params: dict, x):
     w = params["w"]
     _check(x.ndim >= 1 and x.shape[-1] == w.shape[0],
            f"linear expects input (..., {w.shape[0]}), got shape {tuple(x.shape)}")
-    y = x @ w
+    # One (rows, d_in) @ (d_in, d_out) GEMM: a batched matmul's weight gradient
+    # would be B small products and a sum.
+    y = (x.reshape(-1, w.shape[0]) @ w).reshape(x.shape[:-1] + (w.shape[1],))
     return y + params["b"] if "b" in params else y
 
 

@@ -18,7 +18,10 @@ def pairwise_huber_cost(predictions, targets):
     mean_p huber(targets[b, i, p] - predictions[b, j, p]), as the official code
     (Keras Huber with reduction NONE, targets on axis 1).
     """
-    diff = targets[:, :, None, :] - predictions[:, None, :, :]               # (B, M, K, P)
+    b, m, p = targets.shape
+    k = predictions.shape[1]
+    # reshape, not [:, None]: autograd's VJP of basic indexing makes host arrays.
+    diff = targets.reshape(b, m, 1, p) - predictions.reshape(b, 1, k, p)    # (B, M, K, P)
     return backend.mean(huber(diff, 1.0), axis=-1)                           # (B, M, K)
 
 

@@ -13,7 +13,7 @@ by the caller (``slotref.backend``), as for all host-only code (DESIGN.md).
 
 import numpy as np
 
-# 19-number set-prediction target layout (docs/schema-contract.md):
+# 19-number set-prediction target layout (docs/datasets.md, "The schema"):
 # [x, y, z] in [0, 1], size(2), material(2), shape(3), color(8), presence.
 COORDS = slice(0, 3)
 ATTRIBUTE_SLICES = (slice(3, 5), slice(5, 7), slice(7, 10), slice(10, 18))

@@ -172,7 +172,8 @@ def init_slot_mlp(rng, config: ModelConfig) -> dict:
     d, k = config.slot_attention.slot_size, config.num_slots
     if config.task == "setpred":
         return {"mlp": init_mlp(rng, [16 * 16 * 3, 512, 512, d * k])}
-    return {"mlp": init_mlp(rng, [16 * 16 * 3, 512, 1024, 1024, d * k]), "slot_mlp": init_mlp(rng, [d, 64, 64])}
+    # Table 10's per-slot MLP 64 -> 64 ends at the slot size (64 in the paper) the decoder reads.
+    return {"mlp": init_mlp(rng, [16 * 16 * 3, 512, 1024, 1024, d * k]), "slot_mlp": init_mlp(rng, [d, 64, d])}
 
 
 def resize_16(images):
@@ -189,7 +190,7 @@ def slot_mlp(params: dict, images, config: ModelConfig):
     """Images -> slots (B, K, D) without attention (the baseline); K is fixed by the parameters."""
     b = images.shape[0]
     x = resize_16(images).reshape(b, 16 * 16 * 3)
-    x = relu(mlp(params["mlp"], x))
+    x = mlp(params["mlp"], x)  # Tables 9, 10: no activation on the slot size x num slots layer
     slots = x.reshape(b, config.num_slots, config.slot_attention.slot_size)
     if "slot_mlp" in params:
         slots = mlp(params["slot_mlp"], slots)

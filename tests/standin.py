@@ -45,6 +45,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
+import autograd
 import numpy as np
 from autograd import value_and_grad
 from autograd.tracer import Box
@@ -57,22 +58,22 @@ from slotref import backend
 
 _HERE = os.path.abspath(__file__)
 _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+_AUTOGRAD_DIR = os.path.dirname(os.path.abspath(autograd.__file__))
 
 
 def _where() -> str:
-    """The first caller outside this file and NumPy, and the first slotref line."""
+    """The first caller outside this file and NumPy, and, if that is autograd, the code that called it."""
     frames = [f for f in traceback.extract_stack()[:-2]
               if os.path.abspath(f.filename) != _HERE and not f.filename.startswith(_NUMPY_DIR)]
     if not frames:
         return "?"
+
+    def name(frame):
+        return f"{os.path.basename(frame.filename)}:{frame.lineno} ({frame.name})"
+
     inner = frames[-1]
-    text = f"{os.path.basename(inner.filename)}:{inner.lineno} ({inner.name})"
-    for frame in reversed(frames):
-        if f"{os.sep}slotref{os.sep}" in frame.filename:
-            if frame is not inner:
-                text += f" via {os.path.basename(frame.filename)}:{frame.lineno} ({frame.name})"
-            break
-    return text
+    caller = next((f for f in reversed(frames) if not f.filename.startswith(_AUTOGRAD_DIR)), inner)
+    return name(inner) if caller is inner else f"{name(inner)} via {name(caller)}"
 
 
 @dataclass

@@ -29,7 +29,7 @@ def _has(module):
     return True
 
 
-# The multi-object converter's runtime dependencies (docs/convert-deps.txt).
+# The multi-object converter's runtime dependencies (setup.cfg: protobuf, google-crc32c).
 pytestmark_tfrecord = pytest.mark.skipif(
     not (_has("google.protobuf") and _has("google_crc32c")),
     reason="needs protobuf and google-crc32c (pip install protobuf google-crc32c)",

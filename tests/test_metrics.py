@@ -19,7 +19,7 @@ from slotref.metrics import (AP_THRESHOLDS, adjusted_rand_index, ap_by_num_objec
 
 
 def obj(x=0.5, y=0.5, z=0.5, size=0, material=0, shape=0, color=0, presence=1.0):
-    """One row of the 19-number layout (docs/schema-contract.md)."""
+    """One row of the 19-number layout (docs/datasets.md, "The schema")."""
     row = np.zeros(19)
     row[0:3] = x, y, z
     row[3 + size] = 1

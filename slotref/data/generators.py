@@ -6,7 +6,7 @@ all of its randomness from ``np.random.default_rng([s, i])`` (and
 any chunking, in parallel, or resumed, and holds the same pixels.
 
 Rendering is vectorised NumPy over examples and pixels. ``render`` returns the
-HDF5 schema's field layout (``docs/schema-contract.md``):
+HDF5 schema's field layout (``docs/datasets.md, "The schema"``):
 
     images       uint8 (N, H, W, 3)       NHWC
     masks        uint8 (N, H, W)          0 = background, 1..n = objects

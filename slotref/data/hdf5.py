@@ -1,4 +1,4 @@
-"""Write and read the slotref HDF5 dataset schema (``docs/schema-contract.md``).
+"""Write and read the slotref HDF5 dataset schema (``docs/datasets.md, "The schema"``).
 
 Writers never leave a file at the final path that is not whole: they write
 ``OUT.partial``, record after every chunk how many examples are in it (the
