@@ -46,7 +46,8 @@ def orthogonal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     a = rng.standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)
     q = q * np.sign(np.diag(r))  # make the decomposition unique
-    return q if rows >= cols else q.T
+    # C order, as a checkpoint reloads it: BLAS rounds F-ordered operands differently (exact resume).
+    return np.ascontiguousarray(q if rows >= cols else q.T)
 
 
 # --------------------------------------------------------------------------

@@ -28,6 +28,9 @@ def pairwise_huber_cost(predictions, targets):
 def hungarian_assignment(cost) -> np.ndarray:
     """One-hot assignment (B, M, K) minimising each example's total cost, on the host."""
     cost = backend.to_host(getval(cost))
+    # NaN/inf costs (a diverged model): any matching will do, the loss stays non-finite for
+    # the training loop to report (scipy would raise on them instead).
+    cost = np.where(np.isfinite(cost), cost, 0.0)
     assignment = np.zeros(cost.shape, dtype=np.float32)
     for b in range(cost.shape[0]):
         rows, cols = linear_sum_assignment(cost[b])

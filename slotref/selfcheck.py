@@ -11,10 +11,12 @@ runs, on the chosen device, for every layer and for the Slot Attention module:
 3. ``numpy float32``: the same in float32; the error is reported, and fails
    only above 1e-3 (float32 GEMMs on a GPU sum in another order than BLAS).
 
-Relative errors are ``max |a - b| / max |b|`` per array (for a gradient, at
-least 1e-3 of the largest gradient entry, so that a gradient that is zero up to
-rounding is not compared with itself), the worst array reported. On the CPU the NumPy comparisons are trivially exact; the finite
-difference checks are not.
+Relative errors are ``max |a - b| / max |b|`` per array (for a gradient, the
+denominator at least 1e-3 of the largest gradient entry, so that a gradient
+that is zero up to rounding is not compared with its own noise); the worst
+array is named. On the CPU the NumPy comparisons are trivially exact; the
+finite-difference checks are not. ``tests/test_selfcheck.py`` runs it on the
+CPU and on the stand-in device.
 """
 
 from __future__ import annotations

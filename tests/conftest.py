@@ -9,10 +9,18 @@ Hypothesis profiles, chosen by the environment variable HYPOTHESIS_PROFILE:
 """
 
 import os
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+import standin  # tests/ is on sys.path: pytest puts this file's folder there
+
+# One stand-in module, whichever name a test imports it by ("standin", or
+# "tests.standin" from the repository root): two copies would be two unrelated
+# device array types, each with its own event counters.
+sys.modules.setdefault("tests.standin", standin)
 
 settings.register_profile(
     "ci", max_examples=12, deadline=None, derandomize=True, print_blob=True,

@@ -14,7 +14,11 @@ so code that runs on it will not make hidden host arrays on a real GPU:
   public namespace (CuPy only answers for the names it implements);
 - an autograd ``Box`` operand is left to autograd (``NotImplemented``), as
   CuPy does, so ``device_array + box`` traces;
-- reductions return 0-d stand-in arrays, never NumPy scalars.
+- reductions return 0-d stand-in arrays, never NumPy scalars;
+- CuPy's smaller quirks that have bitten: ``order=None`` raises (autograd's
+  reshape VJP passed it), ``np.add.at`` through the protocol takes device
+  index arrays only, and ``standin_xp.<function>(box)`` raises (CuPy's own
+  functions cannot take autograd boxes; ``autograd.numpy`` can).
 
 ``standin_xp`` is the module-like twin of ``cupy``: ``standin_xp.zeros``,
 ``.pad``, ``.lib.stride_tricks.as_strided``, ``.random.default_rng(seed)``,
@@ -43,7 +47,6 @@ import os
 import traceback
 import types
 from dataclasses import dataclass, field
-from typing import Any
 
 import autograd
 import numpy as np

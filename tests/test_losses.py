@@ -205,3 +205,32 @@ def test_mse_keeps_float32_and_has_the_right_gradient(rng):
     b = rng.normal(size=(2, 5, 3))
     assert np.asarray(mse(a.astype(np.float32), b.astype(np.float32))).dtype == np.float32
     check_grads(lambda x: mse(x, b), modes=["rev"], order=1)(a)
+
+
+# --------------------------------------------------------------------------
+# The device path: pairwise costs and the gathered matched costs stay on the
+# device; only the 0/1 assignment crosses back (one explicit transfer).
+
+try:
+    from tests.standin import assert_same_on_standin
+except ImportError:  # the stand-in device is optional
+    assert_same_on_standin = None
+
+
+@pytest.mark.skipif(assert_same_on_standin is None, reason="tests/standin.py not available")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_and_gradient_on_the_standin_device_match_numpy(rng, dtype):
+    predictions, targets = random_sets(rng, 2, 4, 3)
+    assert_same_on_standin(hungarian_huber_loss, predictions, targets, dtype=dtype,
+                           allow_explicit_transfers=True)
+    assert_same_on_standin(mse, predictions, predictions[:, ::-1].copy(), dtype=dtype)
+
+
+def test_non_finite_predictions_give_a_non_finite_loss_not_a_matching_error(rng):
+    # A diverged model must reach the training loop's NaN check (which names the
+    # step), not stop inside scipy's matching with "invalid numeric entries".
+    predictions, targets = random_sets(rng, 2, 3, 2)
+    predictions[0, 1, 4] = np.nan
+    predictions[1, 0, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        assert not np.isfinite(float(hungarian_huber_loss(predictions, targets)))

@@ -19,7 +19,7 @@ from autograd import grad
 import standin
 from slotref import backend, layers, selfcheck
 from slotref import slot_attention as sa
-from standin import STATS, DeviceConversionError, StandinArray, assert_same_on_standin, standin_xp
+from standin import StandinArray, assert_same_on_standin, standin_xp
 
 
 @pytest.fixture
