@@ -36,6 +36,7 @@ def cli():
 @cli.command()
 def info():
     """Versions, BLAS, the default device and CuPy/GPU status."""
+    import importlib.metadata
     import platform
 
     import autograd
@@ -48,7 +49,7 @@ def info():
 
     click.echo(f"slotref {__version__} (Python {platform.python_version()}, {platform.machine()})")
     click.echo(f"numpy {np.__version__}, scipy {scipy.__version__}, autograd {autograd.__version__ if hasattr(autograd, '__version__') else '1.9.x'}, "
-               f"h5py {h5py.__version__}, click {click.__version__ if hasattr(click, '__version__') else ''}")
+               f"h5py {h5py.__version__}, click {importlib.metadata.version('click')}")
     for pool in threadpool_info():
         if pool.get("user_api") == "blas":
             click.echo(f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('threading_layer')}, "
@@ -198,8 +199,8 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json):
                   "num_iters": num_iters or config.model.num_iterations, "examples": len(val)}
         if config.task == "setpred":
             preds, attn = task.predict(be, params, val, num_slots, num_iters)
-            result.update({f"ap_{k if not math.isinf(k) else 'inf'}": v for k, v in
-                           ((t if math.isinf(t) else f"{t:g}", a) for t, a in metrics.ap_table(preds, val.targets).items())})
+            result.update({f"ap_{'inf' if math.isinf(t) else f'{t:g}'}": a
+                           for t, a in metrics.ap_table(preds, val.targets).items()})
             by_n = metrics.ap_by_num_objects(preds, val.targets)
             result["ap_by_num_objects"] = {str(n): {("inf" if math.isinf(t) else f"{t:g}"): a for t, a in row.items()}
                                            for n, row in by_n.items()}

@@ -233,9 +233,10 @@ class _Geometry:
         self.rows = b * self.hq * self.wq
 
     def taps(self):
-        """(i, j, phase index, row offset) of every kernel tap."""
+        """(i, j, phase index, row offset, column offset) of every kernel tap;
+        the tap reads rows shifted by row offset + column offset."""
         s = self.stride
-        return [(i, j, (i % s) * s + (j % s), (i // s) * self.wq + (j // s))
+        return [(i, j, (i % s) * s + (j % s), (i // s) * self.wq, j // s)
                 for i in range(self.kh) for j in range(self.kw)]
 
     def phases(self, x):
@@ -273,25 +274,67 @@ class _Geometry:
         return x_pad[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w]
 
 
-def _block_rows(xp, rows):
-    return BLOCK_ROWS if xp is np else rows
+def _group_taps(terms):
+    """Group (source, row offset, column offset, weight) terms by source.
+
+    Returns {source: (column offsets, {row offset: weights stacked along K})}:
+    on CPUs the taps of one kernel row are one GEMM with K = (taps in the row) x C
+    over a buffer of column-shifted copies, instead of one thin GEMM per tap.
+    """
+    by_source = {}
+    for src, row_off, col_off, weight in terms:
+        by_source.setdefault(src, {}).setdefault(row_off, {})[col_off] = weight
+    groups = {}
+    for src, rows in by_source.items():
+        cols = sorted({c for taps in rows.values() for c in taps})
+        stacked = {}
+        for row_off, taps in rows.items():
+            some = next(iter(taps.values()))
+            xp = xp_of(some)
+            zero = xp.zeros_like(some)
+            stacked[row_off] = xp.concatenate([taps.get(c, zero) for c in cols], axis=0)
+        groups[src] = (cols, stacked)
+    return groups
+
+
+def _shifted_block(source, r0, ext, cols, buf):
+    """buf[r, k*C:(k+1)*C] = source[r0 + r + cols[k]] (zero outside the source)."""
+    rows, c = source.shape
+    for k, col in enumerate(cols):
+        a0, a1 = r0 + col, r0 + col + ext
+        lo, hi = max(a0, 0), min(a1, rows)
+        part = buf[:, k * c:(k + 1) * c]
+        if lo >= hi:
+            part[...] = 0
+            continue
+        part[lo - a0:hi - a0] = source[lo:hi]
+        part[:lo - a0] = 0
+        part[hi - a0:] = 0
+    return buf
 
 
 def _shifted_sum(sources, terms, rows, c_out, xp, dtype):
-    """out[q] = sum over (source, offset, weight) terms of sources[source][q + offset] @ weight.
-
-    Rows q + offset outside [0, rows) read zeros. Computed in row blocks.
-    """
-    out = xp.empty((rows, c_out), dtype=dtype)
-    block = _block_rows(xp, rows)
-    for r0 in range(0, rows, block):
-        r1 = min(rows, r0 + block)
-        acc = out[r0:r1]
-        acc[...] = 0
-        for src, offset, weight in terms:
-            a0, a1 = max(0, r0 + offset), min(rows, r1 + offset)
+    """out[q] = sum over terms (source, row_off, col_off, weight) of
+    sources[source][q + row_off + col_off] @ weight; rows outside a source read zeros."""
+    out = xp.zeros((rows, c_out), dtype=dtype)
+    if xp is not np:
+        # Accelerators: one large GEMM per tap over all rows.
+        for src, row_off, col_off, weight in terms:
+            off = row_off + col_off
+            a0, a1 = max(0, off), min(rows, rows + off)
             if a0 < a1:
-                acc[a0 - r0 - offset:a1 - r0 - offset] += sources[src][a0:a1] @ weight
+                out[a0 - off:a1 - off] += sources[src][a0:a1] @ weight
+        return out
+    for src, (cols, stacked) in _group_taps(terms).items():
+        source = sources[src]
+        lo_row, hi_row = min(stacked), max(stacked)
+        buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(cols) * source.shape[1]), dtype=dtype)
+        for r0 in range(0, rows, BLOCK_ROWS):
+            n = min(rows, r0 + BLOCK_ROWS) - r0
+            block = _shifted_block(source, r0 + lo_row, n + hi_row - lo_row, cols, buf[:n + hi_row - lo_row])
+            acc = out[r0:r0 + n]
+            for row_off, weight in stacked.items():
+                acc += block[row_off - lo_row:row_off - lo_row + n] @ weight
     return out
 
 
@@ -323,7 +366,7 @@ def _conv_forward(x, w, stride):
     if x.shape[3] <= IM2COL_MAX_CHANNELS:
         out = _patch_matrix(x, geo) @ w.reshape(-1, w.shape[3])
         return out.reshape(geo.batch, geo.ho, geo.wo, w.shape[3])
-    terms = [(phase, offset, w[i, j]) for i, j, phase, offset in geo.taps()]
+    terms = [(phase, row_off, col_off, w[i, j]) for i, j, phase, row_off, col_off in geo.taps()]
     rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
     return xp.ascontiguousarray(geo.from_rows(rows))
 
@@ -337,7 +380,7 @@ def _conv_backward_input(g, w, stride, x_shape):
     phases = []
     for p in range(n_phases):
         # Input row r of phase p received out row r - offset through tap t.
-        terms = [(0, -offset, w[i, j].T) for i, j, phase, offset in geo.taps() if phase == p]
+        terms = [(0, -row_off, -col_off, w[i, j].T) for i, j, phase, row_off, col_off in geo.taps() if phase == p]
         phases.append(_shifted_sum(g_rows, terms, geo.rows, x_shape[3], xp, g.dtype))
     return xp.ascontiguousarray(geo.unphase(phases, x_shape[3]))
 
@@ -350,13 +393,32 @@ def _conv_backward_weight(x, g, stride, w_shape):
         return (_patch_matrix(x, geo).T @ g.reshape(-1, w_shape[3])).reshape(w_shape)
     phases, g_rows = geo.phases(x), geo.to_rows(g)
     dw = xp.zeros(w_shape, dtype=x.dtype)
-    block = _block_rows(xp, geo.rows)
-    for r0 in range(0, geo.rows, block):
-        r1 = min(geo.rows, r0 + block)
-        for i, j, phase, offset in geo.taps():
-            a0, a1 = r0 + offset, min(geo.rows, r1 + offset)
-            if a0 < a1:
-                dw[i, j] += phases[phase][a0:a1].T @ g_rows[r0:r0 + (a1 - a0)]
+    c_in = w_shape[2]
+    if xp is not np:
+        for i, j, phase, row_off, col_off in geo.taps():
+            off = row_off + col_off
+            dw[i, j] = phases[phase][off:].T @ g_rows[:geo.rows - off]
+        return dw
+    # CPUs: per kernel row, the column-shifted copies of a block (as in
+    # _shifted_sum) times the block of dy gives all of the row's taps at once.
+    taps_by_phase = {}
+    for i, j, phase, row_off, col_off in geo.taps():
+        taps_by_phase.setdefault(phase, []).append((i, j, row_off, col_off))
+    for phase, taps in taps_by_phase.items():
+        cols = sorted({t[3] for t in taps})
+        row_offs = sorted({t[2] for t in taps})
+        lo_row, hi_row = row_offs[0], row_offs[-1]
+        buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(cols) * c_in), dtype=x.dtype)
+        grads = {r: xp.zeros((len(cols) * c_in, w_shape[3]), dtype=x.dtype) for r in row_offs}
+        for r0 in range(0, geo.rows, BLOCK_ROWS):
+            n = min(geo.rows, r0 + BLOCK_ROWS) - r0
+            block = _shifted_block(phases[phase], r0 + lo_row, n + hi_row - lo_row, cols,
+                                   buf[:n + hi_row - lo_row])
+            for r in row_offs:
+                grads[r] += block[r - lo_row:r - lo_row + n].T @ g_rows[r0:r0 + n]
+        for i, j, row_off, col_off in taps:
+            k = cols.index(col_off)
+            dw[i, j] = grads[row_off][k * c_in:(k + 1) * c_in]
     return dw
 
 

@@ -12,6 +12,7 @@
   initialisers.
 """
 
+import contextlib
 import math
 import re
 
@@ -228,23 +229,43 @@ def test_spatial_broadcast_and_flatten_gradients_match_finite_differences(seed, 
 # --------------------------------------------------------------------------
 # Hand-written VJPs against naive traced versions.
 
-@given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=st.integers(1, 3),
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides)
-def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride):
+# Input channels on both sides of IM2COL_MAX_CHANNELS (the patch-matrix path
+# and the shifted-GEMM path), and row blocks small enough that a convolution
+# spans several blocks (the CPU path's blocking).
+conv_channels = st.sampled_from([1, 3, layers.IM2COL_MAX_CHANNELS + 1, 12])
+block_rows = st.sampled_from([3, 7, layers.BLOCK_ROWS])
+
+
+@contextlib.contextmanager
+def blocks_of(rows):
+    saved = layers.BLOCK_ROWS
+    layers.BLOCK_ROWS = rows
+    try:
+        yield
+    finally:
+        layers.BLOCK_ROWS = saved
+
+
+@given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=conv_channels,
+       c_out=st.integers(1, 3), kernel=kernels, stride=strides, rows=block_rows)
+def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride, rows):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
-    np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride), rtol=1e-10, atol=1e-12)
-    assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
-                                     lambda a, b: naive_conv2d(a, b, stride), (x, k), rng)
+    with blocks_of(rows):
+        np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride),
+                                   rtol=1e-10, atol=1e-12)
+        assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
+                                         lambda a, b: naive_conv2d(a, b, stride), (x, k), rng)
 
 
-@given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=st.integers(1, 3),
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides)
-def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride):
+@given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=conv_channels,
+       c_out=conv_channels, kernel=kernels, stride=strides, rows=block_rows)
+def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride, rows):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
-    assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
-                                     lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
+    with blocks_of(rows):
+        assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
+                                         lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
 
 
 @given(seed=seeds, shape=st.tuples(small, small, st.integers(2, 6)))

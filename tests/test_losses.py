@@ -212,7 +212,7 @@ def test_mse_keeps_float32_and_has_the_right_gradient(rng):
 # device; only the 0/1 assignment crosses back (one explicit transfer).
 
 try:
-    from tests.standin import assert_same_on_standin
+    from standin import assert_same_on_standin  # tests/ is on sys.path, as for test_standin_device.py
 except ImportError:  # the stand-in device is optional
     assert_same_on_standin = None
 

@@ -141,6 +141,14 @@ def test_slot_mlp_baseline_is_tables_9_and_10():
     assert [l["w"].shape for l in p["slot_mlp"]["slot_mlp"]] == [(64, 64), (64, 64)]
 
 
+@pytest.mark.parametrize("config", [setpred_config(32), discovery_config("tetrominoes")], ids=["setpred", "discovery"])
+def test_parameters_are_float64_and_c_contiguous(config):
+    # C order is how a checkpoint reloads them; BLAS rounds other layouts
+    # differently, which would break bitwise-exact resume.
+    for path, leaf in tree_leaves(init_model(host_rng(0, 0), config)):
+        assert leaf.dtype == np.float64 and leaf.flags.c_contiguous, path
+
+
 # --------------------------------------------------------------------------
 # Forward passes at tiny sizes.
 
@@ -328,7 +336,7 @@ def test_gradient_reaches_every_parameter(rng):
 
 
 try:
-    from tests.standin import assert_same_on_standin
+    from standin import assert_same_on_standin  # tests/ is on sys.path, as for test_standin_device.py
 except ImportError:  # the stand-in device is optional
     assert_same_on_standin = None
 
