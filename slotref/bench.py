@@ -77,10 +77,60 @@ def conv_flops(batch, h_out, w_out, kernel, c_in, c_out) -> float:
     return 2.0 * batch * h_out * w_out * kernel * kernel * c_in * c_out
 
 
+def model_flops(config) -> dict:
+    """Forward FLOPs per image of each part of a model (multiply-adds count 2)."""
+    from slotref.models import decoder_layers
+
+    parts = {}
+    h, w = config.resolution
+    c_in, convs = 3, 0.0
+    if config.model == "slot-attention":
+        for s in config.encoder_strides:
+            h, w = -(-h // s), -(-w // s)
+            convs += conv_flops(1, h, w, config.encoder_kernel, c_in, config.encoder_channels)
+            c_in = config.encoder_channels
+        n, c = h * w, config.encoder_channels
+        parts["encoder convs"] = convs
+        parts["encoder MLPs"] = 2.0 * n * (4 * c + c * config.mlp_size + config.mlp_size ** 2)
+        sa, d, k = config.slot_attention, config.slot_attention.slot_size, config.num_slots
+        per_iter = 2.0 * (k * d * d + 2 * n * k * d + k * d * 6 * d + 2 * k * d * sa.mlp_hidden_size)
+        parts["slot attention"] = 2.0 * 2 * n * sa.input_size * d + config.num_iterations * per_iter
+    else:
+        parts["slot MLP"] = 2.0 * (16 * 16 * 3 * 512 + 512 * 512 + 512 * config.num_slots * 64)
+    if config.task == "setpred":
+        parts["head"] = 2.0 * config.num_slots * (64 * config.head_hidden + config.head_hidden * config.output_size)
+    else:
+        h0, w0 = config.resolution if config.decoder == "full" else config.decoder_init_resolution
+        dec, c = 0.0, config.slot_attention.slot_size
+        for kernel, stride, c_out in decoder_layers(config):
+            dec += conv_flops(1, h0, w0, kernel, c, c_out)  # a transposed conv: every input pixel x kernel
+            h0, w0, c = h0 * stride, w0 * stride, c_out
+        parts["decoder (all slots)"] = config.num_slots * dec
+    return parts
+
+
+def print_model_flops(echo=print, peak=None):
+    """FLOPs of the paper's configurations and the step time they imply at the matmul peak."""
+    from slotref.models import discovery_config, setpred_config
+
+    echo(f"{'model (paper configuration)':<34}{'GFLOP/image fwd':>16}{'~step GFLOP/image':>19}"
+         + (f"{'floor ms/image':>16}" if peak else ""))
+    for name, config in (("set prediction 128x128", setpred_config(128)), ("set prediction 64x64", setpred_config(64)),
+                         ("discovery Tetrominoes", discovery_config("tetrominoes")),
+                         ("discovery Multi-dSprites", discovery_config("multi-dsprites")),
+                         ("discovery CLEVR6", discovery_config("clevr6-shapes"))):
+        fwd = sum(model_flops(config).values()) / 1e9
+        line = f"{name:<34}{fwd:>16.3f}{3 * fwd:>19.3f}"
+        if peak:
+            line += f"{1e3 * 3 * fwd / peak:>16.2f}"
+        echo(line)
+
+
 def bench_layers(be, repeats=3, echo=print):
     xp = be.xp
     peak = matmul_peak(be)
     echo(f"float32 matmul peak (2048^3): {peak:.1f} GFLOP/s on {be.device}")
+    print_model_flops(echo, peak)
     echo(f"{'layer':<44}{'pass':<10}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}")
     rng = host_rng(0)
     shapes = [("conv 5x5 64->64, 64x64, batch 8, s1", 8, 64, 5, 64, 64, 1, "conv"),
@@ -179,7 +229,27 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
              f"{peak_memory_gb(be):>9.2f}")
         if profile:
             profile_step(step, echo)
+            sa = slot_attention_seconds(be, config, b, repeats)
+            echo(f"    {'Slot Attention (timed alone)':<28}{sa:>8.3f} s {100 * sa / seconds:>5.1f}% of the step")
     return rows
+
+
+def slot_attention_seconds(be, config, batch, repeats=3) -> float:
+    """Forward + backward of the model's Slot Attention module alone, at the step's shapes."""
+    from slotref import backend
+    from slotref.slot_attention import init_slot_attention, slot_attention
+
+    if config.model != "slot-attention":
+        return 0.0
+    rng = host_rng(1)
+    h, w = config.feature_resolution()
+    sa_config = replace(config.slot_attention, num_train_slots=config.num_slots)
+    params = be.tree_asarray(init_slot_attention(rng, sa_config))
+    inputs = be.asarray(rng.standard_normal((batch, h * w, sa_config.input_size)))
+    slots = be.asarray(rng.standard_normal((batch, config.num_slots, sa_config.slot_size)))
+    value_and_grad = autograd.value_and_grad(
+        lambda p, x: backend.sum(slot_attention(p, x, slots, config.num_iterations, sa_config)), argnum=(0, 1))
+    return _time(lambda: value_and_grad(params, inputs), be.xp, repeats)
 
 
 # Functions whose time the profile reports, grouped by what they are.

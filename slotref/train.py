@@ -96,7 +96,7 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # task shows nothing in 30 CPU minutes): 64x64 scenes with 2-4 objects,
             # 4 slots, the paper's architecture otherwise unchanged.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=3_000, batch_size=32,
-                               warmup_steps=300, decay_steps=3_000, eval_every=500, eval_size=256,
+                               warmup_steps=300, decay_steps=3_000, eval_every=250, eval_size=256,
                                checkpoint_every=250, max_objects=4, data_size=20_000, data_resolution=64,
                                data_min_objects=2, data_max_objects=4,
                                model=setpred_config(64, num_slots=4))

@@ -94,25 +94,29 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     preds, attn = to_host(preds), to_host(attn)                       # (N, K, 19), (N, T, N_in, K)
     t = attn.shape[1]
     feature_hw = config.model.feature_resolution()
-    fig = plt.figure(figsize=(1.3 * (1 + k) + 4.5, 1.5 * n * t ** 0.5 + 1))
-    grid = fig.add_gridspec(n, 2 + k, width_ratios=[1.3] + [1] * k + [4])
+    fig = plt.figure(figsize=(1.1 * (1 + k) + 4.5, 1.2 * n * t + 0.6))
+    grid = fig.add_gridspec(n * t, 2 + k, width_ratios=[1.3] + [1] * k + [4])
     for i in range(n):
-        ax = fig.add_subplot(grid[i, 0])
-        _image(ax, split.images[i] / 255.0, "image" if i == 0 else None)
         order = np.argsort(-preds[i, :, -1])
-        for col, j in enumerate(order):
-            ax = fig.add_subplot(grid[i, 1 + col])
-            ax.imshow(attn[i, -1, :, j].reshape(feature_hw), cmap="magma", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"slot {j + 1}\np={preds[i, j, -1]:.2f}", fontsize=6)
-        ax = fig.add_subplot(grid[i, 1 + k])
+        ax = fig.add_subplot(grid[i * t:(i + 1) * t, 0])
+        _image(ax, split.images[i] / 255.0, "image" if i == 0 else None)
+        for it in range(t):
+            for col, j in enumerate(order):
+                ax = fig.add_subplot(grid[i * t + it, 1 + col])
+                ax.imshow(attn[i, it, :, j].reshape(feature_hw), cmap="magma", vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if it == 0:
+                    ax.set_title(f"slot {j + 1}\np={preds[i, j, -1]:.2f}", fontsize=6)
+                if col == 0:
+                    ax.set_ylabel(f"t={it + 1}", fontsize=6)
+        ax = fig.add_subplot(grid[i * t:(i + 1) * t, 1 + k])
         ax.axis("off")
         real = split.targets[i][split.targets[i][:, -1] > 0.5]
         lines = ["predicted (p > 0.5):"] + [describe_object(preds[i, j]) for j in order if preds[i, j, -1] > 0.5]
         lines += ["true:"] + [describe_object(r) for r in real]
         ax.text(0, 1, "\n".join(lines), fontsize=5.5, va="top", family="monospace")
-    fig.suptitle(f"Set prediction: attention of the last of T={t} iterations per slot (sorted by presence)",
+    fig.suptitle(f"Set prediction: attention of each slot (columns, by presence) at each iteration (rows)",
                  fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
