@@ -21,4 +21,4 @@ CUPY_TF32=1 timeout -s INT -k 30 "$T" python3 cli.py train --task setpred --devi
 timeout 40 python3 cli.py eval runs/gpu-setpred --device gpu 2>&1 | tee -a "$OUT/train.log"
 CUPY_TF32=1 timeout -s INT -k 30 "$T" python3 cli.py train --task discovery --dataset tetrominoes --device gpu --quiet --out runs/gpu-tetro 2>&1 | tail -n 8 | tee -a "$OUT/train.log"
 timeout 40 python3 cli.py eval runs/gpu-tetro --device gpu 2>&1 | tee -a "$OUT/train.log"
-cp runs/gpu-*/metrics.jsonl "$OUT/" 2>/dev/null; for d in runs/gpu-*; do cp "$d/metrics.jsonl" "$OUT/$(basename $d)-metrics.jsonl" 2>/dev/null; done
+for d in runs/gpu-*; do cp "$d/metrics.jsonl" "$OUT/$(basename $d)-metrics.jsonl" 2>/dev/null; done
