@@ -16,6 +16,8 @@ against finite differences and against a plainly traced version.
 
 from __future__ import annotations
 
+import os
+
 import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
@@ -344,7 +346,7 @@ def _shifted_sum(sources, terms, rows, c_out, xp, dtype):
 IM2COL_MAX_CHANNELS = 8
 
 
-def _patch_matrix(x, geo):
+def _patch_matrix(x, geo, batch=None):
     """im2col for few input channels: (B * ho * wo, kh * kw * C) patches of the padded input.
 
     Within an image row, kw neighbouring pixels x C channels are contiguous, so
@@ -356,16 +358,37 @@ def _patch_matrix(x, geo):
     s, c = geo.stride, x.shape[3]
     sb, sh, sw, sc = x_pad.strides
     view = xp.lib.stride_tricks.as_strided(
-        x_pad, (geo.batch, geo.ho, geo.wo, geo.kh, geo.kw * c), (sb, s * sh, s * sw, sh, sc))
+        x_pad, (batch or geo.batch, geo.ho, geo.wo, geo.kh, geo.kw * c), (sb, s * sh, s * sw, sh, sc))
     return view.reshape(-1, geo.kh * geo.kw * c)
+
+
+# On accelerators one large GEMM (K = kh * kw * C_in) beats 25 thin ones: the
+# patch matrix is built there for every layer, in batch chunks of at most this
+# many bytes ("shifted" keeps the per-tap GEMMs on the device too).
+DEVICE_CONV = os.environ.get("SLOTREF_DEVICE_CONV", "im2col")
+DEVICE_PATCH_BYTES = 1 << 30
+
+
+def _use_patches(xp, c_in) -> bool:
+    return c_in <= IM2COL_MAX_CHANNELS or (xp is not np and DEVICE_CONV == "im2col")
+
+
+def _patch_chunks(geo, c_in, itemsize):
+    per_example = geo.ho * geo.wo * geo.kh * geo.kw * c_in * itemsize
+    step = max(1, DEVICE_PATCH_BYTES // max(per_example, 1))
+    for b0 in range(0, geo.batch, step):
+        yield b0, min(geo.batch, b0 + step)
 
 
 def _conv_forward(x, w, stride):
     xp = xp_of(x)
     geo = _Geometry(x.shape, w.shape, stride)
-    if x.shape[3] <= IM2COL_MAX_CHANNELS:
-        out = _patch_matrix(x, geo) @ w.reshape(-1, w.shape[3])
-        return out.reshape(geo.batch, geo.ho, geo.wo, w.shape[3])
+    if _use_patches(xp, x.shape[3]):
+        w_mat = w.reshape(-1, w.shape[3])
+        out = xp.empty((geo.batch, geo.ho, geo.wo, w.shape[3]), dtype=x.dtype)
+        for b0, b1 in _patch_chunks(geo, x.shape[3], x.itemsize):
+            out[b0:b1] = (_patch_matrix(x[b0:b1], geo, b1 - b0) @ w_mat).reshape(b1 - b0, geo.ho, geo.wo, -1)
+        return out
     terms = [(phase, row_off, col_off, w[i, j]) for i, j, phase, row_off, col_off in geo.taps()]
     rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
     return xp.ascontiguousarray(geo.from_rows(rows))
@@ -389,8 +412,11 @@ def _conv_backward_weight(x, g, stride, w_shape):
     """The gradient of ``_conv_forward`` with respect to its kernel."""
     xp = xp_of(x)
     geo = _Geometry(x.shape, w_shape, stride)
-    if x.shape[3] <= IM2COL_MAX_CHANNELS:
-        return (_patch_matrix(x, geo).T @ g.reshape(-1, w_shape[3])).reshape(w_shape)
+    if _use_patches(xp, x.shape[3]):
+        dw = xp.zeros((geo.kh * geo.kw * x.shape[3], w_shape[3]), dtype=x.dtype)
+        for b0, b1 in _patch_chunks(geo, x.shape[3], x.itemsize):
+            dw += _patch_matrix(x[b0:b1], geo, b1 - b0).T @ g[b0:b1].reshape(-1, w_shape[3])
+        return dw.reshape(w_shape)
     phases, g_rows = geo.phases(x), geo.to_rows(g)
     dw = xp.zeros(w_shape, dtype=x.dtype)
     c_in = w_shape[2]

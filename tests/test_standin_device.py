@@ -210,3 +210,22 @@ def test_a_failure_names_the_source_line(rng):
     params, x = {"w": rng.standard_normal(4)}, rng.standard_normal((3, 4))
     with pytest.raises(AssertionError, match=r"float64_created(.|\n)*test_standin_device.py"):
         assert_same_on_standin(lambda p, x: backend.sum(x * p["w"] * np.float64(0.5)), params, x, dtype=np.float32)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "shifted"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_device_convolutions_agree_with_numpy_for_each_algorithm_and_chunking(monkeypatch, algorithm, stride):
+    # The device path builds patch matrices in batch chunks (one example per
+    # chunk here) or runs per-tap GEMMs; both must equal the CPU path.
+    monkeypatch.setattr(layers, "DEVICE_CONV", algorithm)
+    monkeypatch.setattr(layers, "DEVICE_PATCH_BYTES", 1)
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((3, 7, 6, 10))
+    conv = {"w": rng.standard_normal((5, 5, 10, 9)), "b": rng.standard_normal(9)}
+    deconv = {"w": rng.standard_normal((3, 3, 4, 9)), "b": rng.standard_normal(4)}
+
+    def loss(p, images):
+        y = layers.conv_transpose2d(p["deconv"], layers.conv2d(p["conv"], images, stride), stride)
+        return backend.sum(y * y)
+
+    assert_same_on_standin(loss, {"conv": conv, "deconv": deconv}, x, dtype=np.float64)
