@@ -16,10 +16,18 @@ from pathlib import Path
 
 import click
 
-# AP of Slot Attention on CLEVR10, Table 3 of the paper (mean, std over 5 seeds).
-PAPER_TABLE3 = {"inf": (94.3, 1.1), "1": (86.7, 1.4), "0.5": (56.0, 3.6), "0.25": (10.8, 1.7), "0.125": (0.9, 0.2)}
-# FG-ARI of Slot Attention, Table 1 of the paper.
-PAPER_TABLE1 = {"clevr6-shapes": (98.8, 0.3), "multi-dsprites": (91.3, 0.3), "tetrominoes": (99.5, 0.2)}
+
+
+def _paper_ap(threshold: str):
+    """Table 3 of the paper: Slot Attention's AP on CLEVR10 (mean, std over 5 seeds)."""
+    from slotref.experiments import PAPER_TABLE3
+    return PAPER_TABLE3["Slot Attention"][f"AP_{threshold}"]
+
+
+def _paper_fg_ari(dataset: str):
+    """Table 1 of the paper: Slot Attention's FG-ARI, or None for other datasets."""
+    from slotref.experiments import PAPER_TABLE1
+    return PAPER_TABLE1.get(("Slot Attention", dataset))
 
 
 def _fail(err: Exception) -> None:
@@ -124,6 +132,7 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
     from slotref.data.hdf5 import DatasetError
     from slotref.train import TrainingError, preset_config, train as run_training
 
+    run_dir = Path(out) if out else "RUN_DIR"
     try:
         config = preset_config(task, dataset, preset)
         model = config.model
@@ -133,11 +142,13 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
             model = replace(model, num_iterations=num_iters)
         if model_name is not None:
             model = replace(model, model=model_name)
+        run_dir = Path(out) if out else Path("runs") / f"{task}-{Path(config.dataset).stem}-{preset}-seed{seed}"
+        if resume and steps is None and (run_dir / "config.json").exists():
+            steps = json.loads((run_dir / "config.json").read_text())["steps"]  # continue to the saved goal
         config = replace(config, model=model, seed=seed,
                          **{k: v for k, v in (("steps", steps), ("batch_size", batch_size),
                                               ("learning_rate", lr), ("device", device)) if v is not None})
         config = _apply_ablations(config, ablations)
-        run_dir = Path(out) if out else Path("runs") / f"{task}-{Path(config.dataset).stem}-{preset}-seed{seed}"
         click.echo(f"run directory: {run_dir}")
         result = run_training(config, run_dir, resume=resume, progress=not quiet)
         if not result:  # resumed a finished run
@@ -146,7 +157,7 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
             result = task_obj.evaluate(be, params, val)
     except KeyboardInterrupt as err:
         click.echo(f"\n{err or 'interrupted'}; continue with: python cli.py train --task {task} --out "
-                   f"{out or 'RUN_DIR'} --resume", err=True)
+                   f"{run_dir} --resume", err=True)
         sys.exit(130)
     except (TrainingError, DatasetError, BackendError, ValueError) as err:
         _fail(err)
@@ -161,12 +172,12 @@ def _result_table(task, config, result) -> str:
                  "slotref (this run)      " + "".join(f"{100 * result.get('ap_' + n, float('nan')):>13.1f}"
                                                       for n in names),
                  "paper, CLEVR10 (Table 3)" + "".join(f"{m:>7.1f} ± {s:<3.1f}" for m, s in
-                                                      (PAPER_TABLE3[n] for n in names))]
+                                                      (_paper_ap(n) for n in names))]
         if config.preset != "paper":
             lines.append("(the cpu preset is a smaller problem than CLEVR10: see docs/results.md)")
         return "\n".join(lines)
     ari = 100 * result.get("fg_ari", float("nan"))
-    paper = PAPER_TABLE1.get(Path(config.dataset).stem)
+    paper = _paper_fg_ari(Path(config.dataset).stem)
     line = f"FG-ARI (%): slotref {ari:.1f}"
     if paper:
         line += f"; paper (Table 1) {paper[0]:.1f} ± {paper[1]:.1f}"
@@ -180,9 +191,12 @@ def _result_table(task, config, result) -> str:
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
 @click.option("--dataset", default=None, help="Evaluate on this HDF5 file instead of the run's validation split.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json):
+@click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
+def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
-    import numpy as np
+    if curve:
+        click.echo(_curve_table(Path(run_dir)))
+        return
 
     from slotref import metrics
     from slotref.backend import BackendError
@@ -222,6 +236,25 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json):
         for k, v in result.items():
             if k not in ("step", "num_slots", "num_iters", "examples"):
                 click.echo(f"  {k}: {v}")
+
+
+def _curve_table(run_dir: Path) -> str:
+    """The evaluations logged during training: step, minutes since the first log line, metrics (%)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise click.ClickException(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evals = [r for r in records if "eval" in r]
+    if not evals:
+        return f"{run_dir}: no evaluation logged yet"
+    t0 = records[0]["time"]
+    keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
+    lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for r in evals:
+        values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
+                            for k in keys)
+        lines.append(f"| {r['step']} | {(r['time'] - t0) / 60:.1f} | {values} |")
+    return "\n".join(lines)
 
 
 @cli.command()
@@ -291,7 +324,13 @@ def _mount_data_commands():
     cli.add_command(data)
 
 
+def _mount_experiment_command():
+    from slotref.experiments import experiment
+    cli.add_command(experiment)
+
+
 _mount_data_commands()
+_mount_experiment_command()
 
 if __name__ == "__main__":
     cli()

@@ -56,7 +56,7 @@ class TrainConfig:
     warmup_steps: int = 1_000
     decay_steps: int = 50_000
     seed: int = 0
-    device: str = "cpu"
+    device: str | None = None          # None: $SLOTREF_DEVICE, else cpu
     dtype: str = "float32"
     eval_every: int = 1_000
     eval_size: int = 512               # the first examples of the file are held out, as the official code
@@ -262,7 +262,9 @@ class SetPredictionTask:
     def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
         preds, _ = self.predict(be, params, split, num_slots, num_iterations)
         table = metrics.ap_table(preds, split.targets)
-        return {f"ap_{_thr_name(t)}": float(v) for t, v in table.items()}
+        result = {f"ap_{_thr_name(t)}": float(v) for t, v in table.items()}
+        result.update(metrics.attribute_accuracy(preds, split.targets))
+        return result
 
 
 class DiscoveryTask:
@@ -434,10 +436,10 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
         config = replace(saved, steps=config.steps, device=config.device)
     elif ckpt_path.exists():
         raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    be = get_backend(config.device, config.dtype)
+    config = replace(config, device=be.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())
-
-    be = get_backend(config.device, config.dtype)
     task = make_task(config)
     data_path = resolve_dataset(config)
     train_split, val_split, fingerprint = load_splits(data_path, config)
@@ -535,7 +537,7 @@ def _format_eval(result: dict) -> str:
 
 
 def load_run(run_dir: str | Path, device: str | None = None):
-    """(config, backend, params, task, val_split) of a finished or interrupted run."""
+    """(config, backend, params, task, val_split, step) of a finished or interrupted run."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint.h5"
     if not ckpt.exists():

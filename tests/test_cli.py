@@ -40,7 +40,7 @@ def assert_one_line_error(result, *words):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "scenes64.h5"
-    write_dataset("clevr-shapes", path, 30, 0, resolution=64, min_objects=2, max_objects=4, progress=False,
+    write_dataset("clevr-shapes", path, 30, 0, resolution=64, min_objects=1, max_objects=3, progress=False,
                   workers=1)
     return path
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slotref.metrics import (AP_THRESHOLDS, adjusted_rand_index, ap_by_num_objects,
+from slotref.metrics import (attribute_accuracy, AP_THRESHOLDS, adjusted_rand_index, ap_by_num_objects,
                              ap_table, average_precision, fg_ari)
 
 
@@ -441,3 +441,20 @@ def test_ari_equals_pair_counting_ari(data, exclude_background):
         keep = true[image] != 0 if exclude_background else np.ones(true.shape[1], bool)
         expected = pair_counting_ari(list(true[image][keep]), list(pred[image][keep]))
         assert got[image] == pytest.approx(expected, abs=1e-12)
+
+
+def test_attribute_accuracy_counts_each_attribute_of_the_matched_prediction():
+    # Two real objects; the prediction for the second has the wrong colour and
+    # sits 0.6 units (0.1 in [0, 1] coordinates) away; a third, empty slot.
+    targets = np.zeros((1, 3, 19))
+    for row, (size, material, shape, color) in enumerate([(0, 1, 2, 3), (1, 0, 0, 7)]):
+        targets[0, row, :3] = 0.5
+        targets[0, row, [3 + size, 5 + material, 7 + shape, 10 + color, 18]] = 1
+    predictions = targets.copy()
+    predictions[0, 1, 10:18] = 0
+    predictions[0, 1, 10] = 1
+    predictions[0, 1, 0] += 0.1
+    result = attribute_accuracy(predictions[:, ::-1], targets)  # order of slots does not matter
+    assert result["acc_size"] == result["acc_material"] == result["acc_shape"] == 1.0
+    assert result["acc_color"] == result["acc_all"] == 0.5
+    assert result["median_distance"] == pytest.approx(0.3)  # median of 0 and 0.6
