@@ -40,14 +40,20 @@ def host_problem(task, dataset, batch, seed=0):
     return config, params, images, noise, targets
 
 
-def loss_and_grads(be, task, config, params, images, noise, targets):
+def device_problem(be, task, config, params, images, noise, targets):
+    """(parameters on the device, value_and_grad of the task's loss in them)."""
     p = be.tree_asarray(params)
     x, z, t = be.asarray(images), be.asarray(noise), be.asarray(targets)
     if task == "setpred":
         fn = lambda q: hungarian_huber_loss(set_prediction(q, x, z, config), t)  # noqa: E731
     else:
         fn = lambda q: mse(autoencoder(q, x, z, config)["recon_combined"], x)  # noqa: E731
-    loss, grads = autograd.value_and_grad(fn)(p)
+    return p, autograd.value_and_grad(fn)
+
+
+def loss_and_grads(be, task, config, params, images, noise, targets):
+    p, value_and_grad = device_problem(be, task, config, params, images, noise, targets)
+    loss, grads = value_and_grad(p)
     return to_float(loss), {k: to_host(v) for k, v in tree_leaves(grads)}
 
 
@@ -110,13 +116,7 @@ def bench(tf32: bool):
             pool.free_all_blocks()
             try:
                 config, params, images, noise, targets = host_problem(task, dataset, batch)
-                p = be.tree_asarray(params)
-                x, z, t = be.asarray(images), be.asarray(noise), be.asarray(targets)
-                if task == "setpred":
-                    fn = lambda q: hungarian_huber_loss(set_prediction(q, x, z, config), t)  # noqa: E731
-                else:
-                    fn = lambda q: mse(autoencoder(q, x, z, config)["recon_combined"], x)  # noqa: E731
-                vg = autograd.value_and_grad(fn)
+                p, vg = device_problem(be, task, config, params, images, noise, targets)
                 adam = Adam()
                 state = adam.init(p)
 

@@ -259,7 +259,7 @@ def plan_table3(opts: Options):
                for model, label in MODELS]
     paper = {(row, col): v for row, cols in PAPER_TABLE3.items() for col, v in cols.items()}
     note = "" if opts.preset == "paper" else ("The paper's numbers are CLEVR10 (3-10 objects, 128x128, K = 10); the "
-                                              "cpu preset is a smaller problem (64x64, 2-4 objects, K = 4).")
+                                              "cpu preset is a smaller problem (64x64, 1-3 objects, K = 3).")
     return configs, [Table("ap", "AP (%) of set prediction, Slot Attention vs Slot MLP (Table 3)", "model",
                            tuple(label for _, label in MODELS), tuple(AP_COLUMNS), paper, note)]
 
