@@ -215,6 +215,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
             preds, attn = task.predict(be, params, val, num_slots, num_iters)
             result.update({f"ap_{'inf' if math.isinf(t) else f'{t:g}'}": a
                            for t, a in metrics.ap_table(preds, val.targets).items()})
+            result.update(metrics.attribute_accuracy(preds, val.targets))
             by_n = metrics.ap_by_num_objects(preds, val.targets)
             result["ap_by_num_objects"] = {str(n): {("inf" if math.isinf(t) else f"{t:g}"): a for t, a in row.items()}
                                            for n, row in by_n.items()}
@@ -229,6 +230,9 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     if config.task == "setpred":
         click.echo(_result_table("setpred", config, {k: v for k, v in result.items() if k.startswith("ap_") and
                                                      not isinstance(v, dict)}))
+        click.echo("matched objects: " + ", ".join(
+            f"{k[4:]} accuracy {100 * result[k]:.1f}%" for k in result if k.startswith("acc_"))
+            + f", median position error {result['median_distance']:.2f}")
         click.echo("AP (%) by number of objects (Figures 21/22):")
         for n, row in result["ap_by_num_objects"].items():
             click.echo(f"  {n:>2} objects: " + "  ".join(f"AP_{t}={100 * a:5.1f}" for t, a in row.items()))

@@ -231,7 +231,26 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
             profile_step(step, echo)
             sa = slot_attention_seconds(be, config, b, repeats)
             echo(f"    {'Slot Attention (timed alone)':<28}{sa:>8.3f} s {100 * sa / seconds:>5.1f}% of the step")
+            loading = data_loading_seconds(be, config, b)
+            echo(f"    {'data: batch to device (alone)':<28}{loading:>8.3f} s {100 * loading / seconds:>5.1f}% of the step")
+            peak = matmul_peak(be)
+            step_flops = 3 * b * sum(model_flops(config).values())
+            echo(f"    whole step: {step_flops / 1e9:.1f} GFLOP in {seconds:.3f} s = {step_flops / seconds / 1e9:.1f} "
+                 f"GFLOP/s, {100 * step_flops / seconds / 1e9 / peak:.0f}% of the {peak:.0f} GFLOP/s matmul peak")
+            with ConvTimer(be.xp) as timer:
+                step()
+            timer.report(echo, peak)
     return rows
+
+
+def data_loading_seconds(be, config, batch) -> float:
+    """Gathering a random batch of uint8 images on the host and preprocessing it on the device."""
+    from slotref.train import preprocess
+
+    h, w = config.resolution
+    images = host_rng(2).integers(0, 256, (4 * batch, h, w, 3), dtype=np.uint8)
+    idx = host_rng(3).permutation(4 * batch)[:batch]
+    return _time(lambda: preprocess(be, images[idx]), be.xp, 3)
 
 
 def slot_attention_seconds(be, config, batch, repeats=3) -> float:
@@ -262,6 +281,63 @@ PROFILE_GROUPS = {
     "softmax": ("softmax",),
     "Adam": ("update",),
 }
+
+
+class ConvTimer:
+    """Times every call of the three convolution kernels, keyed by layer shape.
+
+    Patches ``layers._conv_forward`` / ``_conv_backward_input`` /
+    ``_conv_backward_weight`` for the duration of a ``with`` block (the
+    primitives look them up at call time), so one training step yields each
+    convolution layer's forward, input-gradient and weight-gradient time.
+    """
+
+    KERNELS = {"_conv_forward": "forward", "_conv_backward_input": "grad x", "_conv_backward_weight": "grad w"}
+
+    def __init__(self, xp):
+        self.xp, self.times, self.saved = xp, {}, {}
+
+    def _wrap(self, name, fn):
+        def timed(*args):
+            _sync(self.xp)
+            t0 = time.perf_counter()
+            out = fn(*args)
+            _sync(self.xp)
+            # The layer: (input shape, kernel shape, stride) of the forward convolution it belongs to.
+            if name == "_conv_forward":
+                x, w, stride = args
+                key = (tuple(x.shape), tuple(w.shape), stride)
+            elif name == "_conv_backward_input":
+                g, w, stride, x_shape = args
+                key = (tuple(x_shape), tuple(w.shape), stride)
+            else:
+                x, g, stride, w_shape = args
+                key = (tuple(x.shape), tuple(w_shape), stride)
+            self.times.setdefault(key, {}).setdefault(self.KERNELS[name], 0.0)
+            self.times[key][self.KERNELS[name]] += time.perf_counter() - t0
+            return out
+        return timed
+
+    def __enter__(self):
+        for name in self.KERNELS:
+            self.saved[name] = getattr(layers, name)
+            setattr(layers, name, self._wrap(name, self.saved[name]))
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(layers, name, fn)
+
+    def report(self, echo, peak):
+        echo(f"    {'convolution (input, kernel, stride)':<52}{'pass':<9}{'ms':>8}{'GFLOP/s':>9}{'% peak':>8}")
+        for (x_shape, w_shape, stride), passes in self.times.items():
+            b, h, w, _ = x_shape
+            kh, _, c_in, c_out = w_shape
+            flops = conv_flops(b, -(-h // stride), -(-w // stride), kh, c_in, c_out)
+            label = f"{x_shape} {w_shape} s{stride}"
+            for pass_name, seconds in passes.items():
+                rate = flops / seconds / 1e9
+                echo(f"    {label:<52}{pass_name:<9}{1e3 * seconds:>8.1f}{rate:>9.1f}{100 * rate / peak:>7.0f}%")
 
 
 def profile_step(step, echo=print):
