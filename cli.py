@@ -157,7 +157,7 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
             result = task_obj.evaluate(be, params, val)
     except KeyboardInterrupt as err:
         click.echo(f"\n{err or 'interrupted'}; continue with: python cli.py train --task {task} --out "
-                   f"{run_dir} --resume", err=True)
+                   f"{run_dir} --resume\n", err=True)
         sys.exit(130)
     except (TrainingError, DatasetError, BackendError, ValueError) as err:
         _fail(err)
