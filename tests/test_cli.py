@@ -106,7 +106,19 @@ def test_eval_json_with_more_slots_and_iterations(run_dir):
     assert (report["step"], report["num_slots"], report["num_iters"], report["examples"]) == (2, 6, 4, 3)
     for key in ("ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"):
         assert 0.0 <= report[key] <= 1.0
-    assert set(report["ap_by_num_objects"]) <= {"2", "3", "4"}
+    assert set(report["ap_by_num_objects"]) <= {"1", "2", "3"}
+    assert {"acc_size", "acc_material", "acc_shape", "acc_color", "acc_all", "median_distance"} <= set(report)
+
+
+def test_eval_curve_prints_the_logged_validation_as_a_table(run_dir, tmp_path):
+    out, _ = run_dir
+    result = invoke("eval", out, "--curve")
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.output.strip().splitlines()
+    assert header.startswith("| step | minutes | ap_inf |") and rule.startswith("|---")
+    assert rows[-1].startswith("| 2 |")  # the evaluation at the end of the 2-step run
+    missing = invoke("eval", tmp_path, "--curve")
+    assert missing.exit_code != 0 and "no metrics.jsonl" in missing.output
 
 
 def test_viz_writes_a_png(run_dir, tmp_path):
