@@ -243,7 +243,9 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
 
 
 def _curve_table(run_dir: Path) -> str:
-    """The evaluations logged during training: step, minutes since the first log line, metrics (%)."""
+    """The evaluations logged during training: step, minutes of training, metrics (%)."""
+    import numpy as np
+
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise click.ClickException(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
@@ -251,13 +253,20 @@ def _curve_table(run_dir: Path) -> str:
     evals = [r for r in records if "eval" in r]
     if not evals:
         return f"{run_dir}: no evaluation logged yet"
-    t0 = records[0]["time"]
+    # Minutes of training: the time between consecutive log lines, leaving out
+    # pauses (an interrupted and resumed run), i.e. gaps over 10x the median.
+    times = np.array([r["time"] for r in records])
+    gaps = np.diff(times, prepend=times[0])
+    gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
+    elapsed = np.cumsum(gaps) / 60
     keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
     lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for r in evals:
+    for i, r in enumerate(records):
+        if "eval" not in r:
+            continue
         values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
                             for k in keys)
-        lines.append(f"| {r['step']} | {(r['time'] - t0) / 60:.1f} | {values} |")
+        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {values} |")
     return "\n".join(lines)
 
 

@@ -278,7 +278,8 @@ def attribute_accuracy(predictions, targets) -> dict:
         real = true[true[:, -1] > 0.5]
         if len(real) == 0:
             continue
-        rows, cols = linear_sum_assignment(np.abs(real[:, None, :] - pred[None, :, :]).mean(-1))
+        cost = np.abs(real[:, None, :] - pred[None, :, :]).mean(-1)
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))  # NaN predictions match last
         for i, j in zip(rows, cols):
             correct = _attributes(real[i]) == _attributes(pred[j])
             for name, ok in zip(ATTRIBUTE_NAMES, correct):

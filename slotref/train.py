@@ -491,6 +491,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 bar.close()
                 raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
             if done % config.eval_every == 0 or done == config.steps:
+                _check_finite_params(params, done, ckpt_path)
                 last_eval = task.evaluate(be, params, val_split)
                 _append_jsonl(metrics_path, {"step": done, "eval": last_eval, "time": time.time()})
                 bar.write(f"step {done}: " + _format_eval(last_eval))

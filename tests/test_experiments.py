@@ -250,13 +250,16 @@ def test_unknown_configurations_and_empty_selections_are_one_line_errors():
         configurations("table1", Options(tasks=("setpred",)))
 
 
-def test_the_paper_numbers_agree_with_the_cli():
+def test_the_cli_prints_the_papers_numbers_beside_a_run():
+    # cli.py takes the paper's numbers from this module: Table 3's Slot
+    # Attention row under an AP table, Table 1's FG-ARI under a discovery run.
     import cli
+    from slotref.train import preset_config
 
-    for column, value in cli.PAPER_TABLE3.items():
-        assert experiments.PAPER_TABLE3["Slot Attention"][f"AP_{column}"] == value
-    for dataset, value in cli.PAPER_TABLE1.items():
-        assert experiments.PAPER_TABLE1[("Slot Attention", dataset)] == value
+    ap_text = cli._result_table("setpred", preset_config("setpred"), {"ap_inf": 0.5})
+    assert "94.3 ± 1.1" in ap_text and "0.9 ± 0.2" in ap_text and "50.0" in ap_text
+    ari_text = cli._result_table("discovery", preset_config("discovery", "tetrominoes"), {"fg_ari": 0.25})
+    assert "25.0" in ari_text and "99.5 ± 0.2" in ari_text
 
 
 # --------------------------------------------------------------------------
