@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -201,7 +200,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     from slotref import metrics
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
-    from slotref.train import TrainingError, load_file, load_run
+    from slotref.train import TrainingError, load_file, load_run, threshold_name
 
     try:
         config, be, params, task, val, step = load_run(run_dir, device)
@@ -213,11 +212,9 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
                   "num_iters": num_iters or config.model.num_iterations, "examples": len(val)}
         if config.task == "setpred":
             preds, attn = task.predict(be, params, val, num_slots, num_iters)
-            result.update({f"ap_{'inf' if math.isinf(t) else f'{t:g}'}": a
-                           for t, a in metrics.ap_table(preds, val.targets).items()})
-            result.update(metrics.attribute_accuracy(preds, val.targets))
+            result.update(task.scores(preds, val.targets))
             by_n = metrics.ap_by_num_objects(preds, val.targets)
-            result["ap_by_num_objects"] = {str(n): {("inf" if math.isinf(t) else f"{t:g}"): a for t, a in row.items()}
+            result["ap_by_num_objects"] = {str(n): {threshold_name(t): a for t, a in row.items()}
                                            for n, row in by_n.items()}
         else:
             result.update(task.evaluate(be, params, val, num_slots, num_iters))

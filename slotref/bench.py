@@ -22,7 +22,7 @@ import autograd
 import numpy as np
 
 from slotref import layers
-from slotref.backend import get_backend, host_rng, to_float, to_host
+from slotref.backend import get_backend, host_rng
 
 # PyTorch 2.13 eager CPU on the 2-core development machine (shared/MEASUREMENTS.md).
 PYTORCH_CPU_IMAGES_PER_S = {

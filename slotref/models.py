@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-import autograd.numpy as anp
 import numpy as np
 
 from slotref import backend

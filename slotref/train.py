@@ -18,7 +18,6 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import autograd
 import h5py
@@ -259,12 +258,17 @@ class SetPredictionTask:
             attns.append(None if a is None else to_host(a[:, -1]))
         return np.concatenate(preds), (None if attns[0] is None else np.concatenate(attns))
 
+    @staticmethod
+    def scores(predictions, targets) -> dict:
+        """AP at the five thresholds (keys ap_inf ... ap_0.125) and the per-attribute accuracies."""
+        table = metrics.ap_table(predictions, targets)
+        result = {f"ap_{threshold_name(t)}": float(v) for t, v in table.items()}
+        result.update(metrics.attribute_accuracy(predictions, targets))
+        return result
+
     def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
         preds, _ = self.predict(be, params, split, num_slots, num_iterations)
-        table = metrics.ap_table(preds, split.targets)
-        result = {f"ap_{_thr_name(t)}": float(v) for t, v in table.items()}
-        result.update(metrics.attribute_accuracy(preds, split.targets))
-        return result
+        return self.scores(preds, split.targets)
 
 
 class DiscoveryTask:
@@ -279,10 +283,14 @@ class DiscoveryTask:
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), None
 
-    def outputs(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=32):
-        """Host arrays: masks (N, K, H, W), recon_combined (N, H, W, 3), slots (N, K, D), attention (N, T, N_in, K)."""
+    def outputs(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=32,
+                with_recons=False):
+        """Host arrays: masks (N, K, H, W), recon_combined (N, H, W, 3), slots (N, K, D), attention
+        (N, T, N_in, K), and with ``with_recons`` the per-slot reconstructions (N, K, H, W, 3)."""
         k = num_slots or self.config.model.num_slots
         out = {"masks": [], "recon_combined": [], "slots": [], "attention": []}
+        if with_recons:
+            out["recons"] = []
         for start in range(0, len(split), batch_size):
             images = preprocess(be, split.images[start:start + batch_size])
             noise = eval_noise(be, self.config, images.shape[0], k, start)
@@ -291,14 +299,18 @@ class DiscoveryTask:
             out["recon_combined"].append(to_host(o["recon_combined"]))
             out["slots"].append(to_host(o["slots"]))
             out["attention"].append(None if o["attention"] is None else to_host(o["attention"]))
+            if with_recons:
+                out["recons"].append(to_host(o["recons"]))
         return {k: (None if v[0] is None else np.concatenate(v)) for k, v in out.items()}
 
     def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
+        from slotref.data import hdf5
+
         o = self.outputs(be, params, split, num_slots, num_iterations)
         masks = o["masks"]                                                     # (N, K, H, W)
         pred = np.argmax(masks, axis=1)                                        # (N, H, W)
         ari = metrics.adjusted_rand_index(split.masks.astype(np.int64), pred.astype(np.int64))
-        images = split.images.astype(np.float32) / 127.5 - 1
+        images = hdf5.images_to_float(split.images)
         result = {"fg_ari": float(np.nanmean(ari)),
                   "mse": float(np.mean((o["recon_combined"] - images) ** 2))}
         result.update(collapse_diagnostics(masks, o["slots"], o["attention"]))
@@ -332,7 +344,7 @@ def looks_collapsed(diag: dict) -> bool:
     return diag.get("attention_entropy", 0.0) > 0.9 or diag.get("slot_cosine", 0.0) > 0.95
 
 
-def _thr_name(t: float) -> str:
+def threshold_name(t: float) -> str:
     return "inf" if math.isinf(t) else f"{t:g}"
 
 
@@ -379,7 +391,6 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
 def load_checkpoint(path: Path, be, template_params, config: TrainConfig):
     """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``."""
     def fill(f, group, template):
-        out = {}
         def walk(tree, prefix):
             if isinstance(tree, dict):
                 return {k: walk(v, f"{prefix}{k}/") for k, v in tree.items()}

@@ -49,19 +49,13 @@ def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_it
 
 
 def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations):
-    out = task.outputs(be, params, split, num_slots, num_iterations)
+    out = task.outputs(be, params, split, num_slots, num_iterations, with_recons=True)
     masks, recon = out["masks"], out["recon_combined"]                # (N, K, H, W), (N, H, W, 3)
+    recons = out["recons"]                                            # (N, K, H, W, 3)
     attn = out["attention"]                                           # (N, T, N_in, K)
     n, k = masks.shape[:2]
     t = attn.shape[1] if attn is not None else 0
     feature_hw = config.model.feature_resolution()
-    # Per-slot reconstructions x alpha need the per-slot RGB: recompute from the model outputs.
-    from slotref.backend import to_host
-    from slotref.models import autoencoder
-    from slotref.train import eval_noise, preprocess
-    images = preprocess(be, split.images)
-    o = autoencoder(params, images, eval_noise(be, config, n, k, 0), config.model, num_iterations)
-    recons = to_host(o["recons"])                                     # (N, K, H, W, 3)
     cols = 3 + k + t
     fig, axes = plt.subplots(n, cols, figsize=(1.3 * cols, 1.4 * n), squeeze=False)
     for i in range(n):
@@ -116,7 +110,7 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
         lines = ["predicted (p > 0.5):"] + [describe_object(preds[i, j]) for j in order if preds[i, j, -1] > 0.5]
         lines += ["true:"] + [describe_object(r) for r in real]
         ax.text(0, 1, "\n".join(lines), fontsize=5.5, va="top", family="monospace")
-    fig.suptitle(f"Set prediction: attention of each slot (columns, by presence) at each iteration (rows)",
+    fig.suptitle("Set prediction: attention of each slot (columns, by presence) at each iteration (rows)",
                  fontsize=8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -78,7 +78,6 @@ def write_dataset(name, out_path, n, seed, resolution=None, chunk=256, progress=
         raise ValueError(f"{out_path}: n must be at least 1, got {n}")
     spec = generators.get_spec(name)
     config = generator_config(name, seed, resolution, **options)
-    res = config["resolution"]
     partial = out_path + ".partial"
     done = _resumable_count(partial, name, config, n)
     if done is None:
