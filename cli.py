@@ -119,13 +119,15 @@ def _apply_ablations(config, kw):
 @click.option("--num-slots", type=int, default=None, help="K at training time.")
 @click.option("--num-iters", type=int, default=None, help="T at training time.")
 @click.option("--lr", type=float, default=None, help="Base learning rate (4e-4).")
+@click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
+              help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/<task>-...).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_ablation_options
-def train(task, dataset, preset, model_name, device, steps, batch_size, num_slots, num_iters, lr, seed, out,
-          resume, quiet, **ablations):
+def train(task, dataset, preset, model_name, device, steps, batch_size, num_slots, num_iters, lr, init_scheme, seed,
+          out, resume, quiet, **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table."""
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
@@ -141,6 +143,8 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
             model = replace(model, num_iterations=num_iters)
         if model_name is not None:
             model = replace(model, model=model_name)
+        if init_scheme is not None:
+            model = replace(model, init=init_scheme)
         run_dir = Path(out) if out else Path("runs") / f"{task}-{Path(config.dataset).stem}-{preset}-seed{seed}"
         if resume and steps is None and (run_dir / "config.json").exists():
             steps = json.loads((run_dir / "config.json").read_text())["steps"]  # continue to the saved goal

@@ -52,6 +52,32 @@ def orthogonal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(q if rows >= cols else q.T)
 
 
+def torch_default_init(rng: np.random.Generator, params):
+    """The same parameter tree redrawn with PyTorch's default initialisers.
+
+    PyTorch's nn.Linear / nn.Conv2d / nn.ConvTranspose2d draw kernels and biases
+    from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
+    nn.GRUCell draws everything from U(-1/sqrt(hidden), 1/sqrt(hidden)).
+    Kernels here are (d_in, d_out), (k, k, c_in, c_out) or, transposed,
+    (k, k, c_out, c_in): PyTorch's fan_in is k * k * shape[2] for both 4-D forms.
+    LayerNorm and the slot distribution keep their values. For comparing with
+    PyTorch implementations (``--init torch``); the default is Glorot (Keras).
+    """
+    if isinstance(params, list):
+        return [torch_default_init(rng, p) for p in params]
+    if not isinstance(params, dict):
+        return params
+    if "w_hidden" in params:  # GRU cell
+        bound = 1.0 / np.sqrt(params["w_hidden"].shape[0])
+        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
+    if "w" in params:  # linear or convolution
+        w = params["w"]
+        fan_in = w.shape[0] if w.ndim == 2 else w.shape[0] * w.shape[1] * w.shape[2]
+        bound = 1.0 / np.sqrt(fan_in)
+        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
+    return {k: torch_default_init(rng, v) for k, v in params.items()}
+
+
 # --------------------------------------------------------------------------
 # Dense layers.
 
@@ -219,6 +245,14 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
 BLOCK_ROWS = 4096
 
 
+def _phase_span(p, pad, size, s):
+    """Phase p of a padded axis: (first phase index i0, first input index, count) of
+    the input pixels it holds; padded index i * s + p is input index i * s + p - pad."""
+    i0 = max(0, -(-(pad - p) // s))
+    first = i0 * s + p - pad
+    return i0, first, max(0, -(-(size - first) // s))
+
+
 class _Geometry:
     """Padding and phase layout of one SAME convolution."""
 
@@ -242,14 +276,26 @@ class _Geometry:
                 for i in range(self.kh) for j in range(self.kw)]
 
     def phases(self, x):
-        """The padded input split into stride^2 phases, each (rows, C), contiguous."""
+        """The padded input split into stride^2 phases, each (rows, C), contiguous.
+
+        Phase (py, px) holds padded pixels (py + s*i, px + s*j); each is filled
+        straight from a strided view of x, without building the padded input.
+        """
         xp = xp_of(x)
-        x_pad = xp.pad(x, ((0, 0), (self.pt, self.hp - self.h - self.pt), (self.pl, self.wp - self.w - self.pl), (0, 0)))
         s, c = self.stride, x.shape[3]
         if s == 1:
+            x_pad = xp.pad(x, ((0, 0), (self.pt, self.hp - self.h - self.pt),
+                               (self.pl, self.wp - self.w - self.pl), (0, 0)))
             return [x_pad.reshape(self.rows, c)]
-        return [xp.ascontiguousarray(x_pad[:, py::s, px::s]).reshape(self.rows, c)
-                for py in range(s) for px in range(s)]
+        out = []
+        for py in range(s):
+            i0, y0, ny = _phase_span(py, self.pt, self.h, s)
+            for px in range(s):
+                j0, x0, nx = _phase_span(px, self.pl, self.w, s)
+                ph = xp.zeros((self.batch, self.hq, self.wq, c), dtype=x.dtype)
+                ph[:, i0:i0 + ny, j0:j0 + nx] = x[:, y0::s, x0::s][:, :ny, :nx]
+                out.append(ph.reshape(self.rows, c))
+        return out
 
     def to_rows(self, y):
         """An output-shaped array (B, ho, wo, C) placed in the (rows, C) layout, zeros elsewhere."""
@@ -263,46 +309,41 @@ class _Geometry:
         c = rows.shape[1]
         return rows.reshape(self.batch, self.hq, self.wq, c)[:, :self.ho, :self.wo]
 
-    def unphase(self, phases, c):
-        """Inverse of ``phases``: (rows, C) per phase -> the unpadded input (B, H, W, C)."""
-        xp = xp_of(phases[0])
+    def unphase(self, rows, c):
+        """Inverse of ``phases`` with the phases side by side: (rows, stride^2 * C) -> the
+        unpadded input (B, H, W, C)."""
         s = self.stride
-        if s == 1:
-            x_pad = phases[0].reshape(self.batch, self.hp, self.wp, c)
-        else:
-            x_pad = xp.empty((self.batch, self.hp, self.wp, c), dtype=phases[0].dtype)
-            for p, ph in enumerate(phases):
-                x_pad[:, p // s::s, p % s::s] = ph.reshape(self.batch, self.hq, self.wq, c)
+        x_pad = rows.reshape(self.batch, self.hq, self.wq, s, s, c).transpose(0, 1, 3, 2, 4, 5)
+        x_pad = x_pad.reshape(self.batch, self.hp, self.wp, c)
         return x_pad[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w]
 
 
-def _group_taps(terms):
-    """Group (source, row offset, column offset, weight) terms by source.
+def _pair_layout(taps):
+    """Where the column-shifted copies of a block go, for taps (source, row offset, column offset, ...).
 
-    Returns {source: (column offsets, {row offset: weights stacked along K})}:
-    on CPUs the taps of one kernel row are one GEMM with K = (taps in the row) x C
-    over a buffer of column-shifted copies, instead of one thin GEMM per tap.
+    Every (source, column offset) pair read by some tap gets C columns of one
+    buffer, in sorted order; a row offset's taps then read the column range
+    [lo, hi) of pairs (its taps' pairs and any between them). Returns the pairs
+    and {row offset: (lo, hi)}. For a stride-2 5x5 kernel the four phases give
+    10 pairs and three row offsets of K = 10, 10 and 5 pairs x C: three wide
+    GEMMs instead of nine narrow ones per phase.
     """
-    by_source = {}
-    for src, row_off, col_off, weight in terms:
-        by_source.setdefault(src, {}).setdefault(row_off, {})[col_off] = weight
-    groups = {}
-    for src, rows in by_source.items():
-        cols = sorted({c for taps in rows.values() for c in taps})
-        stacked = {}
-        for row_off, taps in rows.items():
-            some = next(iter(taps.values()))
-            xp = xp_of(some)
-            zero = xp.zeros_like(some)
-            stacked[row_off] = xp.concatenate([taps.get(c, zero) for c in cols], axis=0)
-        groups[src] = (cols, stacked)
-    return groups
+    pairs = sorted({(t[0], t[2]) for t in taps})
+    index = {pair: n for n, pair in enumerate(pairs)}
+    spans = {}
+    for t in taps:
+        n = index[(t[0], t[2])]
+        lo, hi = spans.get(t[1], (n, n + 1))
+        spans[t[1]] = (min(lo, n), max(hi, n + 1))
+    return pairs, index, spans
 
 
-def _shifted_block(source, r0, ext, cols, buf):
-    """buf[r, k*C:(k+1)*C] = source[r0 + r + cols[k]] (zero outside the source)."""
-    rows, c = source.shape
-    for k, col in enumerate(cols):
+def _shifted_block(sources, pairs, r0, ext, buf):
+    """buf[r, k*C:(k+1)*C] = sources[src_k][r0 + r + col_k] for pairs k = (src_k, col_k)
+    (zero outside the source)."""
+    for k, (src, col) in enumerate(pairs):
+        source = sources[src]
+        rows, c = source.shape
         a0, a1 = r0 + col, r0 + col + ext
         lo, hi = max(a0, 0), min(a1, rows)
         part = buf[:, k * c:(k + 1) * c]
@@ -315,28 +356,48 @@ def _shifted_block(source, r0, ext, cols, buf):
     return buf
 
 
-def _shifted_sum(sources, terms, rows, c_out, xp, dtype):
-    """out[q] = sum over terms (source, row_off, col_off, weight) of
-    sources[source][q + row_off + col_off] @ weight; rows outside a source read zeros."""
-    out = xp.zeros((rows, c_out), dtype=dtype)
+def _shifted_sum(sources, terms, rows, c_out, xp, dtype, n_out=1):
+    """out[q, d] = sum over terms (source, row_off, col_off, weight, d) of
+    sources[source][q + row_off + col_off] @ weight, where out[q, d] is the
+    d-th block of C_out columns of row q (d = 0 when a term has no fifth
+    entry); rows outside a source read zeros. Returns (rows, n_out * C_out)."""
+    out = xp.zeros((rows, n_out * c_out), dtype=dtype)
+    terms = [t if len(t) == 5 else t + (0,) for t in terms]
     if xp is not np:
         # Accelerators: one large GEMM per tap over all rows.
-        for src, row_off, col_off, weight in terms:
+        for src, row_off, col_off, weight, d in terms:
             off = row_off + col_off
             a0, a1 = max(0, off), min(rows, rows + off)
             if a0 < a1:
-                out[a0 - off:a1 - off] += sources[src][a0:a1] @ weight
+                out[a0 - off:a1 - off, d * c_out:(d + 1) * c_out] += sources[src][a0:a1] @ weight
         return out
-    for src, (cols, stacked) in _group_taps(terms).items():
-        source = sources[src]
-        lo_row, hi_row = min(stacked), max(stacked)
-        buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(cols) * source.shape[1]), dtype=dtype)
-        for r0 in range(0, rows, BLOCK_ROWS):
-            n = min(rows, r0 + BLOCK_ROWS) - r0
-            block = _shifted_block(source, r0 + lo_row, n + hi_row - lo_row, cols, buf[:n + hi_row - lo_row])
-            acc = out[r0:r0 + n]
-            for row_off, weight in stacked.items():
-                acc += block[row_off - lo_row:row_off - lo_row + n] @ weight
+    if not terms:
+        return out
+    # CPUs: in row blocks that stay in cache, copy the column-shifted rows of
+    # every (source, column offset) pair side by side into one buffer; then
+    # each row offset is one GEMM over a row-shifted slice of that buffer, with
+    # K = its pairs x C and N = its outputs x C_out (zero blocks where a pair
+    # does not feed an output), instead of one thin GEMM (K = C, N = C_out) per tap.
+    c = sources[0].shape[1]
+    pairs, index, spans = _pair_layout(terms)
+    outs = {}
+    for _, row_off, _, _, d in terms:
+        lo, hi = outs.get(row_off, (d, d + 1))
+        outs[row_off] = (min(lo, d), max(hi, d + 1))
+    stacked = {r: xp.zeros(((hi - lo) * c, (outs[r][1] - outs[r][0]) * c_out), dtype=dtype)
+               for r, (lo, hi) in spans.items()}
+    for src, row_off, col_off, weight, d in terms:
+        k = index[(src, col_off)] - spans[row_off][0]
+        e = d - outs[row_off][0]
+        stacked[row_off][k * c:(k + 1) * c, e * c_out:(e + 1) * c_out] = weight
+    lo_row, hi_row = min(spans), max(spans)
+    buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(pairs) * c), dtype=dtype)
+    for r0 in range(0, rows, BLOCK_ROWS):
+        n = min(rows, r0 + BLOCK_ROWS) - r0
+        block = _shifted_block(sources, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
+        for row_off, weight in stacked.items():
+            (lo, hi), (d0, d1) = spans[row_off], outs[row_off]
+            out[r0:r0 + n, d0 * c_out:d1 * c_out] += block[row_off - lo_row:row_off - lo_row + n, lo * c:hi * c] @ weight
     return out
 
 
@@ -398,14 +459,11 @@ def _conv_backward_input(g, w, stride, x_shape):
     """The adjoint of ``_conv_forward`` with respect to its input."""
     xp = xp_of(g)
     geo = _Geometry(x_shape, w.shape, stride)
-    g_rows = [geo.to_rows(g)]
-    n_phases = stride * stride
-    phases = []
-    for p in range(n_phases):
-        # Input row r of phase p received out row r - offset through tap t.
-        terms = [(0, -row_off, -col_off, w[i, j].T) for i, j, phase, row_off, col_off in geo.taps() if phase == p]
-        phases.append(_shifted_sum(g_rows, terms, geo.rows, x_shape[3], xp, g.dtype))
-    return xp.ascontiguousarray(geo.unphase(phases, x_shape[3]))
+    # Input row r of phase p received out row r - offset through each tap of
+    # phase p; all phases come out side by side as column blocks of one sum.
+    terms = [(0, -row_off, -col_off, w[i, j].T, phase) for i, j, phase, row_off, col_off in geo.taps()]
+    rows = _shifted_sum([geo.to_rows(g)], terms, geo.rows, x_shape[3], xp, g.dtype, n_out=stride * stride)
+    return xp.ascontiguousarray(geo.unphase(rows, x_shape[3]))
 
 
 def _conv_backward_weight(x, g, stride, w_shape):
@@ -425,26 +483,21 @@ def _conv_backward_weight(x, g, stride, w_shape):
             off = row_off + col_off
             dw[i, j] = phases[phase][off:].T @ g_rows[:geo.rows - off]
         return dw
-    # CPUs: per kernel row, the column-shifted copies of a block (as in
-    # _shifted_sum) times the block of dy gives all of the row's taps at once.
-    taps_by_phase = {}
-    for i, j, phase, row_off, col_off in geo.taps():
-        taps_by_phase.setdefault(phase, []).append((i, j, row_off, col_off))
-    for phase, taps in taps_by_phase.items():
-        cols = sorted({t[3] for t in taps})
-        row_offs = sorted({t[2] for t in taps})
-        lo_row, hi_row = row_offs[0], row_offs[-1]
-        buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(cols) * c_in), dtype=x.dtype)
-        grads = {r: xp.zeros((len(cols) * c_in, w_shape[3]), dtype=x.dtype) for r in row_offs}
-        for r0 in range(0, geo.rows, BLOCK_ROWS):
-            n = min(geo.rows, r0 + BLOCK_ROWS) - r0
-            block = _shifted_block(phases[phase], r0 + lo_row, n + hi_row - lo_row, cols,
-                                   buf[:n + hi_row - lo_row])
-            for r in row_offs:
-                grads[r] += block[r - lo_row:r - lo_row + n].T @ g_rows[r0:r0 + n]
-        for i, j, row_off, col_off in taps:
-            k = cols.index(col_off)
-            dw[i, j] = grads[row_off][k * c_in:(k + 1) * c_in]
+    # CPUs: the buffer of column-shifted copies of _shifted_sum; per row
+    # offset, a slice of a block times the block of dy gives all of its taps.
+    taps = [(phase, row_off, col_off, i, j) for i, j, phase, row_off, col_off in geo.taps()]
+    pairs, index, spans = _pair_layout(taps)
+    lo_row, hi_row = min(spans), max(spans)
+    buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(pairs) * c_in), dtype=x.dtype)
+    grads = {r: xp.zeros(((hi - lo) * c_in, w_shape[3]), dtype=x.dtype) for r, (lo, hi) in spans.items()}
+    for r0 in range(0, geo.rows, BLOCK_ROWS):
+        n = min(geo.rows, r0 + BLOCK_ROWS) - r0
+        block = _shifted_block(phases, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
+        for r, (lo, hi) in spans.items():
+            grads[r] += block[r - lo_row:r - lo_row + n, lo * c_in:hi * c_in].T @ g_rows[r0:r0 + n]
+    for phase, row_off, col_off, i, j in taps:
+        k = index[(phase, col_off)] - spans[row_off][0]
+        dw[i, j] = grads[row_off][k * c_in:(k + 1) * c_in]
     return dw
 
 

@@ -22,12 +22,13 @@ from slotref import backend
 from slotref.backend import relu, sigmoid, xp_of
 from slotref.layers import (conv2d, conv_transpose2d, init_conv2d, init_conv_transpose2d, init_layer_norm,
                             init_mlp, init_soft_position_embed, layer_norm, mlp, soft_position_embed, softmax,
-                            spatial_broadcast, spatial_flatten)
+                            spatial_broadcast, spatial_flatten, torch_default_init)
 from slotref.slot_attention import (SlotAttentionConfig, init_slot_attention, sample_initial_slots,
                                     slot_attention)
 
 TASKS = ("setpred", "discovery")
 MODELS = ("slot-attention", "slot-mlp")
+INITS = ("glorot", "torch")
 NUM_PROPERTIES = 19  # 3 coordinates + 2 sizes + 2 materials + 3 shapes + 8 colours + presence
 
 
@@ -53,10 +54,13 @@ class ModelConfig:
     decoder: str = "clevr"
     decoder_channels: int = 64
     decoder_init_resolution: tuple[int, int] = (8, 8)
+    init: str = "glorot"                       # "glorot" (Keras, the official code) | "torch" (PyTorch defaults)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.task == "discovery":
@@ -213,6 +217,8 @@ def init_model(rng, config: ModelConfig) -> dict:
         params["head"] = init_mlp(rng, [d, config.head_hidden, config.output_size])
     else:
         params["decoder"] = init_decoder(rng, config)
+    if config.init == "torch":
+        params = torch_default_init(rng, params)
     return params
 
 

@@ -141,12 +141,43 @@ def test_slot_mlp_baseline_is_tables_9_and_10():
     assert [l["w"].shape for l in p["slot_mlp"]["slot_mlp"]] == [(64, 64), (64, 64)]
 
 
+@pytest.mark.parametrize("init", ["glorot", "torch"])
 @pytest.mark.parametrize("config", [setpred_config(32), discovery_config("tetrominoes")], ids=["setpred", "discovery"])
-def test_parameters_are_float64_and_c_contiguous(config):
+def test_parameters_are_float64_and_c_contiguous(config, init):
+    config = replace(config, init=init)
     # C order is how a checkpoint reloads them; BLAS rounds other layouts
     # differently, which would break bitwise-exact resume.
     for path, leaf in tree_leaves(init_model(host_rng(0, 0), config)):
         assert leaf.dtype == np.float64 and leaf.flags.c_contiguous, path
+
+
+@pytest.mark.parametrize("config", [setpred_config(32), discovery_config("tetrominoes"), discovery_config("clevr6")],
+                         ids=["setpred", "tetrominoes", "clevr6"])
+def test_torch_init_draws_every_kernel_and_bias_within_pytorchs_fan_in_bound(config):
+    glorot = dict(tree_leaves(init_model(host_rng(0, 0), config)))
+    torch = dict(tree_leaves(init_model(host_rng(0, 0), replace(config, init="torch"))))
+    assert glorot.keys() == torch.keys()
+    redrawn = 0
+    for path, leaf in torch.items():
+        group, name = path.rsplit("/", 1)
+        assert leaf.shape == glorot[path].shape, path
+        if group.endswith("gru"):  # nn.GRUCell: everything U(+-1/sqrt(hidden))
+            bound = 1.0 / np.sqrt(torch[group + "/w_hidden"].shape[0])
+        elif name in ("w", "b"):  # nn.Linear / nn.Conv2d / nn.ConvTranspose2d: U(+-1/sqrt(fan_in))
+            kernel = torch[group + "/w"]
+            bound = 1.0 / np.sqrt(kernel.shape[0] if kernel.ndim == 2 else np.prod(kernel.shape[:3]))
+        else:  # LayerNorm and the slot distribution keep their values
+            np.testing.assert_array_equal(leaf, glorot[path], err_msg=path)
+            continue
+        assert np.abs(leaf).max() <= bound, path
+        assert leaf.size < 4 or np.abs(leaf).max() > 0.5 * bound, path  # drawn, not left at zero
+        redrawn += 1
+    assert redrawn > 10
+
+
+def test_unknown_init_is_a_value_error():
+    with pytest.raises(ValueError, match="init"):
+        replace(setpred_config(32), init="he")
 
 
 # --------------------------------------------------------------------------
