@@ -67,6 +67,7 @@ class TrainConfig:
     data_resolution: int = 128
     data_min_objects: int | None = None
     data_max_objects: int | None = None
+    data_zoom: float = 1.0             # camera zoom of the CLEVR generators (objects zoom times larger)
     data_dir: str = "data"
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -153,6 +154,9 @@ def resolve_dataset(config: TrainConfig) -> Path:
     opts = {k: v for k, v in (("min_objects", config.data_min_objects),
                               ("max_objects", config.data_max_objects)) if v is not None}
     suffix = "".join(f"-{k[:3]}{v}" for k, v in sorted(opts.items()))
+    if config.data_zoom != 1.0:
+        opts["zoom"] = config.data_zoom
+        suffix += f"-zoom{config.data_zoom:g}"
     path = Path(config.data_dir) / f"{config.dataset}-{config.data_resolution}px-n{config.data_size}{suffix}-s{config.seed}.h5"
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(hdf5.ensure_dataset(config.dataset, str(path), config.data_size, config.seed,

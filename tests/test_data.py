@@ -252,3 +252,49 @@ def test_commands_make_and_describe_a_file(tmp_path):
     assert result.exit_code == 1 and "min_objects <= max_objects" in result.output
     result = runner.invoke(data, ["info", str(tmp_path / "nothing.h5")])
     assert result.exit_code == 1 and "no such file" in result.output
+
+
+# --------------------------------------------------------------------------
+# Camera zoom of the CLEVR generators.
+
+def test_zoom_makes_objects_larger_and_keeps_them_in_the_smaller_placement_area():
+    plain = render("clevr-shapes", 5, 0, 40, 32, min_objects=1, max_objects=3)
+    zoomed = render("clevr-shapes", 5, 0, 40, 32, min_objects=1, max_objects=3, zoom=2)
+
+    def mean_area(d):
+        ids = d["masks"]
+        return np.mean([(ids[i] == j + 1).sum() for i in range(len(ids)) for j in range(d["num_objects"][i])])
+
+    # Twice the linear size in pixels: about four times the area (occlusion and
+    # clipping at the border keep it below 4).
+    assert 2.5 < mean_area(zoomed) / mean_area(plain) < 4.5
+    real = np.arange(3)[None, :] < zoomed["num_objects"][:, None]
+    xy = zoomed["objects/coords"][..., :2][real]
+    assert np.abs(xy).max() < 1.5 and np.abs(plain["objects/coords"][..., :2]).max() > 1.5
+
+
+def test_zoom_is_part_of_the_file_config_and_a_zoomed_file_resumes_as_zoomed(tmp_path):
+    path = write_dataset("clevr-shapes", tmp_path / "z.h5", 6, seed=2, resolution=32, zoom=2, progress=False)
+    ds = load_dataset(path)
+    assert json.loads(ds.meta["config"])["zoom"] == 2
+    np.testing.assert_array_equal(ds.images, render("clevr-shapes", 2, 0, 6, 32, zoom=2)["images"])
+    # zoom 1 is the default and is not written: files made before the option keep their config.
+    assert "zoom" not in hdf5.generator_config("clevr-shapes", 0, 32, zoom=1)
+    with pytest.raises(DatasetError):
+        hdf5.ensure_dataset("clevr-shapes", path, 6, 2, resolution=32)  # same file, other options
+
+
+@pytest.mark.parametrize("name, zoom, message", [("tetrominoes", 2, "CLEVR generators only"),
+                                                  ("clevr-shapes", 0.5, "zoom must be in"),
+                                                  ("clevr-shapes", 9, "zoom must be in")])
+def test_bad_zoom_is_a_value_error(name, zoom, message):
+    with pytest.raises(ValueError, match=message):
+        render(name, 0, 0, 2, SMALL[name], zoom=zoom)
+
+
+def test_data_make_takes_a_zoom(tmp_path):
+    out = tmp_path / "z.h5"
+    result = CliRunner().invoke(data, ["make", "clevr-shapes", "--out", str(out), "--n", "3", "--resolution", "32",
+                                       "--zoom", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(load_dataset(out).meta["config"])["zoom"] == 2

@@ -23,7 +23,7 @@ from slotref.data.hdf5 import DatasetError, write_dataset
 from slotref.models import discovery_config, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
 from slotref.train import (BatchOrder, TrainConfig, TrainingError, collapse_diagnostics, load_run, looks_collapsed,
-                           preset_config, train)
+                           preset_config, resolve_dataset, train)
 
 SA16 = SlotAttentionConfig(input_size=16, slot_size=16, mlp_hidden_size=32)
 SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
@@ -415,3 +415,14 @@ def test_presets_are_the_papers_table_11():
         preset_config("setpred", preset="huge")
     with pytest.raises(ValueError, match="task"):
         preset_config("detection")
+
+
+def test_built_in_data_is_made_once_with_the_configs_options(tmp_path):
+    config = replace(preset_config("setpred"), data_dir=str(tmp_path), data_size=4, data_resolution=32,
+                     data_min_objects=1, data_max_objects=2, data_zoom=2.0)
+    path = resolve_dataset(config)
+    assert path.name == "clevr-shapes-32px-n4-max2-min1-zoom2-s0.h5"
+    meta = json.loads(h5py.File(path, "r").attrs["config"])
+    assert (meta["zoom"], meta["min_objects"], meta["max_objects"], meta["resolution"]) == (2.0, 1, 2, 32)
+    plain = resolve_dataset(replace(config, data_zoom=1.0))
+    assert plain.name == "clevr-shapes-32px-n4-max2-min1-s0.h5" and plain != path

@@ -24,17 +24,19 @@ def data():
 @click.option("--seed", type=int, default=0, show_default=True, help="Example i depends only on (seed, i).")
 @click.option("--min-objects", type=click.IntRange(min=1), default=None, help="Fewest objects per scene.")
 @click.option("--max-objects", type=click.IntRange(min=1), default=None, help="Most objects per scene.")
+@click.option("--zoom", type=click.FloatRange(1.0, generators.MAX_ZOOM), default=None,
+              help="CLEVR generators: narrow the camera's view by this factor (objects this much larger).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Rendering processes (default: up to 2).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def make(name, out_path, n, resolution, seed, min_objects, max_objects, workers, progress):
+def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, workers, progress):
     """Generate dataset NAME into --out (resumes an interrupted run with the same options)."""
     spec = generators.GENERATORS[name]
     try:
-        config = hdf5.generator_config(name, seed, resolution, min_objects=min_objects, max_objects=max_objects)
+        options = dict(min_objects=min_objects, max_objects=max_objects, zoom=zoom)
+        config = hdf5.generator_config(name, seed, resolution, **options)
         start = time.perf_counter()
-        hdf5.write_dataset(name, out_path, n, seed, resolution, progress=progress, workers=workers,
-                           min_objects=min_objects, max_objects=max_objects)
+        hdf5.write_dataset(name, out_path, n, seed, resolution, progress=progress, workers=workers, **options)
     except (ValueError, RuntimeError, OSError) as e:  # DatasetError is a ValueError
         raise click.ClickException(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - start

@@ -68,15 +68,18 @@ class GeneratorSpec:
 def render(name, seed, start, count, resolution=None, **options):
     """Examples ``start .. start+count-1`` of generator ``name`` as a dict of arrays.
 
-    ``options``: ``min_objects``, ``max_objects`` (defaults from the spec).
+    ``options``: ``min_objects``, ``max_objects`` (defaults from the spec) and,
+    for the CLEVR generators, ``zoom`` (default 1).
     """
     spec = get_spec(name)
+    zoom = resolve_zoom(spec, options.pop("zoom", None))
     resolution, min_objects, max_objects = resolve_options(spec, resolution, **options)
+    extra = {} if zoom == 1.0 else {"zoom": zoom}
     indices = np.arange(start, start + count, dtype=np.int64)
     # Draw in pieces of about half a million pixels: bigger batches spill out
     # of the CPU caches and get slower per image.
     step = max(8, RENDER_BATCH_PIXELS // (resolution * resolution))
-    parts = [spec.draw(int(seed), indices[i : i + step], resolution, min_objects, max_objects)
+    parts = [spec.draw(int(seed), indices[i : i + step], resolution, min_objects, max_objects, **extra)
              for i in range(0, max(count, 1), step)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
@@ -86,6 +89,16 @@ def get_spec(name):
         return GENERATORS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(GENERATORS)}") from None
+
+
+def resolve_zoom(spec, zoom=None) -> float:
+    """The camera zoom of a generator's option set: 1 unless given; CLEVR generators only."""
+    zoom = 1.0 if zoom is None else float(zoom)
+    if zoom != 1.0 and spec.draw is not _draw_clevr:
+        raise ValueError(f"{spec.name}: zoom applies to the CLEVR generators only")
+    if not 1.0 <= zoom <= MAX_ZOOM:
+        raise ValueError(f"{spec.name}: zoom must be in [1, {MAX_ZOOM:g}], got {zoom:g}")
+    return zoom
 
 
 def resolve_options(spec, resolution=None, min_objects=None, max_objects=None):
@@ -147,6 +160,12 @@ CAMERA_POSITION = np.array([7.5, -6.5, 5.3])  # CLEVR's camera, looking at the o
 # much in tangent units (~1.4 degrees) to centre the objects.
 CAMERA_FOV_DEGREES = 42.0
 CAMERA_WINDOW_SHIFT = -0.025
+# ``zoom`` (an option of the CLEVR generators, default 1) narrows the field of
+# view by that factor and places the objects in (-3/zoom, 3/zoom)^2: the same
+# camera looking at the middle of the floor, so objects are zoom times larger
+# in pixels. A CPU preset uses it to get objects of CLEVR-at-128x128 size in
+# smaller images.
+MAX_ZOOM = 4.0
 LIGHT_DIRECTION = np.array([1.0, -3.0, 4.0]) / np.sqrt(26.0)  # towards the key light
 MIN_GAP = 0.25  # CLEVR's --min_dist
 CLEVR_MIN_PIXELS = 200  # CLEVR's --min_pixels_per_object, at 480x320
@@ -154,36 +173,36 @@ PLACEMENT_TRIES = 24  # candidate positions per object and attempt
 
 
 @functools.lru_cache(maxsize=8)
-def _camera(resolution):
+def _camera(resolution, zoom=1.0):
     """Camera basis, per-pixel ray directions (H*W, 3) float32 and the background (H*W, 3)."""
     forward = -CAMERA_POSITION / np.linalg.norm(CAMERA_POSITION)
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
     up = np.cross(right, forward)
-    half_width = np.tan(np.radians(CAMERA_FOV_DEGREES) / 2)
+    half_width = np.tan(np.radians(CAMERA_FOV_DEGREES) / 2) / zoom
     centres = (np.arange(resolution) + 0.5) / resolution * 2 - 1  # pixel centres in [-1, 1]
     sx = centres[None, :] * half_width
-    sy = -centres[:, None] * half_width + CAMERA_WINDOW_SHIFT
+    sy = -centres[:, None] * half_width + CAMERA_WINDOW_SHIFT / zoom
     rays = forward + sx[..., None] * right + sy[..., None] * up  # (H, W, 3)
     # Grey ground with a soft light pool, as CLEVR's area lights give.
     u, v = np.meshgrid(centres, centres)
     shade = 0.42 + 0.16 * np.exp(-((u + 0.1) ** 2 + (v - 0.1) ** 2) / 1.2)
     background = shade[..., None] * np.array([1.0, 1.0, 1.02])
-    basis = (forward, right, up, half_width)
+    basis = (forward, right, up, half_width, CAMERA_WINDOW_SHIFT / zoom)
     return basis, rays.reshape(-1, 3).astype(np.float32), background.reshape(-1, 3).astype(np.float32)
 
 
-def _project(points, resolution):
+def _project(points, resolution, zoom=1.0):
     """World points (..., 3) -> (row, col) float pixel coordinates."""
-    (forward, right, up, half_width), _, _ = _camera(resolution)
+    (forward, right, up, half_width, shift), _, _ = _camera(resolution, zoom)
     d = points - CAMERA_POSITION
     depth = d @ forward
     x = (d @ right) / depth / half_width
-    y = ((d @ up) / depth - CAMERA_WINDOW_SHIFT) / half_width
+    y = ((d @ up) / depth - shift) / half_width
     return (1 - y) / 2 * resolution - 0.5, (x + 1) / 2 * resolution - 0.5
 
 
-def _sample_clevr_scenes(seed, indices, attempts, min_objects, max_objects):
+def _sample_clevr_scenes(seed, indices, attempts, min_objects, max_objects, zoom=1.0):
     """Scene parameters as (B, M) arrays, M = max_objects; ok=False where placement failed."""
     m, tries = max_objects, PLACEMENT_TRIES
     u = _uniforms(seed, indices, attempts, 1 + 5 * m + 2 * m * tries)
@@ -194,7 +213,7 @@ def _sample_clevr_scenes(seed, indices, attempts, min_objects, max_objects):
     shape = (attrs[..., 2] * 3).astype(np.int8)
     color = (attrs[..., 3] * 8).astype(np.int8)
     rotation = attrs[..., 4] * 2 * np.pi
-    candidates = u[:, 1 + 5 * m :].reshape(-1, m, tries, 2) * 6 - 3  # x, y uniform in (-3, 3)
+    candidates = (u[:, 1 + 5 * m :].reshape(-1, m, tries, 2) * 6 - 3) / zoom  # x, y uniform in (-3, 3) / zoom
     radius = SIZE_RADIUS[size]
     b = np.arange(len(indices))
     xy = np.zeros((len(indices), m, 2))
@@ -293,7 +312,7 @@ def _to_uint8(rgb):
     return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _draw_clevr_scenes(scenes, resolution):
+def _draw_clevr_scenes(scenes, resolution, zoom=1.0):
     """Ray cast every object inside its projected bounding box, then z-buffer.
 
     The pixels of all objects' boxes form one flat list, so the work is
@@ -301,7 +320,7 @@ def _draw_clevr_scenes(scenes, resolution):
     Returns images (B, H, W, 3) uint8, masks (B, H, W) uint8, visible pixel counts (B, M).
     """
     res = resolution
-    _, rays, background = _camera(res)
+    _, rays, background = _camera(res, zoom)
     batch, m = scenes["size"].shape
     radius = SIZE_RADIUS[scenes["size"]]
     # CLEVR scales the unit cube by r / sqrt(2) so that it is not much bigger than the sphere.
@@ -316,7 +335,7 @@ def _draw_clevr_scenes(scenes, resolution):
     # Projected bounding box of each object's prism [x +- r, y +- r, 0 .. 2h].
     corners = np.stack(np.meshgrid([-1, 1], [-1, 1], [-1, 1], indexing="ij"), -1).reshape(8, 3)
     extent = np.stack([r, r, h], -1)
-    rows, cols = _project(centre[:, None, :] + corners * extent[:, None, :], res)  # (O, 8)
+    rows, cols = _project(centre[:, None, :] + corners * extent[:, None, :], res, zoom)  # (O, 8)
     r0 = np.clip(np.floor(rows.min(1)), 0, res).astype(np.int64)
     r1 = np.clip(np.ceil(rows.max(1)) + 1, 0, res).astype(np.int64)
     c0 = np.clip(np.floor(cols.min(1)), 0, res).astype(np.int64)
@@ -390,13 +409,13 @@ def _draw_clevr_scenes(scenes, resolution):
     return images, masks, counts
 
 
-def _draw_clevr(seed, indices, resolution, min_objects, max_objects):
+def _draw_clevr(seed, indices, resolution, min_objects, max_objects, zoom=1.0):
     # CLEVR re-renders a scene whose objects are too hidden; scaled to this resolution.
     min_pixels = max(1, round(CLEVR_MIN_PIXELS * resolution * resolution / (480 * 320)))
 
     def attempt(idx, attempts):
-        scenes, placed = _sample_clevr_scenes(seed, idx, attempts, min_objects, max_objects)
-        images, masks, counts = _draw_clevr_scenes(scenes, resolution)
+        scenes, placed = _sample_clevr_scenes(seed, idx, attempts, min_objects, max_objects, zoom)
+        images, masks, counts = _draw_clevr_scenes(scenes, resolution, zoom)
         visible = ((counts >= min_pixels) | ~scenes["real"]).all(axis=1)
         real = scenes["real"]
         # Labels: z is the size's radius (DATASETS.md), padding 0 / -1 (schema).

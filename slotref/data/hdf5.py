@@ -59,9 +59,13 @@ class Dataset:
 def generator_config(name, seed, resolution=None, **options):
     """The full option set of a generated file (the ``config`` attribute)."""
     spec = generators.get_spec(name)
+    zoom = generators.resolve_zoom(spec, options.pop("zoom", None))
     resolution, min_objects, max_objects = generators.resolve_options(spec, resolution, **options)
-    return {"generator": name, "seed": int(seed), "resolution": resolution,
-            "min_objects": min_objects, "max_objects": max_objects}
+    config = {"generator": name, "seed": int(seed), "resolution": resolution,
+              "min_objects": min_objects, "max_objects": max_objects}
+    if zoom != 1.0:  # absent at 1: files made before the option keep their config
+        config["zoom"] = zoom
+    return config
 
 
 def write_dataset(name, out_path, n, seed, resolution=None, chunk=256, progress=True, workers=None, **options):
@@ -106,7 +110,7 @@ def _rendered_chunks(name, config, done, n, chunk, workers):
     """Yield (start, arrays) for the chunks from ``done`` to ``n``, in order."""
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
     starts = list(range(done, n, chunk))
-    options = dict(min_objects=config["min_objects"], max_objects=config["max_objects"])
+    options = dict(min_objects=config["min_objects"], max_objects=config["max_objects"], zoom=config.get("zoom"))
     args = [(name, config["seed"], s, min(chunk, n - s), config["resolution"]) for s in starts]
     if workers <= 1 or len(starts) < 3:
         for s, a in zip(starts, args):
