@@ -407,10 +407,10 @@ def test_presets_are_the_papers_table_11():
     assert (discovery.steps, discovery.batch_size, discovery.warmup_steps, discovery.decay_steps) == \
         (500_000, 64, 10_000, 100_000)
     assert discovery.model.resolution == (35, 35) and discovery.model.num_slots == 4
-    # The official code's Glorot initialisers at the paper's settings; PyTorch's on the CPU presets.
-    assert paper.model.init == discovery.model.init == "glorot"
-    assert {preset_config(t, d, "cpu").model.init for t, d in
-            (("setpred", None), ("discovery", "tetrominoes"), ("discovery", "multi-dsprites"))} == {"torch"}
+    # The official code's Glorot initialisers at the paper's settings and for set prediction on
+    # the CPU; PyTorch's for the discovery CPU presets.
+    assert paper.model.init == discovery.model.init == preset_config("setpred").model.init == "glorot"
+    assert {preset_config("discovery", d, "cpu").model.init for d in ("tetrominoes", "multi-dsprites")} == {"torch"}
     with pytest.raises(ValueError, match="preset"):
         preset_config("setpred", preset="huge")
     with pytest.raises(ValueError, match="task"):
