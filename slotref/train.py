@@ -87,8 +87,8 @@ class TrainConfig:
 # The discovery CPU presets draw the initial weights with PyTorch's defaults
 # (models.ModelConfig.init): on Tetrominoes they reached FG-ARI 0.23 at step 500
 # where the official code's Glorot initialisers reached 0.06. Set prediction keeps
-# Glorot, which ended its CPU preset with a lower position error (1.76 against
-# 2.34; docs/results.md). The paper presets keep Glorot, as the official code.
+# Glorot, which ended its CPU preset with a lower position error (2.01 and 1.76
+# in two runs, against 2.34; docs/results.md). The paper presets keep Glorot, as the official code.
 DISCOVERY_CPU_INIT = "torch"
 
 
