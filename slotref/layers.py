@@ -323,8 +323,8 @@ def _pair_layout(taps):
 
     Every (source, column offset) pair read by some tap gets C columns of one
     buffer, in sorted order; a row offset's taps then read the column range
-    [lo, hi) of pairs (its taps' pairs and any between them). Returns the pairs
-    and {row offset: (lo, hi)}. For a stride-2 5x5 kernel the four phases give
+    [lo, hi) of pairs (its taps' pairs and any between them). Returns the pairs,
+    {pair: its index} and {row offset: (lo, hi)}. For a stride-2 5x5 kernel the four phases give
     10 pairs and three row offsets of K = 10, 10 and 5 pairs x C: three wide
     GEMMs instead of nine narrow ones per phase.
     """
@@ -359,10 +359,8 @@ def _shifted_block(sources, pairs, r0, ext, buf):
 def _shifted_sum(sources, terms, rows, c_out, xp, dtype, n_out=1):
     """out[q, d] = sum over terms (source, row_off, col_off, weight, d) of
     sources[source][q + row_off + col_off] @ weight, where out[q, d] is the
-    d-th block of C_out columns of row q (d = 0 when a term has no fifth
-    entry); rows outside a source read zeros. Returns (rows, n_out * C_out)."""
+    d-th block of C_out columns of row q; rows outside a source read zeros. Returns (rows, n_out * C_out)."""
     out = xp.zeros((rows, n_out * c_out), dtype=dtype)
-    terms = [t if len(t) == 5 else t + (0,) for t in terms]
     if xp is not np:
         # Accelerators: one large GEMM per tap over all rows.
         for src, row_off, col_off, weight, d in terms:
@@ -450,7 +448,7 @@ def _conv_forward(x, w, stride):
         for b0, b1 in _patch_chunks(geo, x.shape[3], x.itemsize):
             out[b0:b1] = (_patch_matrix(x[b0:b1], geo, b1 - b0) @ w_mat).reshape(b1 - b0, geo.ho, geo.wo, -1)
         return out
-    terms = [(phase, row_off, col_off, w[i, j]) for i, j, phase, row_off, col_off in geo.taps()]
+    terms = [(phase, row_off, col_off, w[i, j], 0) for i, j, phase, row_off, col_off in geo.taps()]
     rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
     return xp.ascontiguousarray(geo.from_rows(rows))
 
