@@ -131,11 +131,15 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table."""
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
-    from slotref.train import TrainingError, preset_config, train as run_training
+    from slotref.train import TrainingError, fit_to_file, preset_config, train as run_training
 
     run_dir = Path(out) if out else "RUN_DIR"
     try:
         config = preset_config(task, dataset, preset)
+        if not resume:
+            config, notes = fit_to_file(config)
+            for note in notes:
+                click.echo(f"note: {note}")
         model = config.model
         if num_slots is not None:
             model = replace(model, num_slots=num_slots)

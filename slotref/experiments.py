@@ -287,7 +287,11 @@ def plan_iterations(opts: Options):
 def plan_more_objects(opts: Options):
     configs, tables = [], []
     if "setpred" in opts.tasks:
-        trained = compose(with_train(data_max_objects=6, max_objects=6), with_model(num_slots=6, num_iterations=3))
+        # Up to 10 objects do not fit the CPU preset's zoomed camera: these runs
+        # use the unzoomed 64x64 scenes (train.LARGE_SCENES).
+        trained = compose(with_train(data_max_objects=6, max_objects=6, **training.LARGE_SCENES),
+                          with_model(num_slots=6, num_iterations=3,
+                                     resolution=(training.LARGE_SCENES["data_resolution"],) * 2))
         rows = tuple(f"N = K = {n}" for n in opts.object_counts)
         probes = tuple(Probe("setpred", f"N = K = {n}", AP_COLUMNS, EvalData("clevr-shapes", n, n), num_slots=n)
                        for n in opts.object_counts)
@@ -599,7 +603,8 @@ def describe_budget(configuration: Configuration, config: TrainConfig) -> str:
                                            config.data_max_objects)
     what = "set prediction" if config.task == "setpred" else "object discovery"
     objects = f"{lo}" if lo == hi else f"{lo}-{hi}"
-    return (f"{configuration.name}: {what} on {configuration.dataset} ({m.resolution[0]}x{m.resolution[1]}, "
+    zoom = f", camera zoom {config.data_zoom:g}" if config.data_zoom != 1.0 else ""
+    return (f"{configuration.name}: {what} on {configuration.dataset} ({m.resolution[0]}x{m.resolution[1]}{zoom}, "
             f"{objects} objects, {config.data_size} scenes), {m.model}, K = {m.num_slots}, T = {m.num_iterations}; "
             f"{config.steps} steps x batch {config.batch_size} (warm-up {config.warmup_steps}, decay steps "
             f"{config.decay_steps}); evaluated on {min(config.eval_size, config.data_size // 10)} held-out scenes")

@@ -1,8 +1,9 @@
 """The command line as users meet it (click's CliRunner, in process).
 
-The CLI has no option for the model's width or resolution: ``train`` runs the
-``cpu`` preset's architecture (64x64, 64 channels, K = 4), so the tiny run
-here is a 64x64 file of 30 scenes, batch 2, 2 steps (a few seconds).
+The CLI has no option for the model's width: ``train`` runs the ``cpu``
+preset's architecture (64 channels), fitted to the file's image size and
+object count, so the tiny run here is a 64x64 file of 30 scenes, batch 2,
+2 steps (a few seconds).
 """
 
 from __future__ import annotations
@@ -151,11 +152,28 @@ def test_train_on_a_truncated_dataset_file(dataset, tmp_path):
     assert_one_line_error(result, "broken.h5")
 
 
-def test_train_on_a_file_of_another_resolution(tmp_path):
+def test_set_prediction_fits_the_model_to_the_users_file(tmp_path):
+    # The CPU preset is 32x32 with 3 target rows and K = 3; the file is 48x48 with up to 4 objects.
+    path = tmp_path / "scenes48.h5"
+    write_dataset("clevr-shapes", path, 20, 0, resolution=48, min_objects=2, max_objects=4, progress=False, workers=1)
+    result = invoke("train", "--dataset", path, "--steps", 1, "--batch-size", 2, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "48x48 images" in result.output and "up to 4 objects" in result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["resolution"] == [48, 48]
+    assert config["max_objects"] == 4 and config["model"]["num_slots"] == 4
+    # An explicit --num-slots is kept, and too few slots for the file's scenes is a one-line error.
+    result = invoke("train", "--dataset", path, "--steps", 1, "--batch-size", 2, "--num-slots", 3,
+                    "--out", tmp_path / "run3", "--quiet")
+    assert_one_line_error(result, "slots")
+
+
+def test_discovery_on_a_file_of_another_resolution(tmp_path):
     path = tmp_path / "small.h5"
-    write_dataset("clevr-shapes", path, 20, 0, resolution=32, min_objects=2, max_objects=4, progress=False, workers=1)
-    result = invoke("train", "--dataset", path, "--steps", 1, "--out", tmp_path / "run", "--quiet")
-    assert_one_line_error(result, "32x32", "64x64")
+    write_dataset("clevr6-shapes", path, 20, 0, resolution=32, progress=False, workers=1)
+    result = invoke("train", "--task", "discovery", "--dataset", path, "--steps", 1, "--out", tmp_path / "run",
+                    "--quiet")
+    assert_one_line_error(result, "32x32", "128x128")
 
 
 def test_eval_and_viz_on_a_directory_that_is_not_a_run(tmp_path):

@@ -110,7 +110,7 @@ def test_more_objects_trains_on_at_most_six_and_tests_on_exactly_n_with_k_equal_
     assert max(load_dataset(config["dataset"]).num_objects) <= 6
     keys = json.loads(Path("runs/experiments/more-objects/setpred-max6-seed0/evaluations.json").read_text())["results"]
     for n in (6, 7, 8, 9, 10):
-        files = list(Path("data").glob(f"clevr-shapes-32px-n8-max{n}-min{n}-s*.h5"))
+        files = list(Path("data").glob(f"clevr-shapes-64px-n8-max{n}-min{n}-s*.h5"))  # train.LARGE_SCENES
         assert len(files) == 1 and set(load_dataset(str(files[0])).num_objects) == {n}
         assert f"{files[0].name} K={n} T=3" in keys
     discovery = next(t for t in result["tables"] if t["key"] == "discovery")

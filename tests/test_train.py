@@ -398,6 +398,16 @@ def test_collapse_diagnostics_tell_objects_from_stripes():
     assert looks_collapsed(bad)
 
 
+def test_the_set_prediction_cpu_preset_can_draw_its_scenes():
+    # The CPU preset looks through a zoomed camera: its largest scenes must still fit the view.
+    from slotref.data.generators import render
+    config = preset_config("setpred")
+    assert (config.data_zoom, config.data_resolution, config.model.resolution) == (3.0, 32, (32, 32))
+    n = config.data_max_objects
+    out = render("clevr-shapes", 0, 0, 8, config.data_resolution, min_objects=n, max_objects=n, zoom=config.data_zoom)
+    assert (out["num_objects"] == n).all() and config.model.num_slots >= n == config.max_objects
+
+
 def test_presets_are_the_papers_table_11():
     paper = preset_config("setpred", preset="paper")
     assert (paper.steps, paper.batch_size, paper.learning_rate, paper.warmup_steps, paper.decay_steps) == \
