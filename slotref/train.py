@@ -154,8 +154,8 @@ def _discovery_arch(dataset: str) -> str:
 
 def fit_to_file(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
     """Set prediction on a user's HDF5 file: the model takes the file's image size
-    (the encoder and Slot Attention work at any size) and enough target rows and
-    slots for its largest scene. Returns the config and one note per change.
+    (the encoder and Slot Attention work at any size), one target row per
+    object of its largest scene, and at least that many slots. Returns the config and one note per change.
     Discovery is left alone: its decoders produce one size (load_file says so)."""
     from slotref.data import hdf5
 
@@ -170,7 +170,7 @@ def fit_to_file(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
         notes.append(f"the model takes the file's {h}x{w} images (the preset's are "
                      f"{config.model.resolution[0]}x{config.model.resolution[1]})")
         config = replace(config, data_resolution=h, model=replace(config.model, resolution=(h, w)))
-    if most > config.max_objects:
+    if most != config.max_objects:
         k = max(config.model.num_slots, most)
         notes.append(f"scenes hold up to {most} objects: {most} target rows and K = {k} slots")
         config = replace(config, max_objects=most, model=replace(config.model, num_slots=k))

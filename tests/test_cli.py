@@ -166,6 +166,15 @@ def test_set_prediction_fits_the_model_to_the_users_file(tmp_path):
     result = invoke("train", "--dataset", path, "--steps", 1, "--batch-size", 2, "--num-slots", 3,
                     "--out", tmp_path / "run3", "--quiet")
     assert_one_line_error(result, "slots")
+    # Fewer objects than the preset's 3 target rows: one row per object, so K = 1 can train.
+    single = tmp_path / "single.h5"
+    write_dataset("clevr-shapes", single, 20, 0, resolution=32, min_objects=1, max_objects=1, progress=False,
+                  workers=1)
+    result = invoke("train", "--dataset", single, "--steps", 1, "--batch-size", 2, "--num-slots", 1,
+                    "--out", tmp_path / "run1", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run1" / "config.json").read_text())
+    assert (config["max_objects"], config["model"]["num_slots"]) == (1, 1)
 
 
 def test_discovery_on_a_file_of_another_resolution(tmp_path):
