@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from autograd.tracer import getval
 
 from slotref import backend
 from slotref.backend import relu, sigmoid, xp_of
-from slotref.layers import (conv2d, conv_transpose2d, init_conv2d, init_conv_transpose2d, init_layer_norm,
-                            init_mlp, init_soft_position_embed, layer_norm, mlp, soft_position_embed, softmax,
-                            spatial_broadcast, spatial_flatten, torch_default_init)
+from slotref.layers import (build_grid, conv2d, conv_transpose2d, conv_transpose2d_broadcast, init_conv2d,
+                            init_conv_transpose2d, init_layer_norm, init_mlp, init_soft_position_embed, layer_norm,
+                            linear, mlp, soft_position_embed, softmax, spatial_flatten, torch_default_init)
 from slotref.slot_attention import (SlotAttentionConfig, init_slot_attention, sample_initial_slots,
                                     slot_attention)
 
@@ -152,15 +153,16 @@ def init_decoder(rng, config: ModelConfig) -> dict:
 
 def decoder(params: dict, slots, config: ModelConfig):
     """Slots (B, K, D) -> per-slot RGB (B, K, H, W, 3) and alpha logits (B, K, H, W, 1)."""
-    b, k, _ = slots.shape
+    b, k, d = slots.shape
     init_res = config.resolution if config.decoder == "full" else config.decoder_init_resolution
-    x = spatial_broadcast(slots, init_res)                      # (B*K, h0, w0, D)
-    x = soft_position_embed(params["position_embed"], x)        # (B*K, h0, w0, D)
     specs = decoder_layers(config)
-    for i, (layer, (_, stride, _)) in enumerate(zip(params["deconvs"], specs)):
-        x = conv_transpose2d(layer, x, stride)                  # (B*K, h, w, c)
-        if i < len(specs) - 1:
-            x = relu(x)
+    # The first layer sees spatial_broadcast(slots) + the position embedding;
+    # conv_transpose2d_broadcast computes it without building the broadcast.
+    grid = build_grid(init_res[0], init_res[1], xp_of(slots), getval(slots).dtype)
+    embedding = linear(params["position_embed"], grid).reshape(1, *init_res, d)   # (1, h0, w0, D)
+    x = conv_transpose2d_broadcast(params["deconvs"][0], slots.reshape(b * k, d), embedding, specs[0][1])
+    for layer, (_, stride, _) in zip(params["deconvs"][1:], specs[1:]):
+        x = conv_transpose2d(layer, relu(x), stride)           # (B*K, h, w, c)
     h, w = x.shape[1], x.shape[2]
     x = x.reshape(b, k, h, w, 4)                                # (B, K, H, W, 4)
     rgb = backend.index(x, (Ellipsis, slice(0, 3)))             # (B, K, H, W, 3)

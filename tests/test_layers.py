@@ -226,6 +226,16 @@ def test_spatial_broadcast_and_flatten_gradients_match_finite_differences(seed, 
     check_all_grads(lambda s: layers.spatial_flatten(layers.spatial_broadcast(s, (h, w))), normal(rng, batch, k, d))
 
 
+@given(seed=seeds, n=st.integers(1, 3), d=small, c_out=small, h=st.integers(1, 5), w=st.integers(1, 5),
+       kernel=kernels, stride=strides)
+def test_conv_transpose2d_broadcast_gradient_matches_finite_differences(seed, n, d, c_out, h, w, kernel, stride):
+    rng = np.random.default_rng(seed)
+    params = layers.init_conv_transpose2d(rng, kernel, d, c_out)
+    params["b"] = normal(rng, c_out)
+    check_all_grads(lambda p, v, e: layers.conv_transpose2d_broadcast(p, v, e, stride),
+                    params, normal(rng, n, d), normal(rng, 1, h, w, d))
+
+
 # --------------------------------------------------------------------------
 # Hand-written VJPs against naive traced versions.
 
@@ -266,6 +276,37 @@ def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, 
     with blocks_of(rows):
         assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
                                          lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
+
+
+@given(seed=seeds, n=st.integers(1, 3), d=small, c_out=small, h=spatial, w=spatial, kernel=kernels,
+       stride=strides)
+def test_conv_transpose2d_broadcast_matches_the_broadcast_then_convolve(seed, n, d, c_out, h, w, kernel, stride):
+    # The decoder's first layer: every vector copied to each pixel, plus a shared embedding.
+    rng = np.random.default_rng(seed)
+    params = layers.init_conv_transpose2d(rng, kernel, d, c_out)
+    params["b"] = normal(rng, c_out)
+
+    def fast(kernel_w, bias, v, e):
+        return layers.conv_transpose2d_broadcast({"w": kernel_w, "b": bias}, v, e, stride)
+
+    def plain(kernel_w, bias, v, e):
+        tiled = layers.spatial_broadcast(v.reshape(1, n, d), (h, w)) + e   # (n, h, w, d)
+        return layers.conv_transpose2d({"w": kernel_w, "b": bias}, tiled, stride)
+
+    assert_same_forward_and_gradient(fast, plain, (params["w"], params["b"], normal(rng, n, d),
+                                                   normal(rng, 1, h, w, d)), rng)
+
+
+def test_broadcast_taps_count_the_kernel_taps_that_reach_each_pixel():
+    # 5x5 kernel, stride 1, a 3x3 input: the centre pixel is reached by 3 x 3 taps, a corner by 3 x 3 too
+    # (SAME pads 2 on each side), and a 7x7 input's centre by all 25 and its corner by 3 x 3.
+    taps = layers._broadcast_taps((7, 7), (5, 5), 1).reshape(7, 7, 25)
+    assert taps[3, 3].sum() == 25 and taps[0, 0].sum() == 9 and taps[0, 3].sum() == 15
+    assert set(np.unique(taps)) <= {0.0, 1.0}
+    # stride 2 doubles the output; away from the border an output pixel is reached by the taps of
+    # one phase of the kernel: 3 x 3, 3 x 2, 2 x 3 or 2 x 2 of them.
+    taps2 = layers._broadcast_taps((6, 6), (5, 5), 2).reshape(12, 12, 25)
+    assert sorted(taps2[6:8, 6:8].sum(axis=-1).ravel()) == [4, 6, 6, 9]
 
 
 @given(seed=seeds, shape=st.tuples(small, small, st.integers(2, 6)))
