@@ -137,7 +137,7 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
     try:
         config = preset_config(task, dataset, preset)
         if not resume:
-            config, notes = fit_to_file(config)
+            config, notes = fit_to_file(config, keep_slots=num_slots is not None)
             for note in notes:
                 click.echo(f"note: {note}")
         model = config.model

@@ -152,11 +152,13 @@ def _discovery_arch(dataset: str) -> str:
 # --------------------------------------------------------------------------
 # Data.
 
-def fit_to_file(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
+def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainConfig, list[str]]:
     """Set prediction on a user's HDF5 file: the model takes the file's image size
     (the encoder and Slot Attention work at any size), one target row per
-    object of its largest scene, and at least that many slots. Returns the config and one note per change.
-    Discovery is left alone: its decoders produce one size (load_file says so)."""
+    object of its largest scene, and at least that many slots (``keep_slots``:
+    the slots the user asked for; too few then fail at the loss with a clear
+    error). Returns the config and one note per change. Discovery is left
+    alone: its decoders produce one size (load_file says so)."""
     from slotref.data import hdf5
 
     if config.task != "setpred" or not config.dataset.endswith((".h5", ".hdf5")) \
@@ -171,8 +173,10 @@ def fit_to_file(config: TrainConfig) -> tuple[TrainConfig, list[str]]:
                      f"{config.model.resolution[0]}x{config.model.resolution[1]})")
         config = replace(config, data_resolution=h, model=replace(config.model, resolution=(h, w)))
     if most != config.max_objects:
-        k = max(config.model.num_slots, most)
-        notes.append(f"scenes hold up to {most} objects: {most} target rows and K = {k} slots")
+        k = config.model.num_slots if keep_slots else max(config.model.num_slots, most)
+        rows = f"{most} object" + ("s" if most != 1 else "")
+        notes.append(f"scenes hold up to {rows}: one target row per object"
+                     + ("" if keep_slots else f", K = {k} slots"))
         config = replace(config, max_objects=most, model=replace(config.model, num_slots=k))
     return config, notes
 

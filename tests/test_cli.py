@@ -173,6 +173,7 @@ def test_set_prediction_fits_the_model_to_the_users_file(tmp_path):
     result = invoke("train", "--dataset", single, "--steps", 1, "--batch-size", 2, "--num-slots", 1,
                     "--out", tmp_path / "run1", "--quiet")
     assert result.exit_code == 0, result.output
+    assert "up to 1 object:" in result.output and "K = " not in result.output   # the note keeps the asked-for K
     config = json.loads((tmp_path / "run1" / "config.json").read_text())
     assert (config["max_objects"], config["model"]["num_slots"]) == (1, 1)
 
