@@ -313,8 +313,11 @@ class ConvTimer:
             else:
                 x, g, stride, w_shape = args
                 key = (tuple(x.shape), tuple(w_shape), stride)
-            self.times.setdefault(key, {}).setdefault(self.KERNELS[name], 0.0)
-            self.times[key][self.KERNELS[name]] += time.perf_counter() - t0
+            # Layers of the same shape (Tetrominoes' encoder has three) share a row:
+            # their seconds add up, and so must their FLOPs.
+            entry = self.times.setdefault(key, {}).setdefault(self.KERNELS[name], [0.0, 0])
+            entry[0] += time.perf_counter() - t0
+            entry[1] += 1
             return out
         return timed
 
@@ -334,9 +337,9 @@ class ConvTimer:
             b, h, w, _ = x_shape
             kh, _, c_in, c_out = w_shape
             flops = conv_flops(b, -(-h // stride), -(-w // stride), kh, c_in, c_out)
-            label = f"{x_shape} {w_shape} s{stride}"
-            for pass_name, seconds in passes.items():
-                rate = flops / seconds / 1e9
+            for pass_name, (seconds, calls) in passes.items():
+                label = f"{x_shape} {w_shape} s{stride}" + (f" x{calls}" if calls > 1 else "")
+                rate = calls * flops / seconds / 1e9
                 echo(f"    {label:<52}{pass_name:<9}{1e3 * seconds:>8.1f}{rate:>9.1f}{100 * rate / peak:>7.0f}%")
 
 
