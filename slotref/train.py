@@ -111,9 +111,9 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # through a camera zoomed 3x (objects about 20% of the image), 3 slots,
             # batch 16; the paper's architecture otherwise unchanged. At 64x64
             # without zoom, 5,000 steps left colour and AP at chance
-            # (docs/results.md); here the slots start to bind within 15,000 steps.
-            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=15_000, batch_size=16,
-                               warmup_steps=500, decay_steps=15_000, eval_every=1_000, eval_size=256,
+            # (docs/results.md); here the slots start to bind after about 10,000 steps.
+            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=20_000, batch_size=16,
+                               warmup_steps=500, decay_steps=20_000, eval_every=1_000, eval_size=256,
                                checkpoint_every=500, max_objects=3, data_size=20_000, data_resolution=32,
                                data_min_objects=1, data_max_objects=3, data_zoom=CPU_SETPRED_ZOOM,
                                model=setpred_config(32, num_slots=3))
