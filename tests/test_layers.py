@@ -244,24 +244,26 @@ def test_conv_transpose2d_broadcast_gradient_matches_finite_differences(seed, n,
 # spans several blocks (the CPU path's blocking).
 conv_channels = st.sampled_from([1, 3, layers.IM2COL_MAX_CHANNELS + 1, 12])
 block_rows = st.sampled_from([3, 7, layers.BLOCK_ROWS])
+# Both CPU paths of a stride-1 shifted sum: per row offset (0) and all row offsets in one GEMM.
+wide_limits = st.sampled_from([0, layers.WIDE_GEMM_MAX_CHANNELS])
 
 
 @contextlib.contextmanager
-def blocks_of(rows):
-    saved = layers.BLOCK_ROWS
-    layers.BLOCK_ROWS = rows
+def blocks_of(rows, wide=layers.WIDE_GEMM_MAX_CHANNELS):
+    saved = layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS
+    layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS = rows, wide
     try:
         yield
     finally:
-        layers.BLOCK_ROWS = saved
+        layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS = saved
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=conv_channels,
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides, rows=block_rows)
-def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride, rows):
+       c_out=st.integers(1, 3), kernel=kernels, stride=strides, rows=block_rows, wide=wide_limits)
+def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
-    with blocks_of(rows):
+    with blocks_of(rows, wide):
         np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride),
                                    rtol=1e-10, atol=1e-12)
         assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
@@ -269,11 +271,11 @@ def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=conv_channels,
-       c_out=conv_channels, kernel=kernels, stride=strides, rows=block_rows)
-def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride, rows):
+       c_out=conv_channels, kernel=kernels, stride=strides, rows=block_rows, wide=wide_limits)
+def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
-    with blocks_of(rows):
+    with blocks_of(rows, wide):
         assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
                                          lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
 
