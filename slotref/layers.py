@@ -392,11 +392,22 @@ def _shifted_sum(sources, terms, rows, c_out, xp, dtype, n_out=1):
         stacked[row_off][k * c:(k + 1) * c, e * c_out:(e + 1) * c_out] = weight
     lo_row, hi_row = min(spans), max(spans)
     buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(pairs) * c), dtype=dtype)
-    if n_out == 1 and c_out <= WIDE_GEMM_MAX_CHANNELS and len(set(spans.values())) == 1:
-        return _shifted_sum_wide(sources, pairs, spans, stacked, rows, out, buf)
+    # Stride 1 with thin outputs: every row offset reads the same columns of the
+    # buffer, so their weights go side by side (N = row offsets x C_out) and a
+    # block is one GEMM whose column blocks are added at their row shifts.
+    wide = n_out == 1 and c_out <= WIDE_GEMM_MAX_CHANNELS and len(set(spans.values())) == 1
+    if wide:
+        offsets = sorted(stacked)
+        (lo, hi), = set(spans.values())
+        wide_weight = xp.concatenate([stacked[r] for r in offsets], axis=1)   # (K, row offsets x C_out)
     for r0 in range(0, rows, BLOCK_ROWS):
         n = min(rows, r0 + BLOCK_ROWS) - r0
         block = _shifted_block(sources, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
+        if wide:
+            product = block[:, lo * c:hi * c] @ wide_weight
+            for i, row_off in enumerate(offsets):
+                out[r0:r0 + n] += product[row_off - lo_row:row_off - lo_row + n, i * c_out:(i + 1) * c_out]
+            continue
         for row_off, weight in stacked.items():
             (lo, hi), (d0, d1) = spans[row_off], outs[row_off]
             out[r0:r0 + n, d0 * c_out:d1 * c_out] += block[row_off - lo_row:row_off - lo_row + n, lo * c:hi * c] @ weight
@@ -406,26 +417,6 @@ def _shifted_sum(sources, terms, rows, c_out, xp, dtype, n_out=1):
 # Thin outputs (C_out <= this) at stride 1: OpenBLAS runs a GEMM with N = 32
 # columns well below one with N = 160 (docs/performance.md, change 8).
 WIDE_GEMM_MAX_CHANNELS = 32
-
-
-def _shifted_sum_wide(sources, pairs, spans, stacked, rows, out, buf):
-    """``_shifted_sum`` for stride 1 and thin outputs: every row offset reads the
-    same columns of the block buffer, so the weights of all row offsets go side
-    by side (N = row offsets x C_out) and each block is one GEMM; its column
-    blocks are then added to the output at their row shifts."""
-    offsets = sorted(stacked)
-    c_out = stacked[offsets[0]].shape[1]
-    wide = np.concatenate([stacked[r] for r in offsets], axis=1)        # (K, row offsets x C_out)
-    (lo, hi), = set(spans.values())
-    c = sources[0].shape[1]
-    lo_row, hi_row = offsets[0], offsets[-1]
-    for r0 in range(0, rows, BLOCK_ROWS):
-        n = min(rows, r0 + BLOCK_ROWS) - r0
-        block = _shifted_block(sources, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
-        product = block[:, lo * c:hi * c] @ wide                         # (n + reach, row offsets x C_out)
-        for i, row_off in enumerate(offsets):
-            out[r0:r0 + n] += product[row_off - lo_row:row_off - lo_row + n, i * c_out:(i + 1) * c_out]
-    return out
 
 
 # Below this many input channels a per-tap GEMM (K = C_in) starves the
