@@ -163,6 +163,41 @@ def bench_layers(be, repeats=3, echo=print):
             gflops = flops / t / 1e9
             rows.append({"layer": name, "pass": pass_name, "ms": 1e3 * t, "gflops": gflops, "peak": peak})
             echo(f"{name:<44}{pass_name:<10}{1e3 * t:>9.1f}{gflops:>10.1f}{100 * gflops / peak:>7.0f}%")
+    rows += bench_gemm_shapes(be, peak, repeats, echo)
+    return rows
+
+
+# The GEMMs a CPU convolution is made of (layers._shifted_sum: row blocks of
+# BLOCK_ROWS plus a halo, K = column offsets x C_in, N = C_out or, on the wide
+# path, row offsets x C_out), and the single GEMM of a full patch matrix. What
+# these reach alone is the ceiling of a convolution built from them.
+GEMM_SHAPES = [("64-ch stride 1: one row offset", 320, 64),
+               ("32-ch stride 1, wide: all row offsets", 160, 160),
+               ("32-ch stride 1: one row offset", 160, 32),
+               ("64-ch, full patch matrix (im2col)", 1600, 64),
+               ("32-ch, full patch matrix (im2col)", 800, 32)]
+
+
+def bench_gemm_shapes(be, peak, repeats=3, echo=print):
+    """GFLOP/s of each GEMM shape in GEMM_SHAPES, alone, on fresh float32 operands."""
+    xp = be.xp
+    rng = host_rng(2)
+    m = layers.BLOCK_ROWS + 4 * 64                   # a block and a 5x5 kernel's halo on a 64-wide image
+    echo(f"{'GEMM inside a convolution (M x K @ K x N)':<64}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}")
+    rows = []
+    for name, k, n in GEMM_SHAPES:
+        a = be.asarray(rng.standard_normal((m, k)), dtype=np.float32)
+        b = be.asarray(rng.standard_normal((k, n)), dtype=np.float32)
+        out = xp.empty((m, n), dtype=np.float32)
+        reps = 20                                     # 20 blocks per timing: about the rows of one layer
+        def gemms():
+            for _ in range(reps):
+                xp.matmul(a, b, out=out)
+        t = _time(gemms, xp, repeats) / reps
+        gflops = 2 * m * k * n / t / 1e9
+        label = f"{name} ({m}x{k} @ {k}x{n})"
+        rows.append({"layer": label, "pass": "gemm", "ms": 1e3 * t, "gflops": gflops, "peak": peak})
+        echo(f"{label:<64}{1e3 * t:>9.2f}{gflops:>10.1f}{100 * gflops / peak:>7.0f}%")
     return rows
 
 

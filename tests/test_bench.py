@@ -28,3 +28,22 @@ def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
     np.testing.assert_allclose(rate, 2 * conv_flops(2, 24, 24, 3, 16, 16) / seconds / 1e9, rtol=0.01)
     # the patched functions are restored
     assert layers._conv_forward.__name__ == "_conv_forward"
+
+
+def test_gemm_shapes_report_the_rate_of_each_product(monkeypatch):
+    from slotref import bench
+    from slotref.backend import get_backend
+
+    calls = []
+
+    def fake_time(fn, xp, repeats):
+        calls.append(fn)
+        return 0.02                                   # 20 GEMMs: 1 ms each
+    monkeypatch.setattr(bench, "_time", fake_time)
+    monkeypatch.setattr(bench, "GEMM_SHAPES", [("thin", 160, 32), ("square", 64, 64)])
+    lines = []
+    rows = bench.bench_gemm_shapes(get_backend("cpu", "float32"), peak=100.0, echo=lines.append)
+    m = layers.BLOCK_ROWS + 4 * 64
+    assert [r["gflops"] for r in rows] == [2 * m * 160 * 32 / 1e-3 / 1e9, 2 * m * 64 * 64 / 1e-3 / 1e9]
+    assert len(calls) == 2 and "thin" in lines[1] and f"{m}x160 @ 160x32" in lines[1]
+    calls[0]()                                          # the timed function runs the product
