@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Tetrominoes CPU-preset sweep of issue 5 on a GPU, in one call: four
-# variants train side by side for SECONDS (default 430) and stop with SIGINT;
+# variants train side by side for SECONDS_EACH (default 430) and stop with SIGINT;
 # their metrics.jsonl files go to $OUT. Also the GPU selfcheck of the layers.
 set -u
 OUT=${OUT:-gpu-logs}; mkdir -p "$OUT"
@@ -9,8 +9,14 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD
 fi
+# `bash bench/preset_sweep.sh seeds`: the current preset (batch 16, lr 8e-4,
+# 5,500 steps, decay 5,000) with seeds 1-6 instead.
 S=${SECONDS_EACH:-430}
-for spec in "b32 32 3000" "b16 16 5700" "b8 8 9700" "b16lr8 16 5700 8e-4"; do
+SPECS=("b32 32 3000" "b16 16 5700" "b8 8 9700" "b16lr8 16 5700 8e-4")
+if [ "${1:-}" = seeds ]; then
+  SPECS=(); for s in 1 2 3 4 5 6; do SPECS+=("seed$s 16 5500 8e-4 $s 5000"); done
+fi
+for spec in "${SPECS[@]}"; do
   set -- $spec
   timeout -s INT -k 20 "$S" python3 bench/preset_sweep.py "$@" --device gpu > "$OUT/$1.log" 2>&1 &
 done
