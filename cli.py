@@ -118,7 +118,8 @@ def _apply_ablations(config, kw):
 @click.option("--batch-size", type=int, default=None)
 @click.option("--num-slots", type=int, default=None, help="K at training time.")
 @click.option("--num-iters", type=int, default=None, help="T at training time.")
-@click.option("--lr", type=float, default=None, help="Base learning rate (default: the preset's: 4e-4 as the paper; 8e-4 for the discovery cpu presets).")
+@click.option("--lr", type=float, default=None,
+              help="Base learning rate (default: the preset's; 4e-4 as the paper, 8e-4 in the discovery cpu presets).")
 @click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
               help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
 @click.option("--seed", type=int, default=0, show_default=True)

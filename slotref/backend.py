@@ -205,13 +205,14 @@ _allocator_tuned: bool | None = None
 def keep_freed_host_memory() -> bool:
     """Let glibc keep freed host memory for reuse instead of returning it to the OS.
 
-    A training step allocates and frees many arrays of 1-30 MB. With glibc's
-    defaults most of them come from fresh pages each time (mmap, or a heap top
+    A training step allocates and frees many arrays of 1-50 MB. With glibc's
+    defaults many of them come from fresh pages each time (mmap, or a heap top
     trimmed after the last step), and first-touching a page costs more than the
     arithmetic done on it: 67 ms for a fresh 25 MB array here, 5 ms once reused.
     Taking every block from the heap (no mmap) and trimming the heap only above
-    1 GB of free memory made training steps faster (docs/performance.md, change 9). Process-wide and idempotent; returns
-    whether it applied (False where the C library is not glibc, e.g. macOS).
+    1 GB of free memory made training steps 3-20% faster (docs/performance.md,
+    change 9). Process-wide and idempotent; returns whether it applied (False
+    where the C library is not glibc, e.g. macOS).
     """
     global _allocator_tuned
     if _allocator_tuned is None:

@@ -134,8 +134,7 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # On the CPU: FG-ARI 0.895 after 5,500 steps, 57 minutes.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=5_500, batch_size=16,
                                learning_rate=8e-4, warmup_steps=300, decay_steps=5_000, eval_every=500,
-                               eval_size=256,
-                               checkpoint_every=250, data_size=20_000, data_resolution=res,
+                               eval_size=256, checkpoint_every=250, data_size=20_000, data_resolution=res,
                                model=discovery_config(arch, init=DISCOVERY_CPU_INIT))
     else:
         raise ValueError(f"unknown task {task!r}: expected setpred or discovery")

@@ -377,6 +377,20 @@ def test_tiny_discovery_run(data_dir, tmp_path):
         train(setpred_run(data_dir), run_dir, resume=True, progress=False)
 
 
+@pytest.mark.parametrize("collapsed", [True, False])
+def test_a_run_that_looks_collapsed_says_so_at_its_evaluation(data_dir, tmp_path, capsys, monkeypatch, collapsed):
+    seen = []
+
+    def judge(diag):
+        seen.append(diag)
+        return collapsed
+    monkeypatch.setattr("slotref.train.looks_collapsed", judge)
+    train(discovery_run(data_dir), tmp_path / "run", progress=False)
+    out = capsys.readouterr().out
+    assert len(seen) == 1 and {"attention_entropy", "slot_cosine"} <= set(seen[0])
+    assert ("warning: slots look collapsed at step 3" in out) == collapsed
+
+
 def test_collapse_diagnostics_tell_objects_from_stripes():
     n, k, h, w, d = 2, 3, 4, 6, 5
     # Objects: each slot wins one third of the image, attends to its own inputs, and slots differ.
