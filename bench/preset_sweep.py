@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slotref.train import preset_config, resolve_dataset, train  # noqa: E402
+from slotref.train import TrainingError, preset_config, resolve_dataset, train  # noqa: E402
 
 
 def main(argv=None):
@@ -39,6 +39,8 @@ def main(argv=None):
         train(config, Path("runs") / f"sweep-{args.name}", progress=False)
     except KeyboardInterrupt:
         print(f"{args.name}: stopped", flush=True)
+    except TrainingError as err:                      # e.g. runs/sweep-NAME already holds a run
+        sys.exit(f"error: {err} (for this script: another NAME)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 
-from slotref import layers
+from slotref import bench, layers
+from slotref.backend import get_backend
 from slotref.bench import ConvTimer, conv_flops
 
 
@@ -31,9 +32,6 @@ def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
 
 
 def test_gemm_shapes_report_the_rate_of_each_product(monkeypatch):
-    from slotref import bench
-    from slotref.backend import get_backend
-
     calls = []
 
     def fake_time(fn, xp, repeats):
