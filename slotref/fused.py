@@ -144,8 +144,8 @@ _NO_FMA = ("--fmad=false",)   # round each product and sum, as NumPy does
 
 
 def _row_mean(cp, name, map_expr, params):
-    return cp.ReductionKernel(params, "T y", map_expr, "a + b",
-                              "y = a / (_type_reduce)(_in_ind.size() / _out_ind.size())", "0",
+    return cp.ReductionKernel(params, "T out", map_expr, "a + b",
+                              "out = a / (_type_reduce)(_in_ind.size() / _out_ind.size())", "0",
                               name, options=_NO_FMA)
 
 
