@@ -72,8 +72,8 @@ class CountingArray(np.ndarray):
 
     def __array_function__(self, func, types, args, kwargs):
         with _recording(func.__name__) as call:
-            result = call.result = super().__array_function__(func, tuple(np.ndarray if t is CountingArray else t for t in types),
-                                                args, kwargs)
+            plain_types = tuple(np.ndarray if t is CountingArray else t for t in types)
+            result = call.result = super().__array_function__(func, plain_types, args, kwargs)
         return _counted(result)
 
 
