@@ -1,10 +1,20 @@
-"""Adam over parameter trees, and the paper's learning-rate schedule (Table 11)."""
+"""Adam over parameter trees, and the paper's learning-rate schedule (Table 11).
+
+``Adam.update`` on a plain tree is the specification: Algorithm 1 per leaf.
+On parameters held in flat buffers (``slotref.flat.FlatTree``) the same
+arithmetic runs once over each whole buffer (``slotref.fused.adam_update``),
+a handful of operations per step instead of a handful per leaf; every element
+goes through the same operations in the same order, so the two paths agree
+bit for bit (``tests/test_optim.py``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slotref import fused
 from slotref.backend import tree_leaves, tree_map, xp_of
+from slotref.flat import FlatTree
 
 
 @dataclass(frozen=True)
@@ -35,12 +45,40 @@ class Adam:
     eps: float = 1e-8
 
     def init(self, params):
-        """State: first and second moments shaped like the parameters, and the step count."""
+        """State: first and second moments shaped like the parameters, and the step count.
+
+        For a ``FlatTree`` the moments are flat buffers too (``state["flat"]``),
+        and ``state["m"]``/``state["v"]`` are parameter-shaped trees of views
+        into them, so a checkpoint reads and stores the state as it does a
+        per-leaf one.
+        """
+        if isinstance(params, FlatTree):
+            m, v = params.layout.zeros(params.xp), params.layout.zeros(params.xp)
+            return {"m": m.tree, "v": v.tree, "t": 0, "flat": {"m": m, "v": v}}
         zeros = lambda p: xp_of(p).zeros_like(p)  # noqa: E731
         return {"m": tree_map(zeros, params), "v": tree_map(zeros, params), "t": 0}
 
+    @staticmethod
+    def to_tree(state) -> dict:
+        """The state as plain trees ({"m", "v", "t"}), as checkpoints store it (views, no copy)."""
+        return {"m": state["m"], "v": state["v"], "t": state["t"]}
+
+    @staticmethod
+    def from_tree(state, params: FlatTree) -> dict:
+        """A per-leaf state (e.g. read from a checkpoint) copied into flat buffers laid out as ``params``."""
+        m, v = params.layout.copy_in(state["m"], params.xp), params.layout.copy_in(state["v"], params.xp)
+        return {"m": m.tree, "v": v.tree, "t": int(state["t"]), "flat": {"m": m, "v": v}}
+
     def update(self, params, grads, state, lr: float):
-        """One step, in place on ``params`` and ``state`` (arrays are reused, never reallocated)."""
+        """One step, in place on ``params`` and ``state`` (arrays are reused, never reallocated).
+
+        ``params`` a tree: Algorithm 1 leaf by leaf. ``params`` a ``FlatTree``:
+        ``grads`` is a ``FlatTree`` of the same layout (e.g. an allreduced
+        buffer) or a gradient tree (flattened here, one concatenate per dtype),
+        and a per-leaf ``state`` is moved into flat buffers on the first step.
+        """
+        if isinstance(params, FlatTree):
+            return self._update_flat(params, grads, state, lr)
         state["t"] += 1
         t = state["t"]
         step_size = lr / (1 - self.beta1 ** t)
@@ -53,4 +91,23 @@ class Adam:
             v *= self.beta2
             v += (1 - self.beta2) * (g * g)
             p -= step_size * m / (xp.sqrt(v * v_correction) + self.eps)
+        return params, state
+
+    def _update_flat(self, params: FlatTree, grads, state, lr: float):
+        if not isinstance(grads, FlatTree):
+            grads = params.layout.flatten(grads)
+        elif grads.layout.slots != params.layout.slots:
+            raise ValueError("Adam.update: the flat gradient's layout differs from the parameters'; "
+                             "flatten the gradient with params.layout.flatten")
+        if "flat" not in state:
+            state.update(self.from_tree(state, params))
+        state["t"] += 1
+        t = state["t"]
+        step_size = lr / (1 - self.beta1 ** t)
+        v_correction = 1 / (1 - self.beta2 ** t)
+        update = fused.lookup("adam_update", params.xp)
+        flat_m, flat_v = state["flat"]["m"].buffers, state["flat"]["v"].buffers
+        for dtype, p in params.buffers.items():
+            update(p, grads.buffers[dtype], flat_m[dtype], flat_v[dtype],
+                   step_size, v_correction, self.beta1, self.beta2, self.eps)
         return params, state

@@ -9,7 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from slotref.backend import tree_leaves, tree_map
+import standin
+from slotref.backend import host_rng, tree_leaves, tree_map, tree_map2
+from slotref.flat import FlatTree
+from slotref.models import init_model, setpred_config
 from slotref.optim import Adam, Schedule
 
 # --------------------------------------------------------------------------
@@ -67,7 +70,7 @@ def literal_adam(theta, grads, lr, beta1=0.9, beta2=0.999, eps=1e-8):
     return theta, m, v
 
 
-def make_tree(rng, dtype):
+def make_tree(rng, dtype=np.float64):
     return {"encoder": {"w": rng.normal(size=(2, 3)).astype(dtype), "b": rng.normal(size=3).astype(dtype)},
             "convs": [{"w": rng.normal(size=(2, 2, 1, 2)).astype(dtype)}, {"w": rng.normal(size=4).astype(dtype)}],
             "mu": rng.normal(size=(5,)).astype(dtype)}
@@ -141,3 +144,166 @@ def test_adam_float32_agrees_with_float64(rng):
         adam.update(p32, tree_map(lambda a: a.astype(np.float32), g), s32, 1e-3)
     for (path, a), (_, b) in zip(tree_leaves(p32), tree_leaves(p64)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+# --------------------------------------------------------------------------
+# Adam over flat buffers: the same arithmetic per element, so the same bits.
+
+def quadratic_grads(params, targets):
+    """Gradient of sum((p - target)^2 / 2 + p^4 / 4): a simple training step on a real tree."""
+    return tree_map2(lambda p, t: (p - t) + p * p * p, params, targets)
+
+
+def small_model(dtype):
+    config = setpred_config(16, encoder_channels=8, mlp_size=8, head_hidden=8)
+    return tree_map(lambda a: a.astype(dtype), init_model(host_rng(0, 0), config))
+
+
+def assert_trees_equal(a, b):
+    for (path, x), (_, y) in zip(tree_leaves(a), tree_leaves(b), strict=True):
+        assert x.dtype == y.dtype, path
+        np.testing.assert_array_equal(x, y, err_msg=path)
+
+
+def run_per_leaf(params, targets, steps, schedule, start=0, state=None):
+    adam = Adam()
+    state = state or adam.init(params)
+    for step in range(start, start + steps):
+        adam.update(params, quadratic_grads(params, targets), state, schedule(step))
+    return params, state
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_flat_adam_equals_per_leaf_adam_bit_for_bit_on_a_model(dtype):
+    schedule = Schedule(1e-2, 3, 10)          # warm-up and decay both act within the run
+    init = small_model(dtype)
+    targets = tree_map(lambda a: np.random.default_rng(a.size).normal(size=a.shape).astype(dtype), init)
+    per_leaf, leaf_state = run_per_leaf(copy.deepcopy(init), targets, 12, schedule)
+    adam = Adam()
+    flat = FlatTree.from_tree(init)
+    state = adam.init(flat)
+    for step in range(12):
+        adam.update(flat, quadratic_grads(flat.tree, targets), state, schedule(step))
+    assert state["t"] == leaf_state["t"] == 12
+    assert_trees_equal(flat.tree, per_leaf)
+    assert_trees_equal(state["m"], leaf_state["m"])
+    assert_trees_equal(state["v"], leaf_state["v"])
+    assert not any(np.array_equal(a, b) for (_, a), (_, b) in zip(tree_leaves(flat.tree), tree_leaves(init))
+                   if np.any(b != 0))
+
+
+def test_flat_adam_matches_a_literal_algorithm_1(rng):
+    params = make_tree(rng, np.float64)
+    initial = copy.deepcopy(params)
+    grad_seq = [make_tree(rng, np.float64) for _ in range(3)]
+    lrs = [1e-3, 5e-3, 2e-2]
+    adam = Adam()
+    flat = FlatTree.from_tree(params)
+    state = adam.init(flat)
+    for g, lr in zip(grad_seq, lrs):
+        adam.update(flat, g, state, lr)
+    for (path, theta0), (_, got) in zip(tree_leaves(initial), tree_leaves(flat.tree)):
+        gs = [dict(tree_leaves(g))[path] for g in grad_seq]
+        for idx in np.ndindex(theta0.shape):
+            theta, _, _ = literal_adam(float(theta0[idx]), [float(g[idx]) for g in gs], lrs)
+            assert got[idx] == pytest.approx(theta, rel=1e-10, abs=1e-12), path
+
+
+def test_flat_adam_updates_the_buffers_in_place_and_the_tree_sees_it(rng):
+    adam = Adam()
+    flat = FlatTree.from_tree(make_tree(rng, np.float32))
+    state = adam.init(flat)
+    buffers = {k: id(v) for k, v in flat.buffers.items()}
+    moments = {k: id(v) for k, v in state["flat"]["m"].buffers.items()}
+    before = copy.deepcopy(flat.tree)
+    out_params, out_state = adam.update(flat, make_tree(rng, np.float32), state, 1e-3)
+    assert out_params is flat and out_state is state
+    assert {k: id(v) for k, v in flat.buffers.items()} == buffers
+    assert {k: id(v) for k, v in state["flat"]["m"].buffers.items()} == moments
+    for (path, leaf), (_, old) in zip(tree_leaves(flat.tree), tree_leaves(before)):
+        assert leaf.dtype == np.float32 and not np.array_equal(leaf, old), path
+    for _, leaf in tree_leaves(state["m"]):
+        assert np.shares_memory(leaf, state["flat"]["m"].buffers["float32"])
+
+
+def test_a_flat_gradient_buffer_gives_the_same_step_as_a_gradient_tree(rng):
+    adam = Adam()
+    a = FlatTree.from_tree(make_tree(rng))
+    b = FlatTree.from_tree(a.tree)
+    sa, sb = adam.init(a), adam.init(b)
+    for _ in range(3):
+        g = make_tree(rng)
+        adam.update(a, g, sa, 1e-2)
+        adam.update(b, b.layout.flatten(g), sb, 1e-2)   # e.g. an allreduced buffer
+    np.testing.assert_array_equal(a.buffers["float64"], b.buffers["float64"])
+
+
+def test_a_gradient_of_another_layout_is_refused(rng):
+    adam = Adam()
+    flat = FlatTree.from_tree(make_tree(rng))
+    other = FlatTree.from_tree({"x": np.zeros(22)})
+    with pytest.raises(ValueError, match="layout"):
+        adam.update(flat, other, adam.init(flat), 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_resuming_flat_adam_from_checkpointed_trees_is_bit_exact(dtype):
+    """Save (params and moments as host trees, as a checkpoint stores them), rebuild, continue:
+    the same bits as an uninterrupted per-leaf run."""
+    schedule = Schedule(1e-2, 2, 8)
+    init = small_model(dtype)
+    targets = tree_map(lambda a: np.random.default_rng(a.size + 1).normal(size=a.shape).astype(dtype), init)
+    reference, ref_state = run_per_leaf(copy.deepcopy(init), targets, 10, schedule)
+
+    adam = Adam()
+    flat = FlatTree.from_tree(init)
+    state = adam.init(flat)
+    for step in range(6):
+        adam.update(flat, quadratic_grads(flat.tree, targets), state, schedule(step))
+    saved_state = Adam.to_tree(state)
+    assert set(saved_state) == {"m", "v", "t"}
+    checkpoint = {"params": tree_map(np.array, flat.to_tree()), "m": tree_map(np.array, saved_state["m"]),
+                  "v": tree_map(np.array, saved_state["v"]), "t": saved_state["t"]}
+    del flat, state
+
+    resumed = FlatTree.from_tree(checkpoint["params"])
+    state = Adam.from_tree({"m": checkpoint["m"], "v": checkpoint["v"], "t": checkpoint["t"]}, resumed)
+    for step in range(6, 10):
+        adam.update(resumed, quadratic_grads(resumed.tree, targets), state, schedule(step))
+    assert state["t"] == 10
+    assert_trees_equal(resumed.tree, reference)
+    assert_trees_equal(state["m"], ref_state["m"])
+    assert_trees_equal(state["v"], ref_state["v"])
+
+
+def test_a_per_leaf_state_moves_into_flat_buffers_on_the_first_flat_step(rng):
+    params = make_tree(rng)
+    adam = Adam()
+    leaf_state = adam.init(params)
+    adam.update(params, make_tree(rng), leaf_state, 1e-2)
+    reference, ref_state = copy.deepcopy(params), copy.deepcopy(leaf_state)
+    g = make_tree(rng)
+    adam.update(reference, g, ref_state, 1e-2)
+    flat = FlatTree.from_tree(params)
+    adam.update(flat, g, leaf_state, 1e-2)
+    assert "flat" in leaf_state and leaf_state["t"] == 2
+    assert_trees_equal(flat.tree, reference)
+    assert_trees_equal(leaf_state["m"], ref_state["m"])
+
+
+def test_flat_adam_runs_on_a_device_without_host_arrays(rng):
+    be = standin.standin_backend(np.float32)
+    params = be.tree_asarray(make_tree(rng))
+    grads = be.tree_asarray(make_tree(rng))
+    host = tree_map(lambda a: a.get(), params)
+    host_state = Adam().init(host)
+    Adam().update(host, tree_map(lambda a: a.get(), grads), host_state, 1e-3)
+    adam = Adam()
+    flat = FlatTree.from_tree(params)
+    state = adam.init(flat)
+    with standin.watch() as stats:
+        adam.update(flat, grads, state, 1e-3)
+    assert not (stats.conversions or stats.host_operands or stats.explicit_transfers
+                or stats.float64_created), stats.report()
+    for (path, a), (_, b) in zip(tree_leaves(flat.tree), tree_leaves(host)):
+        np.testing.assert_array_equal(a.get(), b, err_msg=path)
