@@ -313,7 +313,7 @@ def test_an_image_claiming_a_huge_size_is_refused_before_decoding(tmp_path, side
     _patch_png_size(png, side, side)
     assert png.stat().st_size < 4096
     message = _convert_error(src, tmp_path / "out.h5")
-    assert str(png) in message and f"{side}x{side}" in message or "pixels" in message
+    assert message.startswith(f"{png}: image ") and "pixels allowed" in message
 
 
 def _frame(payload, length=None):
