@@ -167,13 +167,13 @@ def _hostile_file(path, n, res=8, max_objects=None, count=1, chunk_rows=1, conti
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n=10**12), "images: declares 1,000,000,000,000 rows but only 1 of"),
     (dict(n=10**12, chunk_rows=2**16), "images: declares 1,000,000,000,000 rows but only 1 of"),
-    (dict(n=8, res=64, chunk_rows=4, direct=True), "images: declares 98,304 bytes but stores only 22 "),
+    (dict(n=8, res=64, chunk_rows=4, direct=True), r"images: declares 98,304 bytes but stores only \d+ "),
     (dict(n=10**6, contiguous=True), "images: declares 192,000,000 bytes but stores 0"),
     (dict(n=4, max_objects=10**7), "max_objects: is 10000000, outside 1..255"),
     (dict(n=4, max_objects=200, chunk_rows=4), "objects/coords: declares 4 rows but only 0 of"),
     (dict(n=1, count=100_000), "num_objects: example 0 has 100000 objects, outside 0..255"),
-], ids=["num-examples-1e12", "huge-chunks", "deflate-bomb", "contiguous-unwritten", "max-objects-1e7", "objects-unwritten",
-        "count-1e5"])
+], ids=["num-examples-1e12", "huge-chunks", "deflate-bomb", "contiguous-unwritten", "max-objects-1e7",
+        "objects-unwritten", "count-1e5"])
 def test_declared_sizes_beyond_the_stored_bytes_are_refused_before_reading(tmp_path, kwargs, message):
     path = _hostile_file(tmp_path / "hostile.h5", **kwargs)
     assert path.stat().st_size < 2**20  # the file is small: only the declared sizes are huge
