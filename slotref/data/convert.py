@@ -1,6 +1,6 @@
 """Converters from the paper's real datasets to slotref's HDF5 schema.
 
-Two sources (../shared/DATASETS.md, "Real datasets"; docs/datasets.md, "The schema"):
+Two sources (docs/datasets.md, "The schema"):
 
 - CLEVR v1.0 (set prediction): ``images/<split>/*.png`` and
   ``scenes/CLEVR_<split>_scenes.json``. Preprocessing as the official code:
