@@ -1,6 +1,6 @@
 """Converters from the paper's real datasets to slotref's HDF5 schema.
 
-Two sources (../shared/DATASETS.md, "Real datasets"; docs/datasets.md, "The schema"):
+Two sources (docs/datasets.md, "The schema"):
 
 - CLEVR v1.0 (set prediction): ``images/<split>/*.png`` and
   ``scenes/CLEVR_<split>_scenes.json``. Preprocessing as the official code:
@@ -68,6 +68,9 @@ CLEVR6_MAX_OBJECTS = 6  # paper: CLEVR6 keeps scenes with at most 6 visible obje
 CLEVR_WITH_MASKS_CROP = (slice(29, 221), slice(64, 256))  # paper / official code
 
 FORMAT_VERSION = 1
+COORD_LIMIT = 10.0  # |x|, |y|, |z| of a CLEVR object (the scenes span about -3..3); as the HDF5 reader
+MAX_IMAGE_PIXELS = 4096 * 4096  # a CLEVR image is 480x320: anything far larger is refused unread
+MAX_RECORD_BYTES = 2**28  # one TFRecord record; clevr_with_masks records are about 3 MB
 EXAMPLES_PER_CHUNK = 64  # examples buffered between HDF5 writes (bounds memory)
 
 
@@ -223,8 +226,20 @@ def _resize(array, resolution, resample):
 
 
 def _load_png(path, resolution):
-    """CLEVR image -> uint8 [resolution, resolution, 3]: alpha dropped, bilinear resize."""
-    with Image.open(path) as im:
+    """CLEVR image -> uint8 [resolution, resolution, 3]: alpha dropped, bilinear resize.
+
+    The size in the image's header is checked before its pixels are decoded.
+    """
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours
+        raise ConvertError(f"{path}: image has more than the {MAX_IMAGE_PIXELS:,} pixels allowed ({e}); "
+                           f"replace it with the dataset's own image") from None
+    with im:
+        width, height = im.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ConvertError(f"{path}: image is {width}x{height}, more than the {MAX_IMAGE_PIXELS:,} pixels "
+                               f"allowed (CLEVR's are 480x320); replace it with the dataset's own image")
         rgb = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
         return np.asarray(rgb, dtype=np.uint8)
 
@@ -236,7 +251,14 @@ def _clevr_labels(objects, max_objects, where):
     orderings = {"size": SIZES, "material": MATERIALS, "shape": SHAPES, "color": COLORS}
     for j, obj in enumerate(objects):
         try:
-            coords[j] = obj["3d_coords"]
+            xyz = np.asarray(obj["3d_coords"], np.float64)
+            if xyz.shape != (3,):
+                raise ConvertError(f"{where}, object {j}: 3d_coords is {obj['3d_coords']!r}, expected 3 numbers; "
+                                   f"fix the scenes file")
+            if not (np.isfinite(xyz).all() and (np.abs(xyz) <= COORD_LIMIT).all()):
+                raise ConvertError(f"{where}, object {j}: 3d_coords {xyz.tolist()} is not finite or outside "
+                                   f"-{COORD_LIMIT:g}..{COORD_LIMIT:g}; fix the scenes file or drop the scene")
+            coords[j] = xyz
             for key, names in orderings.items():
                 if obj[key] not in names:
                     raise ConvertError(f"{where}, object {j}: unknown {key} {obj[key]!r}")
@@ -262,6 +284,8 @@ def _clevr_scenes(src, split):
             # The whole JSON is parsed once (about 1 GB of Python objects for
             # CLEVR's 70K training scenes); only the fields we need are kept.
             scenes = json.load(fh)["scenes"]
+        if not isinstance(scenes, list):
+            raise TypeError(f"'scenes' is a {type(scenes).__name__}, expected a list")
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ConvertError(f"{scenes_path}: not a CLEVR scenes file ({type(e).__name__}: {e})") from None
     kept = []
@@ -273,6 +297,8 @@ def _clevr_scenes(src, split):
         if scene.get("split", split) != split:
             raise ConvertError(f"{scenes_path}: scene {i}: split {scene['split']!r}, expected {split!r}")
     del scenes
+    if not kept:
+        raise ConvertError(f"{scenes_path}: holds no scenes; use CLEVR's own scenes file for split {split!r}")
     kept.sort(key=lambda s: s[0])
     on_disk = {p for p in os.listdir(image_dir) if p.endswith(".png")}
     named = set()
@@ -327,13 +353,18 @@ def convert_clevr(src, split, out, *, resolution=128, max_objects=10, part="all"
             coords, labels = _clevr_labels(objects, max_objects, where)
             try:
                 image = _load_png(image_dir / filename, resolution)
-            except OSError as e:
+            except (OSError, ValueError, SyntaxError) as e:
+                if isinstance(e, ConvertError):
+                    raise
                 raise ConvertError(f"{image_dir / filename}: scene {index}: unreadable image ({e})") from None
             example = {"images": image, "num_objects": np.int32(len(objects)), "objects/coords": coords}
             example.update({f"objects/{k}": v for k, v in labels.items()})
             writer.add(example, records_consumed=r + 1)
         bar.close()
         n = writer.num_examples
+        if n == 0:
+            raise ConvertError(f"{scenes_path}: no scene of part {part!r} has at most {max_objects} objects; "
+                               f"raise --max-objects or choose another --part")
         writer.finish(records_consumed=len(scenes))
     finally:
         writer.close()
@@ -362,6 +393,7 @@ def read_tfrecords(path, start=0):
     path = str(path)
     with open(path, "rb") as raw:
         gzipped = raw.read(2) == b"\x1f\x8b"
+    size = os.path.getsize(path)
     opener = gzip.open if gzipped else open
     index = 0
     try:
@@ -376,6 +408,13 @@ def read_tfrecords(path, start=0):
                 (length_crc,) = struct.unpack("<I", header[8:])
                 if _masked_crc(header[:8]) != length_crc:
                     raise ConvertError(f"{path}: record {index}: bad length CRC (corrupt file)")
+                # Checked before reading: a damaged header must not become a huge allocation.
+                if length > MAX_RECORD_BYTES:
+                    raise ConvertError(f"{path}: record {index}: header claims {length:,} bytes, more than the "
+                                       f"{MAX_RECORD_BYTES:,} a record may have (corrupt file?); use the original file")
+                if not gzipped and length + 4 > size - fh.tell():
+                    raise ConvertError(f"{path}: record {index}: truncated (header claims {length:,} bytes, the file "
+                                       f"holds {size - fh.tell():,} more); use the original file")
                 data = fh.read(length)
                 footer = fh.read(4)
                 if len(data) < length or len(footer) < 4:

@@ -1,4 +1,4 @@
-"""Procedural stand-ins for the paper's datasets (``../shared/DATASETS.md``).
+"""Procedural stand-ins for the paper's datasets (``docs/datasets.md``).
 
 Every generator is deterministic per example: example ``i`` of seed ``s`` takes
 all of its randomness from ``np.random.default_rng([s, i])`` (and
@@ -418,7 +418,7 @@ def _draw_clevr(seed, indices, resolution, min_objects, max_objects, zoom=1.0):
         images, masks, counts = _draw_clevr_scenes(scenes, resolution, zoom)
         visible = ((counts >= min_pixels) | ~scenes["real"]).all(axis=1)
         real = scenes["real"]
-        # Labels: z is the size's radius (DATASETS.md), padding 0 / -1 (schema).
+        # Labels: z is the size's radius (as CLEVR), padding 0 / -1 (schema).
         coords = np.where(real[..., None], np.concatenate(
             [scenes["xy"], SIZE_RADIUS[scenes["size"]][..., None]], -1), 0).astype(np.float32)
         arrays = {

@@ -24,11 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from slotref.data import generators
+from slotref.data.generators import COLORS, MATERIALS, SHAPES, SIZES  # label vocabularies
 
 FORMAT = "slotref-dataset"
 FORMAT_VERSION = 1
 OBJECT_FIELDS = ("coords", "size", "material", "shape", "color")
-TARGET_SIZE = 19  # [x, y, z], size 2, material 2, shape 3, color 8, real 1
+LABEL_VOCABULARY = {"size": len(SIZES), "material": len(MATERIALS), "shape": len(SHAPES), "color": len(COLORS)}
+TARGET_SIZE = 3 + sum(LABEL_VOCABULARY.values()) + 1  # [x, y, z], size 2, material 2, shape 3, color 8, real 1
 
 
 class DatasetError(ValueError):
@@ -188,6 +190,273 @@ def _json_or_none(text):
 
 
 # --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+# Schema limits. Anything beyond them is refused before a byte of data is read.
+MAX_SIDE = 4096  # image height and width
+MAX_OBJECTS = 255  # objects per scene: mask ids are uint8
+COORD_LIMIT = 10.0  # |x|, |y|, |z| of an object: CLEVR scenes span about -3..3
+MAX_COMPRESSION = 1100  # logical / stored bytes: deflate cannot do better than about 1032
+READ_ROWS_BYTES = 2**24  # rows read per step while checking labels and counts
+REQUIRED_ATTRS = ("format", "format_version", "name", "complete", "num_examples", "height", "width")
+INTEGER_ATTRS = ("format_version", "num_examples", "num_written", "height", "width", "max_objects")
+STRING_ATTRS = ("format", "name", "source", "config")
+SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``validate_dataset`` found: the file's declared sizes and fields."""
+
+    path: str
+    name: str
+    num_examples: int
+    height: int
+    width: int
+    max_objects: int | None  # set-prediction files only
+    has_masks: bool
+    has_objects: bool
+    meta: dict
+
+
+def _error(path, field_name, problem, todo):
+    """``DatasetError`` with the one-line message ``<file>: <field>: <problem>; <what to do>``."""
+    text = f"{path}: {field_name}: {problem}; {todo}"
+    return DatasetError(" ".join(text.split()))
+
+
+def is_dataset_path(name) -> bool:
+    """Whether ``name`` names an HDF5 dataset file (``.h5`` or ``.hdf5``) rather than a built-in dataset."""
+    return os.fspath(name).lower().endswith(SUFFIXES)
+
+
+def dataset_name(path) -> str:
+    """The ``name`` attribute of a dataset file (e.g. ``tetrominoes``); ``DatasetError`` if unreadable."""
+    meta = _read_attrs(os.fspath(path))
+    name = meta.get("name")
+    if not isinstance(name, str):
+        raise _error(path, "name", f"attribute is {name!r}, expected a string",
+                     "rewrite the file with `data make` or `data convert`")
+    return name
+
+
+def validate_dataset(path, task=None, masks=False) -> DatasetInfo:
+    """Check a dataset file against the schema; returns its ``DatasetInfo``.
+
+    Structure first, reading no data: attributes (present, scalar, of the
+    right type and range), required datasets (shapes, dtypes), no links,
+    external or virtual storage, and stored bytes that can hold the declared
+    sizes. Then contents, read in pieces of at most 16 MB: ``num_objects``
+    within ``[0, max_objects]``, every real object's labels within their
+    vocabulary and its coordinates finite and within ``COORD_LIMIT``.
+    ``task`` ("setpred" or "discovery") also requires that task's fields;
+    ``masks=True`` also checks every mask id against ``num_objects`` (reads
+    all masks). Raises ``DatasetError`` with a one-line message.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".partial"):
+        raise _error(path, "file", f"not there, but {path}.partial is: an interrupted `data make`",
+                     "rerun it with the same options to resume")
+    if not os.path.exists(path):
+        raise _error(path, "file", "no such file", "check the path")
+    f = _open(path)
+    try:
+        with f:
+            info = _check_structure(path, f)
+            _check_task(info, task)
+            _check_contents(path, f, info, masks)
+    except DatasetError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damage seen only when read
+        raise _error(path, "data", f"cannot be read (truncated or corrupt?): {e}",
+                     "regenerate or reconvert the file") from None
+    return info
+
+
+def _open(path):
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as e:
+        raise _error(path, "file", f"not a readable HDF5 file (truncated or corrupt?): {e}",
+                     "regenerate or reconvert it") from None
+
+
+def _check_task(info, task):
+    if task == "setpred" and not info.has_objects:
+        raise _error(info.path, "objects", "no per-object properties (objects/*), needed for set prediction",
+                     "use a set-prediction file (clevr-shapes, `data convert clevr`)")
+    if task == "discovery" and not info.has_masks:
+        raise _error(info.path, "masks", "no instance masks, needed to evaluate object discovery (FG-ARI)",
+                     "use an object-discovery file (`data make`, `data convert multi-object`)")
+
+
+def _walk(path, group, prefix="", depth=0):
+    """Every dataset under ``group`` as (name, dataset); refuses links and non-local storage."""
+    if depth > 4:
+        raise _error(path, prefix.rstrip("/"), "groups nested too deep for the schema", "rewrite the file")
+    for key in group:
+        name = prefix + key
+        link = group.get(key, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            raise _error(path, name, f"is a {type(link).__name__} (data stored elsewhere)",
+                         "store the data in the file itself")
+        item = group.get(key)
+        if isinstance(item, h5py.Group):
+            yield from _walk(path, item, name + "/", depth + 1)
+        elif isinstance(item, h5py.Dataset):
+            if item.external:
+                raise _error(path, name, "has external storage (its bytes live in another file)",
+                             "store the data in the file itself")
+            if item.is_virtual:
+                raise _error(path, name, "is a virtual dataset (its bytes live in other datasets)",
+                             "store the data in the file itself")
+            yield name, item
+
+
+def _attribute(path, f, key):
+    try:
+        value = f.attrs[key]
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise _error(path, key, f"attribute cannot be read ({e})", "rewrite the file") from None
+    if isinstance(value, np.ndarray):
+        raise _error(path, key, f"attribute is an array of shape {value.shape}, expected a scalar",
+                     "store it as a single value")
+    if key in INTEGER_ATTRS and (isinstance(value, (bool, np.bool_))
+                                 or not isinstance(value, (int, np.integer))):
+        raise _error(path, key, f"attribute is {value!r} ({type(value).__name__}), expected an integer",
+                     "store it as an integer")
+    if key in STRING_ATTRS and isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if key in STRING_ATTRS and not isinstance(value, str):
+        raise _error(path, key, f"attribute is {value!r}, expected a string", "store it as a string")
+    if key == "complete" and not isinstance(value, (bool, np.bool_, int, np.integer)):
+        raise _error(path, key, f"attribute is {value!r}, expected a boolean", "store it as True or False")
+    return _plain(value)
+
+
+def _check_structure(path, f):
+    datasets = dict(_walk(path, f))
+    meta = {key: _attribute(path, f, key) for key in f.attrs}
+    missing = [k for k in REQUIRED_ATTRS if k not in meta]
+    if meta.get("format") != FORMAT:
+        raise _error(path, "format", f"not a slotref dataset (format attribute is {meta.get('format')!r}, "
+                     f"expected {FORMAT!r})", "make it with `data make` or `data convert`")
+    if missing:
+        raise _error(path, missing[0], f"missing attribute(s) {', '.join(missing)}",
+                     "regenerate or reconvert the file")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise _error(path, "format_version", f"unsupported format_version {meta['format_version']!r}",
+                     f"this slotref reads version {FORMAT_VERSION}")
+    if not meta["complete"]:
+        raise _error(path, "complete", f"incomplete ({meta.get('num_written', '?')} of "
+                     f"{meta['num_examples']} examples written)",
+                     "rerun `data make` or `data convert` with the same options to resume it")
+    n, h, w = meta["num_examples"], meta["height"], meta["width"]
+    if n < 1:
+        raise _error(path, "num_examples", f"is {n}: the file holds no examples", "regenerate it with --n >= 1")
+    for key, value in (("height", h), ("width", w)):
+        if not 1 <= value <= MAX_SIDE:
+            raise _error(path, key, f"is {value}, outside 1..{MAX_SIDE}", "resize the images")
+    m = meta.get("max_objects")
+    if m is not None and not 1 <= m <= MAX_OBJECTS:
+        raise _error(path, "max_objects", f"is {m}, outside 1..{MAX_OBJECTS}",
+                     "rewrite the file with at most 255 objects per scene")
+    expected = {"images": ((n, h, w, 3), np.uint8), "num_objects": ((n,), None)}
+    if "masks" in datasets:
+        expected["masks"] = ((n, h, w), np.uint8)
+    has_objects = any(name.startswith("objects/") for name in datasets) or "objects" in f
+    if has_objects:
+        if m is None:
+            raise _error(path, "max_objects", "missing: the file has objects/ but no max_objects attribute",
+                         "set it to the number of object rows")
+        expected["objects/coords"] = ((n, m, 3), np.float32)
+        expected.update({f"objects/{key}": ((n, m), np.int8) for key in OBJECT_FIELDS[1:]})
+    for name, (shape, dtype) in expected.items():
+        if name not in datasets:
+            raise _error(path, name, f"missing required dataset {name!r}", "regenerate or reconvert the file")
+        ds = datasets[name]
+        if ds.shape != shape:
+            raise _error(path, name, f"{name} has shape {ds.shape}, expected {shape}",
+                         "the attributes num_examples/height/width/max_objects must match the data")
+        if dtype is None and ds.dtype.kind not in "iu":
+            raise _error(path, name, f"has dtype {ds.dtype}, expected an integer type", "store integers")
+        if dtype is not None and ds.dtype != dtype:
+            raise _error(path, name, f"has dtype {ds.dtype}, expected {np.dtype(dtype)}",
+                         "regenerate or reconvert the file")
+        _check_stored(path, name, ds)
+    return DatasetInfo(path, meta["name"], n, h, w, m, "masks" in datasets, has_objects, meta)
+
+
+def _check_stored(path, name, ds):
+    """The bytes on disk must be able to hold the declared shape: no unwritten rows, no bombs."""
+    logical = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+    stored = ds.id.get_storage_size()
+    if ds.chunks is None:
+        if stored < logical:
+            raise _error(path, name, f"declares {logical:,} bytes but stores {stored:,}",
+                         "the file is damaged or its sizes are wrong; regenerate it")
+        return
+    per_axis = [-(-size // chunk) for size, chunk in zip(ds.shape, ds.chunks)]
+    needed = int(np.prod(per_axis, dtype=object))
+    have = ds.id.get_num_chunks()
+    if have < needed:
+        raise _error(path, name, f"declares {ds.shape[0]:,} rows but only {have:,} of its {needed:,} "
+                     "chunks hold data", "the file is damaged or its sizes are wrong; regenerate it")
+    if stored * MAX_COMPRESSION < logical:
+        raise _error(path, name, f"declares {logical:,} bytes but stores only {stored:,} "
+                     "(more than any supported compression gives)",
+                     "the file is damaged or its sizes are wrong; regenerate it")
+
+
+def _row_blocks(n, row_bytes):
+    step = max(1, READ_ROWS_BYTES // max(1, row_bytes))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def _check_contents(path, f, info, masks=False):
+    n, m = info.num_examples, info.max_objects
+    limit = MAX_OBJECTS if m is None else m
+    counts = f["num_objects"]
+    for a, b in _row_blocks(n, 8):
+        block = counts[a:b]
+        bad = np.nonzero((block < 0) | (block > limit))[0]
+        if len(bad):
+            i = a + bad[0]
+            raise _error(path, "num_objects", f"example {i} has {block[bad[0]]} objects, outside 0..{limit}"
+                         + (" (max_objects)" if m is not None else ""),
+                         "fix the counts or raise max_objects")
+    if info.has_objects:
+        for a, b in _row_blocks(n, m * 16):
+            real = np.arange(m)[None, :] < counts[a:b][:, None]
+            coords = f["objects/coords"][a:b]
+            finite = np.isfinite(coords).all(axis=-1)
+            for bad, problem in ((~finite, "is not finite"),
+                                 (real & ~(np.abs(np.where(finite[..., None], coords, 0)) <= COORD_LIMIT).all(-1),
+                                  f"is outside -{COORD_LIMIT:g}..{COORD_LIMIT:g}")):
+                if bad.any():
+                    i, j = np.argwhere(bad)[0]
+                    raise _error(path, "objects/coords", f"example {a + i}, object {j}: {coords[i, j].tolist()} "
+                                 f"{problem}", "fix the coordinates (CLEVR scene units) or drop the scene")
+            for key, size in LABEL_VOCABULARY.items():
+                labels = f[f"objects/{key}"][a:b]
+                bad = real & ((labels < 0) | (labels >= size))
+                if bad.any():
+                    i, j = np.argwhere(bad)[0]
+                    raise _error(path, f"objects/{key}", f"example {a + i}, object {j}: label {labels[i, j]} "
+                                 f"is outside 0..{size - 1}", f"use indices into the {size} {key} names")
+    if masks and info.has_masks:
+        for a, b in _row_blocks(n, info.height * info.width):
+            highest = f["masks"][a:b].reshape(b - a, -1).max(axis=1)
+            bad = np.nonzero(highest > counts[a:b])[0]
+            if len(bad):
+                i = bad[0]
+                raise _error(path, "masks", f"example {a + i} has mask id {highest[i]} but num_objects "
+                             f"{counts[a + i]}", "fix num_objects or the masks")
+
+
+# --------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------
 
@@ -195,7 +464,7 @@ def _json_or_none(text):
 def _plain(value):
     """An HDF5 attribute as a JSON-friendly Python value."""
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="replace")
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -205,85 +474,61 @@ def _plain(value):
 
 def _read_attrs(path):
     if not os.path.exists(path):
-        raise DatasetError(f"{path}: no such file")
+        raise _error(path, "file", "no such file", "check the path")
+    with _open(path) as f:
+        try:
+            return {k: _plain(f.attrs[k]) for k in f.attrs}
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise _error(path, "attributes", f"cannot be read (truncated or corrupt?): {e}",
+                         "regenerate or reconvert the file") from None
+
+
+def _available_memory():
+    """Bytes of physical memory not in use (None where the system does not say)."""
     try:
-        with h5py.File(path, "r") as f:
-            return {k: _plain(v) for k, v in f.attrs.items()}
-    except OSError as e:
-        raise DatasetError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}") from None
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
-def _check_header(path, meta):
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{path}: not a slotref dataset (format attribute is {meta.get('format')!r}, "
-                           f"expected {FORMAT!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path}: unsupported format_version {meta.get('format_version')!r} "
-                           f"(this slotref reads {FORMAT_VERSION})")
-    if not meta.get("complete", False):
-        raise DatasetError(f"{path}: incomplete ({meta.get('num_written', '?')} of "
-                           f"{meta.get('num_examples', '?')} examples written); rerun `data make` with the "
-                           f"same options to resume it")
-    missing = [k for k in ("num_examples", "height", "width", "name") if k not in meta]
-    if missing:
-        raise DatasetError(f"{path}: missing attribute(s) {', '.join(missing)}")
+def load_dataset(path, limit=None, start=0, task=None):
+    """Read examples ``start .. start+limit-1`` (all by default) into memory.
 
-
-def load_dataset(path, limit=None, start=0):
-    """Read examples ``start .. start+limit-1`` (all by default) into memory, checking the schema."""
+    The file is checked first by ``validate_dataset`` (``task`` as there);
+    a range that would not fit in free memory is refused before it is read.
+    """
     path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".partial"):
-        raise DatasetError(f"{path}: not there, but {path}.partial is: an interrupted `data make`; "
-                           f"rerun it with the same options to resume")
-    meta = _read_attrs(path)
-    _check_header(path, meta)
-    n, h, w = int(meta["num_examples"]), int(meta["height"]), int(meta["width"])
+    info = validate_dataset(path, task)
+    n, h, w, m = info.num_examples, info.height, info.width, info.max_objects
     if not 0 <= start <= n:
-        raise DatasetError(f"{path}: start {start} is outside the {n} examples")
+        raise _error(path, "start", f"{start} is outside the {n} examples", "choose a smaller start")
     stop = n if limit is None else min(n, start + int(limit))
+    row = h * w * (3 + info.has_masks) + 4 + (m * (12 + 4 + TARGET_SIZE * 4) if m else 0)
+    need, free = (stop - start) * row, _available_memory()
+    if free is not None and need > free:
+        raise _error(path, "num_examples", f"{stop - start:,} examples need about {need / 2**30:.1f} GiB "
+                     f"in memory, {free / 2**30:.1f} GiB is free", "use a smaller file or free memory")
     try:
         with h5py.File(path, "r") as f:
-            for key in ("images", "num_objects"):
-                if key not in f:
-                    raise DatasetError(f"{path}: missing required dataset {key!r}")
-            _check_shape(path, f["images"], (n, h, w, 3), np.uint8)
-            _check_shape(path, f["num_objects"], (n,), None)
             images = f["images"][start:stop]
             num_objects = f["num_objects"][start:stop].astype(np.int32)
-            masks = None
-            if "masks" in f:
-                _check_shape(path, f["masks"], (n, h, w), np.uint8)
-                masks = f["masks"][start:stop]
+            masks = f["masks"][start:stop] if info.has_masks else None
             objects = None
-            if "objects" in f:
-                m = meta.get("max_objects")
-                if m is None:
-                    raise DatasetError(f"{path}: has objects/ but no max_objects attribute")
-                objects = {}
-                for key in OBJECT_FIELDS:
-                    if key not in f["objects"]:
-                        raise DatasetError(f"{path}: missing required dataset 'objects/{key}'")
-                    shape = (n, m, 3) if key == "coords" else (n, m)
-                    _check_shape(path, f["objects"][key], shape, np.float32 if key == "coords" else np.int8)
-                    objects[key] = f["objects"][key][start:stop]
-    except OSError as e:  # a damaged chunk shows up only when it is read
-        raise DatasetError(f"{path}: cannot read the data (truncated or corrupt?): {e}") from None
+            if info.has_objects:
+                objects = {key: f[f"objects/{key}"][start:stop] for key in OBJECT_FIELDS}
+    except (OSError, RuntimeError, ValueError) as e:  # a damaged chunk shows up only when it is read
+        raise _error(path, "data", f"cannot be read (truncated or corrupt?): {e}",
+                     "regenerate or reconvert the file") from None
     if masks is not None and len(masks):
         highest = masks.reshape(len(masks), -1).max(axis=1)
         bad = np.nonzero(highest > num_objects)[0]
         if len(bad):
-            raise DatasetError(f"{path}: example {start + bad[0]} has mask id {highest[bad[0]]} "
-                               f"but num_objects {num_objects[bad[0]]}")
+            raise _error(path, "masks", f"example {start + bad[0]} has mask id {highest[bad[0]]} "
+                         f"but num_objects {num_objects[bad[0]]}", "fix num_objects or the masks")
+    meta = info.meta
     digest = hashlib.sha256(json.dumps({"attrs": meta, "start": start, "num_examples": stop - start},
                                        sort_keys=True, default=str).encode()).hexdigest()
     return Dataset(images, masks, num_objects, objects, meta, path, digest)
-
-
-def _check_shape(path, dataset, shape, dtype):
-    if dataset.shape != tuple(shape):
-        raise DatasetError(f"{path}: {dataset.name.lstrip('/')} has shape {dataset.shape}, expected {tuple(shape)}")
-    if dtype is not None and dataset.dtype != dtype:
-        raise DatasetError(f"{path}: {dataset.name.lstrip('/')} has dtype {dataset.dtype}, expected {np.dtype(dtype)}")
 
 
 def keep_scenes_with_at_most(dataset, max_objects):
@@ -319,7 +564,7 @@ def set_prediction_targets(objects, num_objects, max_objects=10):
     m = min(objects["coords"].shape[1], max_objects)
     real = np.arange(m)[None, :] < num_objects[:, None]  # (N, m)
     parts = [(np.asarray(objects["coords"][:, :m], np.float32) + 3) / 6]
-    for key, classes in (("size", 2), ("material", 2), ("shape", 3), ("color", 8)):
+    for key, classes in LABEL_VOCABULARY.items():
         index = np.asarray(objects[key][:, :m]).astype(np.int64)
         parts.append((index[..., None] == np.arange(classes)).astype(np.float32))
     parts.append(np.ones((n, m, 1), np.float32))
@@ -339,35 +584,49 @@ def images_to_float(images, dtype=np.float32):
 
 
 def describe(path):
-    """A human-readable dump of a dataset file: attributes, fields, object counts."""
+    """A human-readable dump of a dataset file: attributes, fields, object counts, and the
+    status ``validate_dataset`` gives (``complete``, or ``REJECTED: <why>``, as training would)."""
     path = os.fspath(path)
     meta = _read_attrs(path)
     lines = [f"{path}"]
-    lines += [f"  {key} = {value}" for key, value in sorted(meta.items())]
+    lines += [f"  {key} = {_short(value)}" for key, value in sorted(meta.items())]
+    try:
+        info = validate_dataset(path, masks=True)
+        status = "complete"
+    except DatasetError as e:
+        info, status = None, f"REJECTED: {e}"
     try:
         with h5py.File(path, "r") as f:
             lines.append("  datasets:")
 
-            def visit(name, item):
+            def visit(name, item):  # metadata only; visititems does not follow soft or external links
                 if isinstance(item, h5py.Dataset):
                     extra = f", chunks {item.chunks}" if item.chunks else ""
                     extra += f", {item.compression}" if item.compression else ""
                     lines.append(f"    {name:18s} {str(item.dtype):8s} {item.shape}{extra}")
 
             f.visititems(visit)
-            if "num_objects" in f:
-                counts = f["num_objects"][: int(meta.get("num_written", meta.get("num_examples", 0)))]
+            if info is not None:  # the data is read only once the sizes are known to be sane
+                counts = f["num_objects"][:]
                 values, freq = np.unique(counts, return_counts=True)
                 lines.append("  objects per example: " + ", ".join(f"{v}: {c}" for v, c in zip(values, freq)))
-            if "objects/shape" in f and "num_objects" in f:
-                lines.append("  object attributes:")
-                for key, names in (("size", generators.SIZES), ("material", generators.MATERIALS),
-                                   ("shape", generators.SHAPES), ("color", generators.COLORS)):
-                    index = f["objects"][key][:]
-                    freq = np.bincount(index[index >= 0].astype(int), minlength=len(names))
-                    lines.append(f"    {key:9s} " + ", ".join(f"{nm} {c}" for nm, c in zip(names, freq)))
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read the data (truncated or corrupt?): {e}") from None
-    status = "complete" if meta.get("complete") else "INCOMPLETE"
+                if info.has_objects:
+                    lines.append("  object attributes:")
+                    for key, names in (("size", SIZES), ("material", MATERIALS), ("shape", SHAPES),
+                                       ("color", COLORS)):
+                        index = f["objects"][key][:]
+                        freq = np.bincount(index[index >= 0].astype(int), minlength=len(names))
+                        lines.append(f"    {key:9s} " + ", ".join(f"{nm} {c}" for nm, c in zip(names, freq)))
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        if info is not None:
+            raise _error(path, "data", f"cannot be read (truncated or corrupt?): {e}",
+                         "regenerate or reconvert the file") from None
+    if info is None and not meta.get("complete", True):
+        status = "INCOMPLETE: " + status[len("REJECTED: "):]
     lines.append(f"  status: {status}")
     return "\n".join(lines)
+
+
+def _short(value, width=200):
+    text = str(value)
+    return text if len(text) <= width else text[:width] + f"... ({len(text)} characters)"
