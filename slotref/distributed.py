@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slotref.backend import is_host_array, tree_map, xp_of
+from slotref.backend import is_host_array, to_float, tree_map, xp_of
 
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
@@ -117,7 +117,7 @@ def checksum(buffers: dict) -> tuple[float, ...]:
     values = []
     for _, buf in sorted(buffers.items()):
         xp = xp_of(buf)
-        values += [float(xp.sum(buf, dtype=np.float64)), float(xp.sum(xp.square(buf, dtype=np.float64)))]
+        values += [to_float(xp.sum(buf, dtype=np.float64)), to_float(xp.sum(xp.square(buf, dtype=np.float64)))]
     return tuple(values)
 
 
