@@ -11,14 +11,16 @@ The projection's model of one training step on N GPUs at global batch B:
     compute(b) = overhead + (B / images_per_s - overhead) * b / B
     allreduce(N) = 2 (N - 1) / N * bytes / bandwidth + 2 (N - 1) * latency
 
-``images_per_s`` is the measured one-GPU throughput at the paper batch; the
-fixed ``overhead`` (kernel launches and Python, independent of the batch) is
-fitted from two set-prediction measurements on one H100 (batch 512 at 2,780
-images/s, batch 32 at about 630): 42 ms. A ring allreduce moves 2 (N - 1) / N
-of the buffer through each link in 2 (N - 1) hops of ``latency`` each; the
-step does not overlap it with the backward pass. Speed-up = step(1) / step(N),
-efficiency = speed-up / N; N above the global batch is impossible (no example
-for some rank).
+``images_per_s`` is the measured one-GPU throughput at the paper batch. The
+fixed ``overhead`` is the part of a step that does not shrink with the batch
+(kernel launches and Python): 45 ms, from two launch-bound steps on one H100
+(docs/performance.md): Tetrominoes at batch 64 takes 56 ms a step, and set
+prediction on 32x32 images (the CPU preset, negligible arithmetic) about 51 ms
+with its evaluations and checkpoints. ``--overhead 0`` gives the bound where
+only the allreduce costs. A ring allreduce moves 2 (N - 1) / N of the buffer
+through each link in 2 (N - 1) hops of ``latency`` each; the step does not
+overlap it with the backward pass. Speed-up = step(1) / step(N), efficiency =
+speed-up / N; N above the global batch is impossible (no example for some rank).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from slotref.distributed import World, world
 H100_IMAGES_PER_S = {"setpred": 2780.0, "clevr6": 118.0, "multi-dsprites": 492.0, "tetrominoes": 1150.0}
 PAPER_PRESETS = {"setpred": ("setpred", "clevr-shapes"), "clevr6": ("discovery", "clevr6"),
                  "multi-dsprites": ("discovery", "multi-dsprites"), "tetrominoes": ("discovery", "tetrominoes")}
-STEP_OVERHEAD_S = 0.042
+STEP_OVERHEAD_S = 0.045
 # Link bandwidth (bytes/s) and latency per ring hop (s).
 LINKS = {"NVLink": (300e9, 2e-6), "InfiniBand": (25e9, 5e-6)}
 RANKS = (8, 64, 512)
@@ -120,16 +122,26 @@ def project(runs: list[dict] | None = None, ranks=RANKS, links=None, overhead: f
 
 
 def format_projection(rows: list[dict]) -> str:
-    lines = ["| preset | link | GPUs | per-GPU batch | allreduce ms | step ms | speed-up | efficiency | "
-             "wall-clock (1 GPU) |", "|---|---|---|---|---|---|---|---|---|"]
+    """One line per (preset, GPUs), one group of columns per link."""
+    links = list(dict.fromkeys(r["link"] for r in rows))
+    head = ["preset (1 GPU)", "GPUs", "per-GPU batch"]
+    head += [f"{what}, {link}" for what in ("allreduce ms", "efficiency", "wall-clock") for link in links]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups: dict = {}
     for r in rows:
-        if not r["per_rank"]:
-            lines.append(f"| {r['name']} | {r['link']} | {r['ranks']} | - (global batch {r['batch']}) "
-                         "| | | | | |")
+        groups.setdefault((r["name"], r["ranks"]), {})[r["link"]] = r
+    for (name, n), by_link in groups.items():
+        first = next(iter(by_link.values()))
+        cells = [f"{name} ({_duration(first['one_gpu_days'])})", str(n)]
+        if not first["per_rank"]:
+            lines.append("| " + " | ".join(cells + [f"- (global batch {first['batch']})"] + [""] * (len(head) - 3))
+                         + " |")
             continue
-        lines.append(f"| {r['name']} | {r['link']} | {r['ranks']} | {r['per_rank']} | {r['allreduce_ms']:.3f} | "
-                     f"{r['step_ms']:.1f} | {r['speedup']:.1f}x | {r['efficiency']:.0%} | "
-                     f"{_duration(r['days'])} ({_duration(r['one_gpu_days'])}) |")
+        cells.append(str(first["per_rank"]))
+        cells += [f"{by_link[link]['allreduce_ms']:.3f}" for link in links]
+        cells += [f"{by_link[link]['efficiency']:.0%}" for link in links]
+        cells += [_duration(by_link[link]["days"]) for link in links]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -142,7 +154,9 @@ def format_timing(rows: list[dict]) -> str:
 
 
 def _duration(days: float) -> str:
-    return f"{days:.1f} d" if days >= 1 else f"{days * 24:.1f} h"
+    if days >= 1:
+        return f"{days:.1f} d"
+    return f"{days * 24:.1f} h" if days * 24 >= 1 else f"{days * 1440:.0f} min"
 
 
 def main(argv=None) -> None:
@@ -150,9 +164,10 @@ def main(argv=None) -> None:
     parser.add_argument("what", choices=("time", "project"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--overhead", type=float, default=STEP_OVERHEAD_S, help="fixed seconds per step")
     args = parser.parse_args(argv)
     if args.what == "project":
-        print(format_projection(project()))
+        print(format_projection(project(overhead=args.overhead)))
         return
     w = world()
     with w.fail_fast():
