@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slotref.backend import is_host_array, to_float, tree_map, xp_of
+from slotref.backend import is_host_array, to_float, to_host, tree_map, xp_of
 
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
@@ -190,19 +190,19 @@ class MPIWorld(World):
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         node.Free()
         self.hosts = len(set(self.comm.allgather(MPI.Get_processor_name())))
-        self._nccl = None
+        self._nccl, self._path = None, None
 
     def allreduce_sum_(self, buf):
         if self.size == 1:
             return buf
         if is_host_array(buf):
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-        elif self.allreduce_path() == "nccl":
+        elif self.allreduce_path() == "nccl" and hasattr(getattr(buf, "data", None), "ptr"):  # CuPy
             self._nccl_allreduce(buf)
-        else:  # device buffer through host memory
-            host = buf.get()
+        else:  # a device buffer through host memory
+            host = to_host(buf)
             self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
-            buf.set(host)
+            buf[...] = xp_of(buf).asarray(host)
         return buf
 
     def _nccl_allreduce(self, buf):
@@ -251,18 +251,19 @@ class MPIWorld(World):
             self.abort(f"{type(err).__name__}: {err}")
 
     def allreduce_path(self) -> str:
-        """'nccl' when NCCL is usable and every rank of a node has a GPU of its own, else 'host (MPI)'."""
-        choice = os.environ.get(ALLREDUCE_ENV, "").lower()
-        if choice in ("host", "nccl"):
-            return "nccl" if choice == "nccl" else "host (MPI)"
-        try:
-            import cupy
-            from cupy.cuda import nccl
+        """'nccl' when CuPy has NCCL and every rank of a node has a GPU of its own, else 'host (MPI)'."""
+        if self._path is None:
+            self._path = {"host": "host (MPI)", "nccl": "nccl"}.get(os.environ.get(ALLREDUCE_ENV, "").lower())
+        if self._path is None:
+            try:
+                import cupy
+                from cupy.cuda import nccl
 
-            gpus = cupy.cuda.runtime.getDeviceCount()
-            return "nccl" if nccl.available and gpus >= self.local_size and self.size > 1 else "host (MPI)"
-        except Exception:  # noqa: BLE001 - no CuPy, no driver, no NCCL: the host path
-            return "host (MPI)"
+                own_gpus = cupy.cuda.runtime.getDeviceCount() >= self.local_size
+                self._path = "nccl" if getattr(nccl, "available", False) and own_gpus else "host (MPI)"
+            except Exception:  # noqa: BLE001 - no CuPy, no driver: the host path
+                self._path = "host (MPI)"
+        return self._path
 
     def describe(self) -> str:
         library = " ".join(self.MPI.Get_library_version().splitlines()[0].split())
