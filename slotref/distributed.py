@@ -1,21 +1,11 @@
-"""Data-parallel training over MPI: N ranks that together train as one process.
+"""Data-parallel training over MPI: N ranks that together train as one process (docs/scale.md).
 
-``mpiexec -n N python cli.py train ...`` starts N ranks; one process started
-without mpiexec gets the single-process world below and never imports mpi4py.
-
-What makes N ranks equal one (the loop's side of the contract):
-
-- ``--batch-size`` is the global batch B; rank r takes ``local_slice(B, r, N)``,
-  an equal contiguous slice of every global batch (B must be divisible by N).
-- The data order and the slot noise of step s are drawn for the whole global
-  batch from (seed, s), as in one process, and each rank keeps its slice.
-- Each rank takes the gradient of its share of the global mean loss,
-  ``local_mean_loss * b / B`` with b = B / N; one ``allreduce_sum_`` of a flat
-  buffer (``Layout``) then leaves the full-batch gradient on every rank, and
-  every rank applies the same Adam update, so the parameters stay identical
-  (``check_same`` compares a checksum every few steps).
-- Rank 0 alone prints, writes metrics and checkpoints; ``fail_fast`` ends the
-  whole job with one line naming the failing rank.
+``mpiexec -n N python cli.py train ...`` starts N ranks; a process started
+without mpiexec gets the single-process ``World`` and never imports mpi4py.
+Rank r trains on ``local_slice(B, r, N)`` of every global batch B, drawn as one
+process draws it; ``GradientSync`` sums the ranks' shares of the global mean
+loss and its gradient with one allreduce of a flat buffer (``Layout``) per
+step, so every rank applies the same Adam update to the same parameters.
 """
 
 from __future__ import annotations
@@ -27,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slotref.backend import is_host_array, to_float, to_host, tree_map, xp_of
+from slotref.backend import is_host_array, to_float, to_host, tree_leaves, tree_map, xp_of
 
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
@@ -42,11 +32,8 @@ class DistributedError(RuntimeError):
 
 def launched_size() -> int:
     """The world size the launcher announced in the environment (1 without a launcher)."""
-    for name in SIZE_ENV:
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 1
+    values = [os.environ.get(name, "") for name in SIZE_ENV]
+    return next((int(v) for v in values if v.isdigit()), 1)
 
 
 def local_slice(global_batch: int, rank: int, size: int) -> slice:
@@ -70,19 +57,18 @@ def shard_range(n: int, rank: int, size: int, align: int = 1) -> tuple[int, int]
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each leaf lives in the flat buffers: (dtype name, offset, shape) per leaf."""
+    """Where each leaf lives in the flat buffers: (dtype name, start, stop, shape) per leaf."""
 
-    entries: tuple[tuple[str, int, tuple[int, ...]], ...]
-    sizes: tuple[tuple[str, int], ...]   # elements per dtype buffer, in first-seen order
+    entries: tuple[tuple[str, int, int, tuple[int, ...]], ...]
+    sizes: tuple[tuple[str, int], ...]   # (dtype name, elements) per buffer, in first-seen order
 
     @staticmethod
     def of(leaves) -> "Layout":
         entries, sizes = [], {}
         for leaf in leaves:
-            key = np.dtype(leaf.dtype).name
-            offset = sizes.get(key, 0)
-            entries.append((key, offset, tuple(leaf.shape)))
-            sizes[key] = offset + int(np.prod(leaf.shape, dtype=np.int64))
+            key, start = np.dtype(leaf.dtype).name, sizes.get(np.dtype(leaf.dtype).name, 0)
+            sizes[key] = start + int(np.prod(leaf.shape, dtype=np.int64))
+            entries.append((key, start, sizes[key], tuple(leaf.shape)))
         return Layout(tuple(entries), tuple(sizes.items()))
 
     def empty(self, xp=np) -> dict:
@@ -92,18 +78,13 @@ class Layout:
         """Copy ``leaves`` into ``out`` (or new buffers on the leaves' device): {dtype name: 1-d array}."""
         leaves = list(leaves)
         out = out if out is not None else self.empty(xp_of(leaves[0]) if leaves else np)
-        for leaf, (key, offset, shape) in zip(leaves, self.entries, strict=True):
-            n = int(np.prod(shape, dtype=np.int64))
-            out[key][offset:offset + n] = leaf.reshape(-1)
+        for leaf, (key, start, stop, _) in zip(leaves, self.entries, strict=True):
+            out[key][start:stop] = leaf.reshape(-1)
         return out
 
     def unflatten(self, buffers: dict) -> list:
         """Views into ``buffers``, one per leaf, shaped as the leaves were."""
-        views = []
-        for key, offset, shape in self.entries:
-            n = int(np.prod(shape, dtype=np.int64))
-            views.append(buffers[key][offset:offset + n].reshape(shape))
-        return views
+        return [buffers[key][start:stop].reshape(shape) for key, start, stop, shape in self.entries]
 
 
 def tree_from_leaves(template, leaves):
@@ -129,9 +110,7 @@ class World:
 
     rank, size, local_rank, local_size = 0, 1, 0, 1
 
-    @property
-    def is_root(self) -> bool:
-        return self.rank == 0
+    is_root = property(lambda self: self.rank == 0)
 
     def allreduce_sum_(self, buf):
         """Sum ``buf`` (a contiguous 1-d NumPy or CuPy array) over ranks, in place; returns it."""
@@ -243,11 +222,9 @@ class MPIWorld(World):
     def fail_fast(self):
         try:
             yield
-        except SystemExit as err:
-            if err.code not in (0, None):
-                self.abort(f"exited: {err.code}")
-            raise
         except BaseException as err:  # noqa: BLE001 - every failure must end every rank
+            if isinstance(err, SystemExit) and err.code in (0, None):
+                raise
             self.abort(f"{type(err).__name__}: {err}")
 
     def allreduce_path(self) -> str:
@@ -270,6 +247,31 @@ class MPIWorld(World):
         return (f"world: {self.size} ranks on {self.hosts} host(s), {self.local_size} on this one "
                 f"(rank {self.rank}, local rank {self.local_rank}); {library}; "
                 f"allreduce: {self.allreduce_path()}")
+
+
+class GradientSync:
+    """The training loop's seam: this rank's ``slice`` of each global batch; ``reduce(loss, grads, stop)``
+    turns the slice's mean loss and gradient tree into the global batch's, and ``stop`` into the number of
+    ranks that asked to stop (0-d, on the loss's device: read it with the loss). One process: unchanged."""
+
+    def __init__(self, w: World, global_batch: int):
+        self.world, self.slice = w, local_slice(global_batch, w.rank, w.size)
+        self.layout, self.buffers = None, None
+
+    def reduce(self, loss, grads, stop: bool = False):
+        if self.world.size == 1:
+            return loss, grads, stop
+        xp, n = xp_of(loss), self.world.size
+        leaves = [loss, xp.asarray(float(stop) * n, dtype=loss.dtype)] + [g for _, g in tree_leaves(grads)]
+        if self.layout is None:
+            self.layout = Layout.of(leaves)
+            self.buffers = self.layout.empty(xp)  # reused every step
+        self.layout.flatten(leaves, out=self.buffers)
+        for buf in self.buffers.values():
+            buf *= 1.0 / n    # this rank's share of the global mean: b / B
+            self.world.allreduce_sum_(buf)
+        total, stops, *summed = self.layout.unflatten(self.buffers)
+        return total, tree_from_leaves(grads, summed), stops
 
 
 _WORLD: World | None = None

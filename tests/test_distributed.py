@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 import standin
 from slotref import bench_allreduce
 from slotref.backend import get_backend, host_rng, tree_leaves
-from slotref.distributed import (SIZE_ENV, DistributedError, Layout, World, checksum, launched_size, local_slice,
-                                 shard_range, tree_from_leaves)
+from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, Layout, World, checksum, launched_size,
+                                 local_slice, shard_range, tree_from_leaves)
 from slotref.models import discovery_config, init_model, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
 from slotref.train import TrainConfig, make_task
@@ -138,6 +138,13 @@ def test_the_single_process_world_is_rank_0_of_1_and_its_collectives_are_the_ide
     assert w.gather("x") == ["x"] and w.allgather("x") == ["x"] and w.broadcast(3) == 3
     w.check_same((1.0, 2.0))
     assert "1 process" in w.describe()
+
+
+def test_in_one_process_the_gradient_seam_takes_the_whole_batch_and_returns_its_inputs():
+    sync = GradientSync(World(), 8)
+    loss, grads = np.float32(2.0), {"w": np.ones(3, np.float32)}
+    assert sync.slice == slice(0, 8)
+    assert sync.reduce(loss, grads, stop=True) == (loss, grads, True)
 
 
 def test_the_single_process_world_lets_exceptions_through_unchanged():
@@ -348,7 +355,7 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         import autograd
         import numpy as np
         from slotref.backend import get_backend, host_rng, tree_leaves
-        from slotref.distributed import Layout, checksum, local_slice, tree_from_leaves, world
+        from slotref.distributed import GradientSync, Layout, checksum, world
         from slotref.models import init_model
         from slotref.optim import Adam
         from slotref.train import make_task
@@ -358,23 +365,25 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         params = be.tree_asarray(init_model(host_rng(0, 0), config.model))
         task = make_task(config)
         images, targets, noise = global_batch(be, config, batch, np.random.default_rng(1))
-        s = local_slice(batch, w.rank, w.size)
-        share = (s.stop - s.start) / batch
-        loss, grads = autograd.value_and_grad(lambda p: task.loss(p, images[s], targets[s], noise[s]) * share)(params)
-        leaves = [loss] + [g for _, g in tree_leaves(grads)]
-        layout = Layout.of(leaves)
-        buffers = w.allreduce_sum_(layout.flatten(leaves)["float64"])
-        total, *summed = layout.unflatten({"float64": buffers})
+        sync = GradientSync(w, batch)
+        s = sync.slice
+        loss, grads = autograd.value_and_grad(task.loss)(params, images[s], targets[s], noise[s])
+        total, summed, stops = sync.reduce(loss, grads, stop=w.rank == 1)
+        assert stops == 1, stops
+        got = [total] + [g for _, g in tree_leaves(summed)]
+        buffers = Layout.of(got).flatten(got)["float64"]
         if w.is_root:  # the full batch in one process
             ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params, images, targets, noise)
-            want = Layout.of(leaves).flatten([ref_loss] + [g for _, g in tree_leaves(ref_grads)])["float64"]
+            ref = [ref_loss] + [g for _, g in tree_leaves(ref_grads)]
+            want = Layout.of(ref).flatten(ref)["float64"]
             worst = np.max(np.abs(buffers - want)) / np.max(np.abs(want))
             print("largest difference from the full-batch gradient, relative", worst)
             assert worst <= 1e-12
         adam = Adam()
         state = adam.init(params)
-        adam.update(params, tree_from_leaves(params, summed), state, 1e-3)
-        flat = Layout.of([p for _, p in tree_leaves(params)]).flatten([p for _, p in tree_leaves(params)])
+        adam.update(params, summed, state, 1e-3)
+        leaves = [p for _, p in tree_leaves(params)]
+        flat = Layout.of(leaves).flatten(leaves)
         w.check_same(checksum(flat))
         print("parameters after Adam", checksum(flat))
         print("done", w.rank)
