@@ -1,0 +1,392 @@
+"""Data-parallel training over MPI, as a specification.
+
+In one process: batch slices, flat buffers, the single-process world, and the
+identity that makes N ranks train as one (the sum over slices of the slice
+gradients, each weighted by slice/global, is the full-batch gradient). Under
+``mpiexec -n 2`` (skipped where mpiexec or mpi4py is missing): the collectives,
+one data-parallel training step against the full batch, a divergence caught by
+the checksum compare, and a failing rank that ends the job with one line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import autograd
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import standin
+from slotref import bench_allreduce
+from slotref.backend import get_backend, host_rng, tree_leaves
+from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, Layout, World, checksum, launched_size,
+                                 local_slice, shard_range, tree_from_leaves)
+from slotref.models import discovery_config, init_model, setpred_config
+from slotref.slot_attention import SlotAttentionConfig
+from slotref.train import TrainConfig, make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
+
+
+# --------------------------------------------------------------------------
+# Batch slices and evaluation shards.
+
+@given(st.integers(1, 16), st.integers(1, 8))
+def test_local_slices_tile_the_global_batch_in_rank_order(per_rank, size):
+    global_batch = per_rank * size
+    slices = [local_slice(global_batch, r, size) for r in range(size)]
+    assert np.concatenate([np.arange(global_batch)[s] for s in slices]).tolist() == list(range(global_batch))
+    assert {s.stop - s.start for s in slices} == {per_rank}
+
+
+def test_a_batch_not_divisible_by_the_world_size_is_a_one_line_error():
+    with pytest.raises(DistributedError, match=r"--batch-size 10 is not divisible by the world size 4") as err:
+        local_slice(10, 0, 4)
+    assert "\n" not in str(err.value)
+
+
+@given(st.integers(0, 200), st.integers(1, 9), st.integers(1, 64))
+def test_shards_cover_the_items_once_in_whole_blocks(n, size, align):
+    ranges = [shard_range(n, r, size, align) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(start % align == 0 or start == n for start, _ in ranges)
+
+
+# --------------------------------------------------------------------------
+# Flat buffers.
+
+def leaves_of_two_dtypes(rng):
+    return [rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(5),
+            np.asarray(rng.standard_normal(), dtype=np.float32), rng.standard_normal((4, 1, 2)).astype(np.float32)]
+
+
+def test_flatten_then_unflatten_gives_the_leaves_back(rng):
+    leaves = leaves_of_two_dtypes(rng)
+    layout = Layout.of(leaves)
+    buffers = layout.flatten(leaves)
+    assert dict(layout.sizes) == {"float32": 6 + 1 + 8, "float64": 5}
+    assert all(b.ndim == 1 and b.flags.c_contiguous for b in buffers.values())
+    for got, want in zip(layout.unflatten(buffers), leaves, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_unflatten_gives_views_so_an_allreduce_of_the_buffer_updates_every_leaf(rng):
+    leaves = leaves_of_two_dtypes(rng)
+    layout = Layout.of(leaves)
+    buffers = layout.flatten(leaves)
+    views = layout.unflatten(buffers)
+    for b in buffers.values():
+        b *= 2
+    for got, want in zip(views, leaves):
+        np.testing.assert_array_equal(got, 2 * want)
+
+
+def test_a_parameter_tree_round_trips_through_its_leaves_in_tree_leaves_order():
+    params = init_model(host_rng(0, 0), setpred_config(16, num_slots=3, encoder_channels=8, mlp_size=8,
+                                                          head_hidden=8, slot_attention=SA8))
+    leaves = [leaf for _, leaf in tree_leaves(params)]
+    layout = Layout.of(leaves)
+    rebuilt = tree_from_leaves(params, layout.unflatten(layout.flatten(leaves)))
+    assert [path for path, _ in tree_leaves(rebuilt)] == [path for path, _ in tree_leaves(params)]
+    for (_, a), (_, b) in zip(tree_leaves(rebuilt), tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_flat_buffers_of_device_leaves_stay_on_the_device(rng):
+    host = leaves_of_two_dtypes(rng)
+    dev = [standin.standin_xp.asarray(x) for x in host]
+    layout = Layout.of(dev)
+    with standin.watch() as stats:
+        buffers = layout.flatten(dev, out=layout.empty(standin.standin_xp))
+        views = layout.unflatten(buffers)
+        sums = checksum(buffers)
+    assert not stats.conversions and not stats.host_operands, stats.report()
+    assert all(isinstance(b, standin.StandinArray) for b in buffers.values())
+    for got, want in zip(views, host):
+        np.testing.assert_array_equal(got.get(), want)
+    assert sums == checksum(Layout.of(host).flatten(host))
+
+
+def test_the_checksum_sees_a_change_of_one_element(rng):
+    leaves = leaves_of_two_dtypes(rng)
+    buffers = Layout.of(leaves).flatten(leaves)
+    before = checksum(buffers)
+    buffers["float32"][3] = np.nextafter(buffers["float32"][3], np.float32(np.inf))
+    assert checksum(buffers) != before
+
+
+# --------------------------------------------------------------------------
+# The single-process world.
+
+def test_the_single_process_world_is_rank_0_of_1_and_its_collectives_are_the_identity():
+    w = World()
+    assert (w.rank, w.size, w.local_rank, w.is_root) == (0, 1, 0, True)
+    buf = np.arange(4.0)
+    assert w.allreduce_sum_(buf) is buf
+    np.testing.assert_array_equal(buf, np.arange(4.0))
+    assert w.gather("x") == ["x"] and w.allgather("x") == ["x"] and w.broadcast(3) == 3
+    w.check_same((1.0, 2.0))
+    assert "1 process" in w.describe()
+
+
+def test_in_one_process_the_gradient_seam_takes_the_whole_batch_and_returns_its_inputs():
+    sync = GradientSync(World(), 8)
+    loss, grads = np.float32(2.0), {"w": np.ones(3, np.float32)}
+    assert sync.slice == slice(0, 8)
+    assert sync.reduce(loss, grads, stop=True) == (loss, grads, True)
+
+
+def test_the_single_process_world_lets_exceptions_through_unchanged():
+    with pytest.raises(ValueError, match="boom"), World().fail_fast():
+        raise ValueError("boom")
+    with pytest.raises(SystemExit, match="rank"):
+        World().abort("rank 0 cannot go on")
+
+
+def test_launched_size_reads_the_launchers_variables(monkeypatch):
+    for name in SIZE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert launched_size() == 1
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert launched_size() == 4
+
+
+def test_one_process_never_imports_mpi4py():
+    env = {k: v for k, v in os.environ.items() if k not in SIZE_ENV and k != "SLOTREF_MPI"}
+    code = ("import sys; from slotref.distributed import world; w = world(); "
+            "assert w.size == 1 and 'mpi4py' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
+
+
+# --------------------------------------------------------------------------
+# Why N ranks equal one: slice gradients weighted by slice/global sum to the full-batch gradient.
+
+def tiny_task(task):
+    if task == "setpred":
+        model = setpred_config(16, num_slots=3, encoder_channels=8, mlp_size=8, head_hidden=8, slot_attention=SA8)
+        return TrainConfig(task="setpred", max_objects=3, model=model)
+    model = discovery_config("tetrominoes", resolution=(12, 12), encoder_channels=8, mlp_size=8,
+                             decoder_channels=8, num_slots=3, slot_attention=SA8)
+    return TrainConfig(task="discovery", model=model)
+
+
+def global_batch(be, config, batch, rng):
+    """Images in [-1, 1], targets (set prediction) and slot noise for the whole global batch."""
+    m = config.model
+    images = be.asarray(rng.uniform(-1, 1, (batch, *m.resolution, 3)))
+    targets = be.asarray(rng.uniform(0, 1, (batch, config.max_objects, m.output_size)))
+    noise = be.asarray(rng.standard_normal((batch, m.num_slots, m.slot_attention.slot_size)))
+    return images, (targets if config.task == "setpred" else None), noise
+
+
+@pytest.mark.parametrize("task", ["setpred", "discovery"])
+def test_weighted_slice_gradients_sum_to_the_full_batch_gradient(task, rng):
+    be = get_backend("cpu", "float64")
+    config = tiny_task(task)
+    params = be.tree_asarray(init_model(host_rng(0, 0), config.model))
+    loss_fn = make_task(config).loss
+    batch, size = 6, 2
+    images, targets, noise = global_batch(be, config, batch, rng)
+    loss, grads = autograd.value_and_grad(loss_fn)(params, images, targets, noise)
+    full = Layout.of([loss] + [g for _, g in tree_leaves(grads)])
+
+    summed = None
+    for rank in range(size):
+        s = local_slice(batch, rank, size)
+        share = (s.stop - s.start) / batch
+        part_loss, part = autograd.value_and_grad(loss_fn)(params, images[s], None if targets is None else targets[s],
+                                                           noise[s])
+        buffers = full.flatten([part_loss * share] + [g * share for _, g in tree_leaves(part)])
+        summed = buffers if summed is None else {k: summed[k] + buffers[k] for k in summed}
+
+    want = full.flatten([loss] + [g for _, g in tree_leaves(grads)])["float64"]
+    got = summed["float64"]
+    assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
+    assert abs(got[0] - float(loss)) <= 1e-12 * abs(float(loss))
+
+
+# --------------------------------------------------------------------------
+# Allreduce timing and the scaling projection.
+
+def test_the_allreduce_timing_reports_each_buffer_under_one_process():
+    rows = bench_allreduce.time_allreduce(World(), [{"name": "tiny", "params": 10}], repeats=2)
+    assert rows[0]["bytes"] == 11 * 4 and rows[0]["ranks"] == 1 and rows[0]["ms"] >= 0
+    assert "tiny" in bench_allreduce.format_timing(rows)
+
+
+def test_the_paper_presets_are_counted_from_the_models():
+    runs = {r["name"]: r for r in bench_allreduce.paper_runs()}
+    assert (runs["setpred"]["batch"], runs["setpred"]["steps"]) == (512, 150_000)
+    assert (runs["clevr6"]["batch"], runs["clevr6"]["steps"]) == (64, 500_000)
+    assert runs["clevr6"]["params"] > runs["setpred"]["params"] > runs["tetrominoes"]["params"] > 0
+
+
+def test_the_ring_allreduce_sends_2_n_minus_1_over_n_of_the_buffer():
+    ring = bench_allreduce.ring_allreduce_seconds
+    assert ring(1e9, 1, 1e9, 1e-3) == 0
+    assert ring(1e9, 2, 1e9, 0) == pytest.approx(1.0)
+    assert ring(1e9, 512, 1e9, 0) == pytest.approx(2 * 511 / 512)
+    assert ring(0, 8, 1e9, 1e-6) == pytest.approx(14e-6)
+
+
+RUN = {"name": "x", "params": 10**6, "batch": 64, "steps": 1000, "images_per_s": 100.0}
+
+
+def test_with_no_overhead_and_free_communication_the_projection_scales_linearly():
+    rows = bench_allreduce.project([RUN], ranks=(1, 8, 64), links={"free": (math.inf, 0.0)}, overhead=0.0)
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 1.0, 1.0])
+    assert rows[-1]["days"] == pytest.approx(rows[0]["days"] / 64)
+
+
+def test_projected_efficiency_falls_with_overhead_and_bandwidth_and_ranks_stop_at_the_global_batch():
+    links = {"fast": (300e9, 2e-6), "slow": (1e9, 5e-6)}
+    rows = bench_allreduce.project([RUN], ranks=(8, 64, 128), links=links, overhead=0.05)
+    eff = {(r["link"], r["ranks"]): r.get("efficiency") for r in rows}
+    assert 1 > eff["fast", 8] > eff["fast", 64] and eff["fast", 8] > eff["slow", 8]
+    assert eff["fast", 128] is None and "global batch 64" in bench_allreduce.format_projection(rows)
+
+
+# --------------------------------------------------------------------------
+# Under mpiexec -n 2.
+
+def mpiexec() -> str | None:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return None
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpiexec and mpi4py (pip install 'slotref[mpi]')")
+
+
+# A failed assertion on one rank ends every rank at once instead of leaving the others waiting.
+ABORT_ON_UNCAUGHT = """\
+import sys, traceback
+from slotref.distributed import world
+def abort_on_uncaught(kind, err, tb):
+    traceback.print_exception(kind, err, tb)
+    world().abort(f"{kind.__name__}: {err}")
+sys.excepthook = abort_on_uncaught
+"""
+
+
+def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60) -> subprocess.CompletedProcess:
+    path = tmp_path / "ranks.py"
+    path.write_text(ABORT_ON_UNCAUGHT + textwrap.dedent(script))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@needs_mpi
+def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_divergence(tmp_path):
+    result = run_ranks(tmp_path, """
+        import numpy as np
+        import standin
+        from slotref.distributed import DistributedError, Layout, MPIWorld, local_slice, world
+
+        w = world()
+        assert isinstance(w, MPIWorld) and w.size == 2 and w.local_size == 2
+        leaves = [np.full((2, 3), w.rank + 1, np.float32), np.arange(4.0) * (w.rank + 1),
+                  np.asarray(w.rank, np.float32)]
+        layout = Layout.of(leaves)
+        buffers = layout.flatten(leaves)
+        for b in buffers.values():
+            w.allreduce_sum_(b)
+        a, b, c = layout.unflatten(buffers)
+        assert (a == 3).all() and (b == 3 * np.arange(4.0)).all() and c == 1, (a, b, c)
+        device = standin.standin_xp.asarray(np.arange(5, dtype=np.float32) * (w.rank + 1))
+        assert w.allreduce_sum_(device) is device and isinstance(device, standin.StandinArray)
+        assert (device.get() == 3 * np.arange(5)).all(), device.get()
+        shards = w.gather({"rank": w.rank, "rows": np.arange(w.rank + 1)})
+        assert shards is None if w.rank else [s["rank"] for s in shards] == [0, 1]
+        assert w.broadcast(10 * w.rank + 7) == 7
+        assert local_slice(8, w.rank, w.size) == slice(4 * w.rank, 4 * w.rank + 4)
+        w.check_same((1.0, float("nan")))
+        try:
+            w.check_same(float(w.rank))
+        except DistributedError as err:
+            print(f"rank {w.rank} caught: {err}")
+        print(w.describe())
+        print("done", w.rank)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert "done 0" in result.stdout and "done 1" in result.stdout
+    for rank in (0, 1):
+        assert f"rank {rank} caught: parameters diverged across ranks: ranks [1] differ from rank 0" in result.stdout
+    assert "world: 2 ranks on 1 host(s)" in result.stdout
+    assert "allreduce: host (MPI)" in result.stdout or "allreduce: nccl" in result.stdout
+
+
+@needs_mpi
+def test_a_failing_rank_ends_the_job_with_one_line_naming_it(tmp_path):
+    result = run_ranks(tmp_path, """
+        import numpy as np
+        from slotref.distributed import world
+
+        w = world()
+        with w.fail_fast():
+            if w.rank == 1:
+                raise FloatingPointError("loss became nan at step 3")
+            w.allreduce_sum_(np.ones(3))  # rank 0 waits for rank 1 here
+            print("rank 0 went on")
+        """)
+    assert result.returncode != 0
+    assert "rank 1 of 2: FloatingPointError: loss became nan at step 3" in result.stderr
+    assert "went on" not in result.stdout
+
+
+@needs_mpi
+def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(tmp_path):
+    result = run_ranks(tmp_path, """
+        import autograd
+        import numpy as np
+        from slotref.backend import get_backend, host_rng, tree_leaves
+        from slotref.distributed import GradientSync, Layout, checksum, world
+        from slotref.models import init_model
+        from slotref.optim import Adam
+        from slotref.train import make_task
+        from test_distributed import global_batch, tiny_task
+
+        w, be, config, batch = world(), get_backend("cpu", "float64"), tiny_task("setpred"), 4
+        params = be.tree_asarray(init_model(host_rng(0, 0), config.model))
+        task = make_task(config)
+        images, targets, noise = global_batch(be, config, batch, np.random.default_rng(1))
+        sync = GradientSync(w, batch)
+        s = sync.slice
+        loss, grads = autograd.value_and_grad(task.loss)(params, images[s], targets[s], noise[s])
+        total, summed, stops = sync.reduce(loss, grads, stop=w.rank == 1)
+        assert stops == 1, stops
+        got = [total] + [g for _, g in tree_leaves(summed)]
+        buffers = Layout.of(got).flatten(got)["float64"]
+        if w.is_root:  # the full batch in one process
+            ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params, images, targets, noise)
+            ref = [ref_loss] + [g for _, g in tree_leaves(ref_grads)]
+            want = Layout.of(ref).flatten(ref)["float64"]
+            worst = np.max(np.abs(buffers - want)) / np.max(np.abs(want))
+            print("largest difference from the full-batch gradient, relative", worst)
+            assert worst <= 1e-12
+        adam = Adam()
+        state = adam.init(params)
+        adam.update(params, summed, state, 1e-3)
+        leaves = [p for _, p in tree_leaves(params)]
+        flat = Layout.of(leaves).flatten(leaves)
+        w.check_same(checksum(flat))
+        print("parameters after Adam", checksum(flat))
+        print("done", w.rank)
+        """)
+    assert result.returncode == 0, result.stderr
+    assert "done 0" in result.stdout and "done 1" in result.stdout
