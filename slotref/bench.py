@@ -280,7 +280,7 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
 
 def data_loading_seconds(be, config, batch) -> float:
     """Gathering a random batch of uint8 images on the host and preprocessing it on the device."""
-    from slotref.train import preprocess
+    from slotref.training.data import preprocess
 
     h, w = config.resolution
     images = host_rng(2).integers(0, 256, (4 * batch, h, w, 3), dtype=np.uint8)

@@ -78,7 +78,7 @@ def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterat
 def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations):
     from slotref.models import set_prediction
     from slotref.backend import to_host
-    from slotref.train import eval_noise, preprocess
+    from slotref.training.data import eval_noise, preprocess
 
     n = len(split)
     k = num_slots or config.model.num_slots

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from slotref.cli.data import convert as convert_command
 from slotref.data import convert as cv
 
 
@@ -304,7 +305,7 @@ def test_interrupted_conversion_resumes_to_the_same_file(tmp_path, monkeypatch):
 
 
 def _cli_error(args):
-    result = CliRunner().invoke(cv.convert, args)
+    result = CliRunner().invoke(convert_command, args)
     assert result.exit_code == 1, result.output
     # The progress bar (stderr) may precede the error; the error itself is one line.
     assert result.output.count("Error: ") == 1, result.output
@@ -503,7 +504,7 @@ def test_clevr_unknown_label_name_is_a_one_line_error(tmp_path):
 # Converted files go straight into the normal training and evaluation path.
 
 def _tiny_train_config(task, dataset, model, **extra):
-    from slotref.train import TrainConfig
+    from slotref.training import TrainConfig
     return TrainConfig(task=task, dataset=str(dataset), preset="test", steps=2, batch_size=2, eval_every=2,
                        checkpoint_every=2, eval_size=1, log_every=1, warmup_steps=1, decay_steps=100,
                        model=model, **extra)
@@ -515,7 +516,7 @@ def test_converted_tetrominoes_file_trains_and_evaluates(tmp_path):
 
     from slotref.models import discovery_config
     from slotref.slot_attention import SlotAttentionConfig
-    from slotref.train import load_run, train
+    from slotref.training import load_run, train
 
     boxes = [(2, 6, 3, 9), (10, 20, 1, 4), (20, 30, 25, 33)]
     src = write_tfrecords(tmp_path / "tetrominoes_train.tfrecords",
@@ -535,7 +536,7 @@ def test_converted_clevr_file_trains_set_prediction_and_evaluates(tmp_path):
 
     from slotref.models import setpred_config
     from slotref.slot_attention import SlotAttentionConfig
-    from slotref.train import load_run, train
+    from slotref.training import load_run, train
 
     src = make_clevr(tmp_path / "CLEVR_v1.0", n=12, crowded=())
     converted = tmp_path / "clevr.h5"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from slotref.data import generators, hdf5
-from slotref.data.commands import data
+from slotref.cli.data import data
 from slotref.data.generators import COLOR_RGB, GENERATORS, render
 from slotref.data.hdf5 import DatasetError, load_dataset, set_prediction_targets, write_dataset
 

@@ -328,9 +328,11 @@ def set_prediction_targets(objects, num_objects, max_objects=10):
     return targets
 
 
-def images_to_float(images, dtype=np.float32):
-    """uint8 images to [-1, 1], as the official code: (x / 255 - 0.5) * 2."""
-    return ((np.asarray(images, dtype) / 255 - 0.5) * 2).astype(dtype, copy=False)
+def images_to_float(images, dtype=np.float32, xp=np):
+    """uint8 images to [-1, 1] in ``dtype``, as the official code (x / 255 - 0.5) * 2; with ``xp``
+    (``backend.Backend.xp``) on that array library's device."""
+    x = xp.asarray(images).astype(dtype)
+    return x * (2.0 / 255.0) - 1.0
 
 
 # --------------------------------------------------------------------------
