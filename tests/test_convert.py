@@ -256,7 +256,7 @@ def test_skip_and_limit_select_records_in_order(tmp_path):
                           [squares_scene("tetrominoes", [(1, 3, 1, 3)], [1], marker=m) for m in range(6)])
     cv.convert_multi_object(src, "tetrominoes", tmp_path / "a.h5", skip=2, limit=3, progress=False)
     np.testing.assert_array_equal(read(tmp_path / "a.h5")[0]["images"][:, 0, 0, 1], [2, 3, 4])
-    result = CliRunner().invoke(cv.convert, ["multi-object", "--src", str(src), "--dataset", "tetrominoes",
+    result = CliRunner().invoke(convert_command, ["multi-object", "--src", str(src), "--dataset", "tetrominoes",
                                              "--out", str(tmp_path / "b.h5"), "--skip", "4"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(read(tmp_path / "b.h5")[0]["images"][:, 0, 0, 1], [4, 5])
@@ -413,7 +413,7 @@ def read_clevr(path):
 def test_clevr_labels_images_and_object_filter(tmp_path):
     src = make_clevr(tmp_path / "CLEVR_v1.0")
     out = tmp_path / "clevr.h5"
-    result = CliRunner().invoke(cv.convert, ["clevr", "--src", str(src), "--split", "train",
+    result = CliRunner().invoke(convert_command, ["clevr", "--src", str(src), "--split", "train",
                                              "--out", str(out), "--resolution", "32"])
     assert result.exit_code == 0, result.output
     d, attrs = read_clevr(out)

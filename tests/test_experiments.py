@@ -27,7 +27,7 @@ from slotref.experiments import runner
 from slotref.experiments.plans import ABLATIONS, EXPERIMENTS, ExperimentError, Options, configurations
 from slotref.experiments.runner import run_config, run_experiment, scale_budget, smoke_overrides
 from slotref.models import init_model
-from slotref.training import DivergenceError, TrainingError, loop as training
+from slotref.training import DivergenceError, loop as training
 from slotref.training.presets import preset_config
 
 
