@@ -280,7 +280,7 @@ def attribute_accuracy(predictions, targets) -> dict:
             for name, ok in zip(ATTRIBUTE_NAMES, correct):
                 hits[name].append(ok)
             hits["all"].append(bool(correct.all()))
-            distances.append(np.linalg.norm(6 * (real[i, :3] - pred[j, :3])))
+            distances.append(np.linalg.norm(COORD_SCALE * (real[i, COORDS] - pred[j, COORDS])))
     result = {f"acc_{name}": float(np.mean(v)) if v else float("nan") for name, v in hits.items()}
     result["median_distance"] = float(np.median(distances)) if distances else float("nan")
     return result

@@ -1,6 +1,6 @@
 """Converters from the paper's real datasets to slotref's HDF5 schema.
 
-Two sources (../shared/DATASETS.md, "Real datasets"; docs/datasets.md, "The schema"):
+Two sources (docs/datasets.md, "The schema"):
 
 - CLEVR v1.0 (set prediction): ``images/<split>/*.png`` and
   ``scenes/CLEVR_<split>_scenes.json``. Preprocessing as the official code:
@@ -44,12 +44,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-# Label orderings of tensorflow_datasets clevr:3.1.0 (the official code's source).
-COLORS = ("gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan")
-MATERIALS = ("rubber", "metal")
-SHAPES = ("cube", "sphere", "cylinder")
-SIZES = ("small", "large")
+from slotref import paper
 
+# CLEVR labels are stored as indices into slotref.paper's vocabulary (the label
+# orderings of tensorflow_datasets clevr:3.1.0, the official code's source).
 CLEVR_MONITOR_SIZE = 512  # official code: AP is monitored on the first 512 training images
 
 # DeepMind multi_object_datasets readers: image shape, entities incl. background,
@@ -231,8 +229,8 @@ def _load_png(path, resolution):
 def _clevr_labels(objects, max_objects, where):
     """CLEVR scene objects -> padded coords (float32 [M, 3]) and label indices (int8 [M])."""
     coords = np.zeros((max_objects, 3), np.float32)
-    labels = {k: np.full(max_objects, -1, np.int8) for k in ("size", "material", "shape", "color")}
-    orderings = {"size": SIZES, "material": MATERIALS, "shape": SHAPES, "color": COLORS}
+    orderings = {key: names for key, _, names in paper.ATTRIBUTES}
+    labels = {k: np.full(max_objects, -1, np.int8) for k in orderings}
     for j, obj in enumerate(objects):
         try:
             coords[j] = obj["3d_coords"]

@@ -23,12 +23,12 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from slotref import paper
 from slotref.data import generators
 
 FORMAT = "slotref-dataset"
 FORMAT_VERSION = 1
 OBJECT_FIELDS = ("coords", "size", "material", "shape", "color")
-TARGET_SIZE = 19  # [x, y, z], size 2, material 2, shape 3, color 8, real 1
 
 
 class DatasetError(ValueError):
@@ -286,44 +286,33 @@ def _check_shape(path, dataset, shape, dtype):
         raise DatasetError(f"{path}: {dataset.name.lstrip('/')} has dtype {dataset.dtype}, expected {np.dtype(dtype)}")
 
 
-def keep_scenes_with_at_most(dataset, max_objects):
-    """The examples with ``num_objects <= max_objects`` (the paper keeps CLEVR scenes with <= 10)."""
-    keep = np.nonzero(dataset.num_objects <= max_objects)[0]
-    pick = lambda a: None if a is None else a[keep]  # noqa: E731
-    objects = None if dataset.objects is None else {k: v[keep] for k, v in dataset.objects.items()}
-    digest = hashlib.sha256(f"{dataset.fingerprint}:at-most-{max_objects}".encode()).hexdigest()
-    return Dataset(dataset.images[keep], pick(dataset.masks), dataset.num_objects[keep], objects,
-                   dataset.meta, dataset.path, digest)
-
-
 # --------------------------------------------------------------------------
 # Model inputs
 # --------------------------------------------------------------------------
 
 
 def set_prediction_targets(objects, num_objects, max_objects=10):
-    """The 19-number targets, float32 (N, max_objects, 19).
+    """The 19-number targets, float32 (N, max_objects, 19), laid out as ``slotref.paper``:
 
-    Per object: [x, y, z] mapped from [-3, 3] to [0, 1] by (v + 3) / 6, then
-    one-hots of size (2), material (2), shape (3), color (8), then 1.0 for a
-    real object; rows past ``num_objects`` are zero. A scene with more than
-    ``max_objects`` objects is an error: filter first with
-    ``keep_scenes_with_at_most``.
+    per object, [x, y, z] mapped from [-3, 3] to [0, 1], then one-hots of size
+    (2), material (2), shape (3), color (8), then 1.0 for a real object; rows
+    past ``num_objects`` are zero. A scene with more than ``max_objects``
+    objects is an error.
     """
     num_objects = np.asarray(num_objects)
     if len(num_objects) and num_objects.max() > max_objects:
         count = int((num_objects > max_objects).sum())
         raise DatasetError(f"{count} scene(s) have more than max_objects={max_objects} objects; "
-                           f"filter them with keep_scenes_with_at_most first")
+                           "pass a larger max_objects or a file of smaller scenes")
     n = len(num_objects)
     m = min(objects["coords"].shape[1], max_objects)
     real = np.arange(m)[None, :] < num_objects[:, None]  # (N, m)
-    parts = [(np.asarray(objects["coords"][:, :m], np.float32) + 3) / 6]
-    for key, classes in (("size", 2), ("material", 2), ("shape", 3), ("color", 8)):
+    parts = [paper.coords_to_unit(np.asarray(objects["coords"][:, :m], np.float32))]
+    for key, _, names in paper.ATTRIBUTES:
         index = np.asarray(objects[key][:, :m]).astype(np.int64)
-        parts.append((index[..., None] == np.arange(classes)).astype(np.float32))
+        parts.append((index[..., None] == np.arange(len(names))).astype(np.float32))
     parts.append(np.ones((n, m, 1), np.float32))
-    targets = np.zeros((n, max_objects, TARGET_SIZE), np.float32)
+    targets = np.zeros((n, max_objects, paper.NUM_PROPERTIES), np.float32)
     targets[:, :m] = np.concatenate(parts, axis=-1) * real[..., None]
     return targets
 
@@ -363,8 +352,7 @@ def describe(path):
                 lines.append("  objects per example: " + ", ".join(f"{v}: {c}" for v, c in zip(values, freq)))
             if "objects/shape" in f and "num_objects" in f:
                 lines.append("  object attributes:")
-                for key, names in (("size", generators.SIZES), ("material", generators.MATERIALS),
-                                   ("shape", generators.SHAPES), ("color", generators.COLORS)):
+                for key, _, names in paper.ATTRIBUTES:
                     index = f["objects"][key][:]
                     freq = np.bincount(index[index >= 0].astype(int), minlength=len(names))
                     lines.append(f"    {key:9s} " + ", ".join(f"{nm} {c}" for nm, c in zip(names, freq)))
