@@ -94,9 +94,12 @@ def setpred_config(resolution=paper.SETPRED_ARCHITECTURE.resolution, **overrides
 
 
 def discovery_config(dataset: str, **overrides) -> ModelConfig:
-    """Object discovery (Tables 4-7) for a dataset name: the architecture of
-    ``paper.discovery_architecture`` (Tetrominoes, Multi-dSprites, else CLEVR6)."""
-    arch = paper.DISCOVERY_ARCHITECTURES[paper.discovery_architecture(dataset)]
+    """Object discovery (Tables 4-7) for 'clevr6', 'tetrominoes' or 'multi-dsprites'
+    (``paper.discovery_architecture`` reads the name)."""
+    name = paper.discovery_architecture(dataset)
+    if name is None:
+        raise ValueError(f"no discovery architecture for dataset {dataset!r}")
+    arch = paper.DISCOVERY_ARCHITECTURES[name]
     base = ModelConfig(task="discovery", resolution=(arch.resolution, arch.resolution),
                        encoder_channels=arch.encoder_channels, encoder_strides=arch.encoder_strides,
                        mlp_size=arch.encoder_channels, num_slots=arch.num_slots,

@@ -79,15 +79,17 @@ SLOT_MLP_HIDDEN = {"setpred": (512, 512), "discovery": (512, 1024, 1024)}
 SLOT_MLP_PER_SLOT_HIDDEN = 64    # Table 10's per-slot MLP
 
 
-def discovery_architecture(name: str) -> str:
+def discovery_architecture(name: str) -> str | None:
     """The discovery architecture a dataset calls for, from its name (a generator, a file's ``name``
-    attribute or a DeepMind dataset name): Tetrominoes, Multi-dSprites, else CLEVR6."""
+    attribute or a DeepMind dataset name), or None for a name none of them fits."""
     name = name.lower()
     if "tetromino" in name:
         return "tetrominoes"
     if "dsprites" in name:
         return "multi-dsprites"
-    return "clevr6-shapes"
+    if "clevr6" in name or "clevr_with_masks" in name:
+        return "clevr6-shapes"
+    return None
 
 
 # --------------------------------------------------------------------------

@@ -69,14 +69,15 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
 
 
 def discovery_architecture(dataset: str) -> str:
-    """Which discovery architecture a dataset name or file calls for (a file by its ``name`` attribute)."""
+    """Which discovery architecture a dataset name or file calls for (a file by its ``name``
+    attribute); CLEVR6's for any other dataset (the built-in clevr-shapes, say)."""
     name = dataset
     if dataset.endswith(".h5") and Path(dataset).exists():
         import h5py
 
         with h5py.File(dataset, "r") as f:
             name = str(f.attrs.get("name", ""))
-    return paper.discovery_architecture(name)
+    return paper.discovery_architecture(name) or "clevr6-shapes"
 
 
 def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainConfig, list[str]]:
