@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slotref.train import TrainingError, preset_config, resolve_dataset, train  # noqa: E402
+from slotref.training import TrainingError, preset_config, resolve_dataset, train  # noqa: E402
 
 
 def main(argv=None):

@@ -5,7 +5,7 @@
 - ``module``: the Slot Attention module alone (``slotref.bench_module``);
 - ``step``: images/s of a full training step (forward, loss, backward, Adam)
   of each task configuration, beside PyTorch eager CPU on the same
-  architecture (shared/MEASUREMENTS.md), with peak memory; ``--profile``
+  architecture (``PYTORCH_CPU_IMAGES_PER_S``), with peak memory; ``--profile``
   breaks the step down by function;
 - ``data``: images/s of the built-in generators.
 """
@@ -24,11 +24,11 @@ import numpy as np
 from slotref import layers
 from slotref.backend import get_backend, host_rng
 
-# PyTorch 2.13 eager CPU on the 2-core development machine (shared/MEASUREMENTS.md).
+# PyTorch 2.13 eager CPU, images/s of a training step on a 2-core CPU, same architectures and batches.
 PYTORCH_CPU_IMAGES_PER_S = {
     "setpred-64": 78.0, "setpred-128": 19.4, "tetrominoes": 31.8, "multi-dsprites": 6.9, "clevr6-shapes": 1.1,
 }
-# (name, task, dataset/resolution, batch size), as MEASUREMENTS.md measured PyTorch.
+# (name, task, dataset/resolution, batch size), the settings of PYTORCH_CPU_IMAGES_PER_S.
 STEP_CONFIGS = [
     ("setpred-64", "setpred", 64, 32),
     ("setpred-128", "setpred", 128, 8),
@@ -205,9 +205,11 @@ def bench_gemm_shapes(be, peak, repeats=3, echo=print):
 
 def step_setup(be, task: str, dataset, batch_size: int, seed: int = 0):
     """(loss_and_grad closure, params, adam, state, config) for one synthetic batch."""
-    from slotref.losses import hungarian_huber_loss, mse
-    from slotref.models import autoencoder, discovery_config, init_model, set_prediction, setpred_config
+    from slotref import paper
+    from slotref.models import discovery_config, init_model, setpred_config
     from slotref.optim import Adam
+    from slotref.training.config import TrainConfig
+    from slotref.training.tasks import make_task
 
     if task == "setpred":
         config = setpred_config(int(dataset))
@@ -218,17 +220,17 @@ def step_setup(be, task: str, dataset, batch_size: int, seed: int = 0):
     h, w = config.resolution
     images = be.asarray(rng.uniform(-1, 1, (batch_size, h, w, 3)))
     noise = be.asarray(rng.standard_normal((batch_size, config.num_slots, config.slot_attention.slot_size)))
+    targets = None
     if task == "setpred":
-        targets = np.zeros((batch_size, 10, 19))
-        targets[:, :5] = rng.uniform(0, 1, (batch_size, 5, 19))
-        targets[:, :5, -1] = 1
+        targets = np.zeros((batch_size, 10, paper.NUM_PROPERTIES))
+        targets[:, :5] = rng.uniform(0, 1, (batch_size, 5, paper.NUM_PROPERTIES))
+        targets[:, :5, paper.PRESENCE] = 1
         targets = be.asarray(targets)
+    task_loss = make_task(TrainConfig(task=task, model=config)).loss
 
-        def loss_fn(p):
-            return hungarian_huber_loss(set_prediction(p, images, noise, config), targets)
-    else:
-        def loss_fn(p):
-            return mse(autoencoder(p, images, noise, config)["recon_combined"], images)
+    def loss_fn(p):
+        return task_loss(p, images, targets, noise)
+
     adam = Adam()
     return autograd.value_and_grad(loss_fn), params, adam, adam.init(params), config
 
@@ -280,7 +282,7 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
 
 def data_loading_seconds(be, config, batch) -> float:
     """Gathering a random batch of uint8 images on the host and preprocessing it on the device."""
-    from slotref.train import preprocess
+    from slotref.training.data import preprocess
 
     h, w = config.resolution
     images = host_rng(2).integers(0, 256, (4 * batch, h, w, 3), dtype=np.uint8)

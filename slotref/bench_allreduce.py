@@ -46,7 +46,7 @@ def paper_runs() -> list[dict]:
     """Each paper preset: name, parameter count, global batch, steps, one-H100 images/s."""
     from slotref.backend import host_rng, tree_leaves
     from slotref.models import init_model
-    from slotref.train import preset_config
+    from slotref.training.presets import preset_config
 
     runs = []
     for name, (task, dataset) in PAPER_PRESETS.items():

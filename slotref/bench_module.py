@@ -1,4 +1,4 @@
-"""Speed of the Slot Attention module alone (issue 3): forward + backward on the CPU.
+"""Speed of the Slot Attention module alone: forward + backward on the CPU.
 
     from slotref.bench_module import bench_module, format_bench_module
     print(format_bench_module(bench_module()))        # or: python cli.py bench --what module
@@ -6,7 +6,7 @@
 One call is ``autograd.value_and_grad`` of ``sum(slot_attention(...))`` with
 respect to the parameters and the inputs, in float32, with the initial slots
 sampled inside the call (``sample_initial_slots``), as in a training step. The
-defaults are the issue's setting: B = 64, N = 1024 (32x32 features), K = 7 and
+defaults: B = 64, N = 1024 (32x32 features), K = 7 and
 K = 10, D_inputs = D = 64, T = 3.
 
 Where the time goes, from two extra calls after the timed ones:

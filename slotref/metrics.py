@@ -2,7 +2,7 @@
 
 Host-only NumPy. Every function accepts array-likes (NumPy arrays, lists, or
 anything ``np.asarray`` understands); device arrays must be moved to the host
-by the caller (``slotref.backend``), as for all host-only code (DESIGN.md).
+by the caller (``slotref.backend``).
 
 - ``average_precision``, ``ap_table``, ``ap_by_num_objects``: set prediction on
   CLEVR (Section 4.2, Figure 5, Table 3, Figures 21/22), exactly as the official
@@ -13,17 +13,12 @@ by the caller (``slotref.backend``), as for all host-only code (DESIGN.md).
 
 import numpy as np
 
-# 19-number set-prediction target layout (docs/datasets.md, "The schema"):
-# [x, y, z] in [0, 1], size(2), material(2), shape(3), color(8), presence.
-COORDS = slice(0, 3)
-ATTRIBUTE_SLICES = (slice(3, 5), slice(5, 7), slice(7, 10), slice(10, 18))
-PRESENCE = 18
-# Coordinates were mapped from [-3, 3] to [0, 1]; E.9 thresholds are in the
-# original units, hence the official `norm((target - pred) * 6.)`.
-COORD_SCALE = 6.0
+from slotref import paper
+
+from slotref.paper import ATTRIBUTE_SLICES, COORD_SCALE, COORDS, PRESENCE
 
 # Figure 5 / Table 3: AP_inf, AP_1, AP_0.5, AP_0.25, AP_0.125.
-AP_THRESHOLDS = (np.inf, 1.0, 0.5, 0.25, 0.125)
+AP_THRESHOLDS = paper.AP_THRESHOLDS
 
 
 def _is_infinite(threshold):
@@ -256,7 +251,7 @@ def fg_ari(true_masks, alpha_or_attention):
 
 
 # Names of the four discrete attributes, in the order of ATTRIBUTE_SLICES.
-ATTRIBUTE_NAMES = ("size", "material", "shape", "color")
+ATTRIBUTE_NAMES = tuple(name for name, _, _ in paper.ATTRIBUTES)
 
 
 def attribute_accuracy(predictions, targets) -> dict:
@@ -275,7 +270,7 @@ def attribute_accuracy(predictions, targets) -> dict:
     hits = {name: [] for name in [*ATTRIBUTE_NAMES, "all"]}
     distances = []
     for pred, true in zip(predictions, targets):
-        real = true[true[:, -1] > 0.5]
+        real = true[true[:, PRESENCE] > 0.5]
         if len(real) == 0:
             continue
         cost = np.abs(real[:, None, :] - pred[None, :, :]).mean(-1)
@@ -285,7 +280,7 @@ def attribute_accuracy(predictions, targets) -> dict:
             for name, ok in zip(ATTRIBUTE_NAMES, correct):
                 hits[name].append(ok)
             hits["all"].append(bool(correct.all()))
-            distances.append(np.linalg.norm(6 * (real[i, :3] - pred[j, :3])))
+            distances.append(np.linalg.norm(COORD_SCALE * (real[i, COORDS] - pred[j, COORDS])))
     result = {f"acc_{name}": float(np.mean(v)) if v else float("nan") for name, v in hits.items()}
     result["median_distance"] = float(np.median(distances)) if distances else float("nan")
     return result

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from autograd.tracer import getval
 
-from slotref import backend
+from slotref import backend, paper
 from slotref.backend import relu, sigmoid, xp_of
 from slotref.layers import (build_grid, conv2d, conv_transpose2d, conv_transpose2d_broadcast, init_conv2d,
                             init_conv_transpose2d, init_layer_norm, init_mlp, init_soft_position_embed, layer_norm,
@@ -30,7 +30,7 @@ from slotref.slot_attention import (SlotAttentionConfig, init_slot_attention, sa
 TASKS = ("setpred", "discovery")
 MODELS = ("slot-attention", "slot-mlp")
 INITS = ("glorot", "torch")
-NUM_PROPERTIES = 19  # 3 coordinates + 2 sizes + 2 materials + 3 shapes + 8 colours + presence
+NUM_PROPERTIES = paper.NUM_PROPERTIES
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class ModelConfig:
     resolution: tuple[int, int] = (128, 128)
     encoder_channels: int = 64                 # Table 4: 64; Table 5: 32
     encoder_strides: tuple[int, ...] = (1, 2, 2, 1)  # Table 4 with * = 2 for property prediction
-    encoder_kernel: int = 5
+    encoder_kernel: int = paper.CONV_KERNEL
     mlp_size: int = 64                         # per-location MLP (E.1): 64, or 32 for Table 5
     position_embedding: bool = True            # Figure 8 ablation
     num_slots: int = 10                        # K at training time
     num_iterations: int = 3                    # T at training time
     slot_attention: SlotAttentionConfig = field(default_factory=SlotAttentionConfig)
     # Set prediction head (Table 8).
-    head_hidden: int = 64
+    head_hidden: int = paper.SETPRED_HEAD_HIDDEN
     output_size: int = NUM_PROPERTIES
     # Discovery decoder (Table 6 "clevr": 8x8 broadcast + 4 stride-2 deconvs; Table 7 "full").
     decoder: str = "clevr"
@@ -84,23 +84,27 @@ class ModelConfig:
         return h, w
 
 
-def setpred_config(resolution=128, **overrides) -> ModelConfig:
+def setpred_config(resolution=paper.SETPRED_ARCHITECTURE.resolution, **overrides) -> ModelConfig:
     """Set prediction on CLEVR (Table 4 with strides 1,2,2,1; Table 8; K = 10)."""
-    return replace(ModelConfig(resolution=(resolution, resolution)), **overrides)
+    arch = paper.SETPRED_ARCHITECTURE
+    base = ModelConfig(resolution=(resolution, resolution), encoder_channels=arch.encoder_channels,
+                       encoder_strides=arch.encoder_strides, mlp_size=arch.encoder_channels,
+                       num_slots=arch.num_slots, head_hidden=paper.SETPRED_HEAD_HIDDEN)
+    return replace(base, **overrides)
 
 
 def discovery_config(dataset: str, **overrides) -> ModelConfig:
-    """Object discovery (Tables 4-7) for 'clevr6', 'tetrominoes' or 'multi-dsprites'."""
-    if dataset in ("clevr6", "clevr6-shapes", "clevr_with_masks"):
-        base = ModelConfig(task="discovery", resolution=(128, 128), encoder_strides=(1, 1, 1, 1), num_slots=7,
-                           decoder="clevr", decoder_channels=64)
-    elif dataset in ("tetrominoes", "multi-dsprites", "multi_dsprites"):
-        res = 35 if dataset == "tetrominoes" else 64
-        base = ModelConfig(task="discovery", resolution=(res, res), encoder_channels=32, encoder_strides=(1, 1, 1, 1),
-                           mlp_size=32, num_slots=4 if dataset == "tetrominoes" else 6,
-                           slot_attention=SlotAttentionConfig(input_size=32), decoder="full", decoder_channels=32)
-    else:
+    """Object discovery (Tables 4-7) for 'clevr6', 'tetrominoes' or 'multi-dsprites'
+    (``paper.discovery_architecture`` reads the name)."""
+    name = paper.discovery_architecture(dataset)
+    if name is None:
         raise ValueError(f"no discovery architecture for dataset {dataset!r}")
+    arch = paper.DISCOVERY_ARCHITECTURES[name]
+    base = ModelConfig(task="discovery", resolution=(arch.resolution, arch.resolution),
+                       encoder_channels=arch.encoder_channels, encoder_strides=arch.encoder_strides,
+                       mlp_size=arch.encoder_channels, num_slots=arch.num_slots,
+                       slot_attention=SlotAttentionConfig(input_size=arch.encoder_channels),
+                       decoder=arch.decoder, decoder_channels=arch.decoder_channels)
     if "slot_attention" not in overrides:
         overrides["slot_attention"] = replace(base.slot_attention, input_size=overrides.get("mlp_size", base.mlp_size))
     return replace(base, **overrides)
@@ -175,10 +179,12 @@ def decoder(params: dict, slots, config: ModelConfig):
 
 def init_slot_mlp(rng, config: ModelConfig) -> dict:
     d, k = config.slot_attention.slot_size, config.num_slots
-    if config.task == "setpred":
-        return {"mlp": init_mlp(rng, [16 * 16 * 3, 512, 512, d * k])}
-    # Table 10's per-slot MLP 64 -> 64 ends at the slot size (64 in the paper) the decoder reads.
-    return {"mlp": init_mlp(rng, [16 * 16 * 3, 512, 1024, 1024, d * k]), "slot_mlp": init_mlp(rng, [d, 64, d])}
+    pixels = paper.SLOT_MLP_RESIZE ** 2 * 3
+    params = {"mlp": init_mlp(rng, [pixels, *paper.SLOT_MLP_HIDDEN[config.task], d * k])}
+    if config.task == "discovery":
+        # Table 10's per-slot MLP 64 -> 64 ends at the slot size (64 in the paper) the decoder reads.
+        params["slot_mlp"] = init_mlp(rng, [d, paper.SLOT_MLP_PER_SLOT_HIDDEN, d])
+    return params
 
 
 def resize_16(images):

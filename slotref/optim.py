@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slotref import fused
+from slotref import fused, paper
 from slotref.backend import tree_leaves, tree_map, xp_of
 from slotref.flat import FlatTree
 
@@ -22,14 +22,13 @@ class Schedule:
     """lr(step) = base_lr * min(1, step / warmup_steps) * decay_rate ** (step / decay_steps).
 
     As the official code: linear warm-up from 0, then (multiplied throughout)
-    exponential decay. Table 11: discovery 10k warm-up / 100k decay, set
-    prediction 1k / 50k; base 4e-4; decay rate 0.5.
+    exponential decay. Defaults: Table 11, set prediction (``slotref.paper``).
     """
 
-    base_lr: float = 4e-4
-    warmup_steps: int = 1000
-    decay_steps: int = 50_000
-    decay_rate: float = 0.5
+    base_lr: float = paper.LEARNING_RATE
+    warmup_steps: int = paper.HYPERPARAMETERS["setpred"].warmup_steps
+    decay_steps: int = paper.HYPERPARAMETERS["setpred"].decay_steps
+    decay_rate: float = paper.DECAY_RATE
 
     def __call__(self, step: int) -> float:
         warmup = min(1.0, step / self.warmup_steps) if self.warmup_steps > 0 else 1.0
@@ -40,9 +39,9 @@ class Schedule:
 class Adam:
     """Adam (Kingma & Ba 2015, Algorithm 1): beta1 0.9, beta2 0.999, eps 1e-8 (Table 11a)."""
 
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
+    beta1: float = paper.ADAM_BETA1
+    beta2: float = paper.ADAM_BETA2
+    eps: float = paper.ADAM_EPSILON
 
     def init(self, params):
         """State: first and second moments shaped like the parameters, and the step count.

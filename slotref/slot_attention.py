@@ -35,7 +35,7 @@ import autograd.numpy as anp
 import numpy as np
 from autograd.tracer import getval
 
-from slotref import backend
+from slotref import backend, paper
 from slotref.backend import xp_of
 from slotref.layers import gru_cell, init_gru, init_layer_norm, init_linear, init_mlp, layer_norm, linear, mlp, softmax
 
@@ -56,9 +56,9 @@ class SlotAttentionConfig:
     """
 
     input_size: int = 64          # D_inputs
-    slot_size: int = 64           # D_slots = D (the attention dimension)
+    slot_size: int = paper.SLOT_SIZE  # D_slots = D (the attention dimension)
     mlp_hidden_size: int = 128    # residual MLP hidden width
-    epsilon: float = 1e-8         # the offset of Algorithm 1, line 8
+    epsilon: float = paper.ATTENTION_EPSILON  # the offset of Algorithm 1, line 8
     aggregation: str = "mean"     # Figure 7: weighted "mean" | "sum" | "sum_layernorm"
     softmax_axis: str = "slots"   # Figure 10: normalise over "slots" | "inputs"
     slot_init: str = "shared"     # Figure 9: "shared" mu/sigma | "per_slot" mu/sigma

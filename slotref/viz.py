@@ -10,19 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-COLORS = ["gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan"]
-MATERIALS = ["rubber", "metal"]
-SHAPES = ["cube", "sphere", "cylinder"]
-SIZES = ["small", "large"]
+from slotref import paper  # noqa: E402
+
 # Distinct colours for slot masks.
 SLOT_PALETTE = np.array(plt.get_cmap("tab20").colors)
 
 
 def describe_object(row: np.ndarray) -> str:
     """A 19-number prediction or target as text: 'large red metal cube (x, y, z)'."""
-    xyz = row[:3] * 6 - 3
-    size, material = SIZES[int(np.argmax(row[3:5]))], MATERIALS[int(np.argmax(row[5:7]))]
-    shape, color = SHAPES[int(np.argmax(row[7:10]))], COLORS[int(np.argmax(row[10:18]))]
+    xyz = paper.unit_to_coords(row[paper.COORDS])
+    size, material, shape, color = (names[int(np.argmax(row[s]))] for _, s, names in paper.ATTRIBUTES)
     return f"{size} {color} {material} {shape} ({xyz[0]:.2f}, {xyz[1]:.2f}, {xyz[2]:.2f})"
 
 
@@ -32,10 +29,6 @@ def _image(ax, img, title=None):
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=7)
-
-
-def _attention_image(attn_slot: np.ndarray, feature_hw: tuple[int, int]) -> np.ndarray:
-    return attn_slot.reshape(feature_hw)
 
 
 def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_iterations=None) -> None:
@@ -78,7 +71,7 @@ def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterat
 def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations):
     from slotref.models import set_prediction
     from slotref.backend import to_host
-    from slotref.train import eval_noise, preprocess
+    from slotref.training.data import eval_noise, preprocess
 
     n = len(split)
     k = num_slots or config.model.num_slots
@@ -91,7 +84,7 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     fig = plt.figure(figsize=(1.1 * (1 + k) + 4.5, 1.2 * n * t + 0.6))
     grid = fig.add_gridspec(n * t, 2 + k, width_ratios=[1.3] + [1] * k + [4])
     for i in range(n):
-        order = np.argsort(-preds[i, :, -1])
+        order = np.argsort(-preds[i, :, paper.PRESENCE])
         ax = fig.add_subplot(grid[i * t:(i + 1) * t, 0])
         _image(ax, split.images[i] / 255.0, "image" if i == 0 else None)
         for it in range(t):
@@ -101,13 +94,14 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if it == 0:
-                    ax.set_title(f"slot {j + 1}\np={preds[i, j, -1]:.2f}", fontsize=6)
+                    ax.set_title(f"slot {j + 1}\np={preds[i, j, paper.PRESENCE]:.2f}", fontsize=6)
                 if col == 0:
                     ax.set_ylabel(f"t={it + 1}", fontsize=6)
         ax = fig.add_subplot(grid[i * t:(i + 1) * t, 1 + k])
         ax.axis("off")
-        real = split.targets[i][split.targets[i][:, -1] > 0.5]
-        lines = ["predicted (p > 0.5):"] + [describe_object(preds[i, j]) for j in order if preds[i, j, -1] > 0.5]
+        real = split.targets[i][split.targets[i][:, paper.PRESENCE] > 0.5]
+        lines = ["predicted (p > 0.5):"] + [describe_object(preds[i, j]) for j in order
+                                               if preds[i, j, paper.PRESENCE] > 0.5]
         lines += ["true:"] + [describe_object(r) for r in real]
         ax.text(0, 1, "\n".join(lines), fontsize=5.5, va="top", family="monospace")
     fig.suptitle("Set prediction: attention of each slot (columns, by presence) at each iteration (rows)",

@@ -15,7 +15,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from slotref.cli import main as cli
 from slotref.data.hdf5 import write_dataset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

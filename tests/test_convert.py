@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from slotref.cli.data import convert as convert_command
 from slotref.data import convert as cv
 
 
@@ -255,7 +256,7 @@ def test_skip_and_limit_select_records_in_order(tmp_path):
                           [squares_scene("tetrominoes", [(1, 3, 1, 3)], [1], marker=m) for m in range(6)])
     cv.convert_multi_object(src, "tetrominoes", tmp_path / "a.h5", skip=2, limit=3, progress=False)
     np.testing.assert_array_equal(read(tmp_path / "a.h5")[0]["images"][:, 0, 0, 1], [2, 3, 4])
-    result = CliRunner().invoke(cv.convert, ["multi-object", "--src", str(src), "--dataset", "tetrominoes",
+    result = CliRunner().invoke(convert_command, ["multi-object", "--src", str(src), "--dataset", "tetrominoes",
                                              "--out", str(tmp_path / "b.h5"), "--skip", "4"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(read(tmp_path / "b.h5")[0]["images"][:, 0, 0, 1], [4, 5])
@@ -304,7 +305,7 @@ def test_interrupted_conversion_resumes_to_the_same_file(tmp_path, monkeypatch):
 
 
 def _cli_error(args):
-    result = CliRunner().invoke(cv.convert, args)
+    result = CliRunner().invoke(convert_command, args)
     assert result.exit_code == 1, result.output
     # The progress bar (stderr) may precede the error; the error itself is one line.
     assert result.output.count("Error: ") == 1, result.output
@@ -412,7 +413,7 @@ def read_clevr(path):
 def test_clevr_labels_images_and_object_filter(tmp_path):
     src = make_clevr(tmp_path / "CLEVR_v1.0")
     out = tmp_path / "clevr.h5"
-    result = CliRunner().invoke(cv.convert, ["clevr", "--src", str(src), "--split", "train",
+    result = CliRunner().invoke(convert_command, ["clevr", "--src", str(src), "--split", "train",
                                              "--out", str(out), "--resolution", "32"])
     assert result.exit_code == 0, result.output
     d, attrs = read_clevr(out)
@@ -503,7 +504,7 @@ def test_clevr_unknown_label_name_is_a_one_line_error(tmp_path):
 # Converted files go straight into the normal training and evaluation path.
 
 def _tiny_train_config(task, dataset, model, **extra):
-    from slotref.train import TrainConfig
+    from slotref.training import TrainConfig
     return TrainConfig(task=task, dataset=str(dataset), preset="test", steps=2, batch_size=2, eval_every=2,
                        checkpoint_every=2, eval_size=1, log_every=1, warmup_steps=1, decay_steps=100,
                        model=model, **extra)
@@ -515,7 +516,7 @@ def test_converted_tetrominoes_file_trains_and_evaluates(tmp_path):
 
     from slotref.models import discovery_config
     from slotref.slot_attention import SlotAttentionConfig
-    from slotref.train import load_run, train
+    from slotref.training import load_run, train
 
     boxes = [(2, 6, 3, 9), (10, 20, 1, 4), (20, 30, 25, 33)]
     src = write_tfrecords(tmp_path / "tetrominoes_train.tfrecords",
@@ -535,7 +536,7 @@ def test_converted_clevr_file_trains_set_prediction_and_evaluates(tmp_path):
 
     from slotref.models import setpred_config
     from slotref.slot_attention import SlotAttentionConfig
-    from slotref.train import load_run, train
+    from slotref.training import load_run, train
 
     src = make_clevr(tmp_path / "CLEVR_v1.0", n=12, crowded=())
     converted = tmp_path / "clevr.h5"

@@ -31,7 +31,8 @@ from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, Layou
                                  local_slice, shard_range, tree_from_leaves)
 from slotref.models import discovery_config, init_model, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
-from slotref.train import TrainConfig, make_task
+from slotref.training.config import TrainConfig
+from slotref.training.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
@@ -358,7 +359,7 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         from slotref.distributed import GradientSync, Layout, checksum, world
         from slotref.models import init_model
         from slotref.optim import Adam
-        from slotref.train import make_task
+        from slotref.training.tasks import make_task
         from test_distributed import global_batch, tiny_task
 
         w, be, config, batch = world(), get_backend("cpu", "float64"), tiny_task("setpred"), 4

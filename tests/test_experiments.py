@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import slotref.train as training
-from slotref import experiments
+from slotref.cli.experiment import experiment
 from slotref.data.hdf5 import load_dataset
-from slotref.experiments import (ABLATIONS, EXPERIMENTS, ExperimentError, Options, configurations, run_config,
-                                 run_experiment, scale_budget, smoke_overrides)
+from slotref.experiments import runner
+from slotref.experiments.plans import ABLATIONS, EXPERIMENTS, ExperimentError, Options, configurations
+from slotref.experiments.runner import run_config, run_experiment, scale_budget, smoke_overrides
 from slotref.models import init_model
-from slotref.train import TrainingError, preset_config
+from slotref.training import DivergenceError, loop as training
+from slotref.training.presets import preset_config
 
 
 @pytest.fixture(autouse=True)
@@ -186,7 +187,7 @@ def test_a_diverged_seed_is_counted_not_averaged_and_not_retrained(monkeypatch):
 
     def diverging(config, run_dir, **kw):
         if config.seed == 1:
-            raise TrainingError("loss became nan at step 1; the last good checkpoint (none) is kept")
+            raise DivergenceError("loss became nan at step 1; the last good checkpoint (none) is kept")
         return real_train(config, run_dir, **kw)
 
     monkeypatch.setattr(training, "train", Calls(diverging))
@@ -235,7 +236,7 @@ def test_every_ablation_changes_only_its_own_switch(task, dataset):
                 "more-slots": {"num_slots"},
                 "soft-kmeans": {"projections", "update", "layer_norms"} | (
                     {"mlp_size", "input_size"} if task == "discovery" else set())}
-    flat = lambda c: experiments._flat(json.loads(c.to_json()))  # noqa: E731
+    flat = lambda c: runner._flat(json.loads(c.to_json()))  # noqa: E731
     for configuration, (name, *_) in zip(configs[1:], ABLATIONS[1:]):
         config = run_config(configuration, Options(), 0)
         changed = {k.split(".")[-1] for k, v in flat(config).items() if flat(default)[k] != v}
@@ -251,14 +252,13 @@ def test_unknown_configurations_and_empty_selections_are_one_line_errors():
 
 
 def test_the_cli_prints_the_papers_numbers_beside_a_run():
-    # cli.py takes the paper's numbers from this module: Table 3's Slot
-    # Attention row under an AP table, Table 1's FG-ARI under a discovery run.
-    import cli
-    from slotref.train import preset_config
+    # The command line takes the paper's numbers from slotref.paper: Table 3's
+    # Slot Attention row under an AP table, Table 1's FG-ARI under a discovery run.
+    from slotref.cli.common import result_table
 
-    ap_text = cli._result_table("setpred", preset_config("setpred"), {"ap_inf": 0.5})
+    ap_text = result_table("setpred", preset_config("setpred"), {"ap_inf": 0.5})
     assert "94.3 ± 1.1" in ap_text and "0.9 ± 0.2" in ap_text and "50.0" in ap_text
-    ari_text = cli._result_table("discovery", preset_config("discovery", "tetrominoes"), {"fg_ari": 0.25})
+    ari_text = result_table("discovery", preset_config("discovery", "tetrominoes"), {"fg_ari": 0.25})
     assert "25.0" in ari_text and "99.5 ± 0.2" in ari_text
 
 
@@ -266,7 +266,7 @@ def test_the_cli_prints_the_papers_numbers_beside_a_run():
 # The command.
 
 def invoke(*args):
-    return CliRunner().invoke(experiments.experiment, [str(a) for a in args], catch_exceptions=True)
+    return CliRunner().invoke(experiment, [str(a) for a in args], catch_exceptions=True)
 
 
 def test_the_command_runs_an_experiment_and_prints_its_table():

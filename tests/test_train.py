@@ -18,12 +18,14 @@ import h5py
 import numpy as np
 import pytest
 
-from slotref import train as train_module
 from slotref.data.hdf5 import DatasetError, write_dataset
 from slotref.models import discovery_config, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
-from slotref.train import (BatchOrder, TrainConfig, TrainingError, collapse_diagnostics, load_run, looks_collapsed,
-                           preset_config, resolve_dataset, train)
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError
+from slotref.training.data import BatchOrder, resolve_dataset
+from slotref.training.loop import load_run, train
+from slotref.training.presets import preset_config
+from slotref.training.tasks import SetPredictionTask, collapse_diagnostics, looks_collapsed
 
 SA16 = SlotAttentionConfig(input_size=16, slot_size=16, mlp_hidden_size=32)
 SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
@@ -184,7 +186,7 @@ def test_ctrl_c_saves_the_step_in_progress_and_resume_continues_exactly(straight
             os.kill(os.getpid(), signal.SIGINT)  # the loop's handler: finish this step, save, stop
         return loss
 
-    LossHook(monkeypatch, train_module.SetPredictionTask, ctrl_c_during_the_fourth_step)
+    LossHook(monkeypatch, SetPredictionTask, ctrl_c_during_the_fourth_step)
     with pytest.raises(KeyboardInterrupt, match="after step 4"):
         train(setpred_run(data_dir), run_dir, progress=False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
@@ -207,7 +209,7 @@ def test_an_immediate_interrupt_keeps_the_last_checkpoint_and_resume_is_exact(st
             raise KeyboardInterrupt
         return loss
 
-    LossHook(monkeypatch, train_module.SetPredictionTask, interrupt)
+    LossHook(monkeypatch, SetPredictionTask, interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(setpred_run(data_dir), run_dir, progress=False)
     assert read_checkpoint(run_dir / "checkpoint.h5")["attrs"]["step"] == 4
@@ -236,8 +238,8 @@ def nan_from(step):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(data_dir, tmp_path, monkeypatch):
     run_dir = tmp_path / "nan"
-    LossHook(monkeypatch, train_module.SetPredictionTask, nan_from(3))
-    with pytest.raises(TrainingError, match=r"loss became nan at step 3") as err:
+    LossHook(monkeypatch, SetPredictionTask, nan_from(3))
+    with pytest.raises(DivergenceError, match=r"loss became nan at step 3") as err:
         train(setpred_run(data_dir), run_dir, progress=False)
     assert "\n" not in str(err.value) and str(run_dir / "checkpoint.h5") in str(err.value)
     saved = read_checkpoint(run_dir / "checkpoint.h5")
@@ -247,10 +249,10 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(data_dir, 
 
 def test_nan_between_log_steps_is_caught_before_the_checkpoint_is_written(data_dir, tmp_path, monkeypatch):
     run_dir = tmp_path / "nan-unlogged"
-    LossHook(monkeypatch, train_module.SetPredictionTask, nan_from(2))
+    LossHook(monkeypatch, SetPredictionTask, nan_from(2))
     # NaN parameters after step 3 are caught by the check before that step's
     # evaluation (eval_every=3), before the checkpoint of step 4 could be written.
-    with pytest.raises(TrainingError, match=r"not finite at step 3") as err:
+    with pytest.raises(DivergenceError, match=r"not finite at step 3") as err:
         train(setpred_run(data_dir, log_every=100), run_dir, progress=False)
     assert "\n" not in str(err.value)
     assert read_checkpoint(run_dir / "checkpoint.h5")["attrs"]["step"] == 2
@@ -384,7 +386,7 @@ def test_a_run_that_looks_collapsed_says_so_at_its_evaluation(data_dir, tmp_path
     def judge(diag):
         seen.append(diag)
         return collapsed
-    monkeypatch.setattr("slotref.train.looks_collapsed", judge)
+    monkeypatch.setattr("slotref.training.loop.looks_collapsed", judge)
     train(discovery_run(data_dir), tmp_path / "run", progress=False)
     out = capsys.readouterr().out
     assert len(seen) == 1 and {"attention_entropy", "slot_cosine"} <= set(seen[0])

@@ -39,18 +39,15 @@ import struct
 import zlib
 from pathlib import Path
 
-import click
 import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-# Label orderings of tensorflow_datasets clevr:3.1.0 (the official code's source).
-COLORS = ("gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan")
-MATERIALS = ("rubber", "metal")
-SHAPES = ("cube", "sphere", "cylinder")
-SIZES = ("small", "large")
+from slotref import paper
 
+# CLEVR labels are stored as indices into slotref.paper's vocabulary (the label
+# orderings of tensorflow_datasets clevr:3.1.0, the official code's source).
 CLEVR_MONITOR_SIZE = 512  # official code: AP is monitored on the first 512 training images
 
 # DeepMind multi_object_datasets readers: image shape, entities incl. background,
@@ -247,8 +244,8 @@ def _load_png(path, resolution):
 def _clevr_labels(objects, max_objects, where):
     """CLEVR scene objects -> padded coords (float32 [M, 3]) and label indices (int8 [M])."""
     coords = np.zeros((max_objects, 3), np.float32)
-    labels = {k: np.full(max_objects, -1, np.int8) for k in ("size", "material", "shape", "color")}
-    orderings = {"size": SIZES, "material": MATERIALS, "shape": SHAPES, "color": COLORS}
+    orderings = {key: names for key, _, names in paper.ATTRIBUTES}
+    labels = {k: np.full(max_objects, -1, np.int8) for k in orderings}
     for j, obj in enumerate(objects):
         try:
             xyz = np.asarray(obj["3d_coords"], np.float64)
@@ -610,64 +607,3 @@ def convert_multi_object(src, dataset, out, *, skip=0, limit=None, max_examples=
     finally:
         writer.close()
     return dict(out=str(out), num_examples=n_written, records=records)
-
-
-# ----------------------------------------------------------------------------
-# CLI: mounted as ``python cli.py data convert ...``
-
-
-def _run(fn, *args, **kwargs):
-    try:
-        summary = fn(*args, **kwargs)
-    except ConvertError as e:
-        raise click.ClickException(str(e)) from None
-    except ImportError as e:
-        raise click.ClickException(
-            f"{e}; the multi-object converter needs: pip install protobuf google-crc32c"
-        ) from None
-    click.echo(f"wrote {summary['num_examples']} examples to {summary['out']} "
-               f"(source records read up to index {summary['records']})")
-
-
-@click.group()
-def convert():
-    """Convert the paper's real datasets into slotref's HDF5 schema."""
-
-
-@convert.command("clevr")
-@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The CLEVR_v1.0 directory (with images/ and scenes/).")
-@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
-@click.option("--resolution", type=click.IntRange(8, 1024), default=128, show_default=True)
-@click.option("--max-objects", type=click.IntRange(1, 10), default=10, show_default=True,
-              help="Keep scenes with at most this many objects.")
-@click.option("--part", type=click.Choice(["all", "train", "monitor"]), default="all", show_default=True,
-              help="With --split train: 'monitor' = the first 512 images (the official code's AP "
-                   "monitoring set), 'train' = the rest, 'all' = both.")
-def clevr_command(src, split, out, resolution, max_objects, part):
-    """CLEVR v1.0 -> set-prediction file (images, objects/*)."""
-    _run(convert_clevr, src, split, out, resolution=resolution, max_objects=max_objects, part=part)
-
-
-@convert.command("multi-object")
-@click.option("--src", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="A DeepMind multi-object .tfrecords file (GZIP).")
-@click.option("--dataset", required=True, type=click.Choice(list(MULTI_OBJECT)))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output HDF5 file.")
-@click.option("--skip", type=click.IntRange(0), default=0, show_default=True,
-              help="Skip this many records of the file first.")
-@click.option("--limit", type=click.IntRange(1), default=None,
-              help="Read at most this many records after the skipped ones (before the CLEVR6 filter).")
-@click.option("--max-examples", type=click.IntRange(1), default=None,
-              help="Stop after writing this many examples (after the CLEVR6 filter).")
-@click.option("--resolution", type=click.IntRange(8, 1024), default=128, show_default=True,
-              help="clevr_with_masks only: side of the resized crop.")
-def multi_object_command(src, dataset, out, skip, limit, max_examples, resolution):
-    """DeepMind multi-object TFRecords -> object-discovery file (images, masks).
-
-    Paper splits: --limit 70000 (clevr_with_masks) or 60000 (the others) for
-    training; --skip 70000 (60000) --max-examples 320 for evaluation.
-    """
-    _run(convert_multi_object, src, dataset, out, skip=skip, limit=limit,
-         max_examples=max_examples, resolution=resolution)

@@ -25,13 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-# Label orderings of tensorflow_datasets clevr:3.1.0 (the official code's source).
-COLORS = ("gray", "blue", "brown", "yellow", "red", "green", "purple", "cyan")
-MATERIALS = ("rubber", "metal")
-SHAPES = ("cube", "sphere", "cylinder")
-SIZES = ("small", "large")
-
-# CLEVR's properties.json, in the order of COLORS.
+# CLEVR's properties.json, in the order of slotref.paper.CLEVR_COLORS (the label
+# orderings of tensorflow_datasets clevr:3.1.0, the official code's source).
 COLOR_RGB = np.array(
     [
         (87, 87, 87),  # gray

@@ -23,14 +23,13 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from slotref import paper
 from slotref.data import generators
-from slotref.data.generators import COLORS, MATERIALS, SHAPES, SIZES  # label vocabularies
 
 FORMAT = "slotref-dataset"
 FORMAT_VERSION = 1
 OBJECT_FIELDS = ("coords", "size", "material", "shape", "color")
-LABEL_VOCABULARY = {"size": len(SIZES), "material": len(MATERIALS), "shape": len(SHAPES), "color": len(COLORS)}
-TARGET_SIZE = 3 + sum(LABEL_VOCABULARY.values()) + 1  # [x, y, z], size 2, material 2, shape 3, color 8, real 1
+LABEL_VOCABULARY = {key: len(names) for key, _, names in paper.ATTRIBUTES}
 
 
 class DatasetError(ValueError):
@@ -503,7 +502,7 @@ def load_dataset(path, limit=None, start=0, task=None):
     if not 0 <= start <= n:
         raise _error(path, "start", f"{start} is outside the {n} examples", "choose a smaller start")
     stop = n if limit is None else min(n, start + int(limit))
-    row = h * w * (3 + info.has_masks) + 4 + (m * (12 + 4 + TARGET_SIZE * 4) if m else 0)
+    row = h * w * (3 + info.has_masks) + 4 + (m * (12 + 4 + paper.NUM_PROPERTIES * 4) if m else 0)
     need, free = (stop - start) * row, _available_memory()
     if free is not None and need > free:
         raise _error(path, "num_examples", f"{stop - start:,} examples need about {need / 2**30:.1f} GiB "
@@ -531,14 +530,6 @@ def load_dataset(path, limit=None, start=0, task=None):
     return Dataset(images, masks, num_objects, objects, meta, path, digest)
 
 
-def keep_scenes_with_at_most(dataset, max_objects):
-    """The examples with ``num_objects <= max_objects`` (the paper keeps CLEVR scenes with <= 10)."""
-    keep = np.nonzero(dataset.num_objects <= max_objects)[0]
-    pick = lambda a: None if a is None else a[keep]  # noqa: E731
-    objects = None if dataset.objects is None else {k: v[keep] for k, v in dataset.objects.items()}
-    digest = hashlib.sha256(f"{dataset.fingerprint}:at-most-{max_objects}".encode()).hexdigest()
-    return Dataset(dataset.images[keep], pick(dataset.masks), dataset.num_objects[keep], objects,
-                   dataset.meta, dataset.path, digest)
 
 
 # --------------------------------------------------------------------------
@@ -547,35 +538,36 @@ def keep_scenes_with_at_most(dataset, max_objects):
 
 
 def set_prediction_targets(objects, num_objects, max_objects=10):
-    """The 19-number targets, float32 (N, max_objects, 19).
+    """The 19-number targets, float32 (N, max_objects, 19), laid out as ``slotref.paper``:
 
-    Per object: [x, y, z] mapped from [-3, 3] to [0, 1] by (v + 3) / 6, then
-    one-hots of size (2), material (2), shape (3), color (8), then 1.0 for a
-    real object; rows past ``num_objects`` are zero. A scene with more than
-    ``max_objects`` objects is an error: filter first with
-    ``keep_scenes_with_at_most``.
+    per object, [x, y, z] mapped from [-3, 3] to [0, 1], then one-hots of size
+    (2), material (2), shape (3), color (8), then 1.0 for a real object; rows
+    past ``num_objects`` are zero. A scene with more than ``max_objects``
+    objects is an error.
     """
     num_objects = np.asarray(num_objects)
     if len(num_objects) and num_objects.max() > max_objects:
         count = int((num_objects > max_objects).sum())
         raise DatasetError(f"{count} scene(s) have more than max_objects={max_objects} objects; "
-                           f"filter them with keep_scenes_with_at_most first")
+                           "pass a larger max_objects or a file of smaller scenes")
     n = len(num_objects)
     m = min(objects["coords"].shape[1], max_objects)
     real = np.arange(m)[None, :] < num_objects[:, None]  # (N, m)
-    parts = [(np.asarray(objects["coords"][:, :m], np.float32) + 3) / 6]
-    for key, classes in LABEL_VOCABULARY.items():
+    parts = [paper.coords_to_unit(np.asarray(objects["coords"][:, :m], np.float32))]
+    for key, _, names in paper.ATTRIBUTES:
         index = np.asarray(objects[key][:, :m]).astype(np.int64)
-        parts.append((index[..., None] == np.arange(classes)).astype(np.float32))
+        parts.append((index[..., None] == np.arange(len(names))).astype(np.float32))
     parts.append(np.ones((n, m, 1), np.float32))
-    targets = np.zeros((n, max_objects, TARGET_SIZE), np.float32)
+    targets = np.zeros((n, max_objects, paper.NUM_PROPERTIES), np.float32)
     targets[:, :m] = np.concatenate(parts, axis=-1) * real[..., None]
     return targets
 
 
-def images_to_float(images, dtype=np.float32):
-    """uint8 images to [-1, 1], as the official code: (x / 255 - 0.5) * 2."""
-    return ((np.asarray(images, dtype) / 255 - 0.5) * 2).astype(dtype, copy=False)
+def images_to_float(images, dtype=np.float32, xp=np):
+    """uint8 images to [-1, 1] in ``dtype``, as the official code (x / 255 - 0.5) * 2; with ``xp``
+    (``backend.Backend.xp``) on that array library's device."""
+    x = xp.asarray(images).astype(dtype)
+    return x * (2.0 / 255.0) - 1.0
 
 
 # --------------------------------------------------------------------------
@@ -612,8 +604,7 @@ def describe(path):
                 lines.append("  objects per example: " + ", ".join(f"{v}: {c}" for v, c in zip(values, freq)))
                 if info.has_objects:
                     lines.append("  object attributes:")
-                    for key, names in (("size", SIZES), ("material", MATERIALS), ("shape", SHAPES),
-                                       ("color", COLORS)):
+                    for key, _, names in paper.ATTRIBUTES:
                         index = f["objects"][key][:]
                         freq = np.bincount(index[index >= 0].astype(int), minlength=len(names))
                         lines.append(f"    {key:9s} " + ", ".join(f"{nm} {c}" for nm, c in zip(names, freq)))

@@ -1,0 +1,5 @@
+"""``python -m slotref``: the command line (``slotref.cli``)."""
+
+from slotref.cli import main
+
+main(prog_name="slotref")

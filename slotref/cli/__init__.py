@@ -1,0 +1,34 @@
+"""slotref command line: train, eval, viz, bench, data, info, selfcheck, experiment.
+
+    slotref train --task setpred          # the main job, on built-in data
+    slotref eval runs/setpred-...         # AP / FG-ARI of a run
+    slotref --help                        # everything else
+
+``python cli.py`` and ``python -m slotref`` run the same commands. Each
+command imports NumPy, the models and the data code when it runs, so
+``--help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import click
+
+from slotref import __version__
+from slotref.cli.bench import bench
+from slotref.cli.data import data
+from slotref.cli.eval import evaluate
+from slotref.cli.experiment import experiment
+from slotref.cli.info import info
+from slotref.cli.selfcheck import selfcheck
+from slotref.cli.train import train
+from slotref.cli.viz import viz
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="slotref")
+def main():
+    """slotref: a readable, tested reference implementation of Slot Attention."""
+
+
+for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment):
+    main.add_command(command)

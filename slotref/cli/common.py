@@ -1,0 +1,33 @@
+"""What the commands share: one-line errors, the result table beside the paper's numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slotref import paper
+
+
+def fail(err: Exception) -> None:
+    """Raise ``err`` as a one-line click error."""
+    raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+def result_table(task, config, result) -> str:
+    if task == "setpred":
+        names = ["inf", "1", "0.5", "0.25", "0.125"]
+        lines = ["AP (%)                  " + "".join(f"{'AP_' + n:>13}" for n in names),
+                 "slotref (this run)      " + "".join(f"{100 * result.get('ap_' + n, float('nan')):>13.1f}"
+                                                      for n in names),
+                 "paper, CLEVR10 (Table 3)" + "".join(f"{m:>7.1f} ± {s:<3.1f}" for m, s in
+                                                      (paper.paper_ap(n) for n in names))]
+        if config.preset != "paper":
+            lines.append("(the cpu preset is a smaller problem than CLEVR10: see docs/results.md)")
+        return "\n".join(lines)
+    ari = 100 * result.get("fg_ari", float("nan"))
+    reported = paper.paper_fg_ari(Path(config.dataset).stem)
+    line = f"FG-ARI (%): slotref {ari:.1f}"
+    if reported:
+        line += f"; paper (Table 1) {reported[0]:.1f} ± {reported[1]:.1f}"
+    return line

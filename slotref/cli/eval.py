@@ -1,0 +1,94 @@
+"""``eval``: AP (set prediction) or FG-ARI (discovery) of a run, or its validation curve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from slotref.cli.common import fail, result_table
+
+
+@click.command(name="eval")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--num-slots", type=int, default=None, help="K at test time (default: as trained).")
+@click.option("--num-iters", type=int, default=None, help="T at test time (default: as trained).")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
+@click.option("--dataset", default=None, help="Evaluate on this HDF5 file instead of the run's validation split.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
+def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
+    """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
+    if curve:
+        click.echo(_curve_table(Path(run_dir)))
+        return
+
+    from slotref import metrics
+    from slotref.backend import BackendError
+    from slotref.data.hdf5 import DatasetError
+    from slotref.training import TrainingError, load_file, load_run, threshold_name
+
+    try:
+        config, be, params, task, val, step = load_run(run_dir, device)
+        if dataset:
+            val, _ = load_file(Path(dataset), config, any_object_count=True)
+        if config.model.model == "slot-mlp" and num_slots not in (None, config.model.num_slots):
+            raise click.ClickException("the Slot MLP baseline has a fixed number of slots")
+        result = {"step": step, "num_slots": num_slots or config.model.num_slots,
+                  "num_iters": num_iters or config.model.num_iterations, "examples": len(val)}
+        if config.task == "setpred":
+            preds, attn = task.predict(be, params, val, num_slots, num_iters)
+            result.update(task.scores(preds, val.targets))
+            by_n = metrics.ap_by_num_objects(preds, val.targets)
+            result["ap_by_num_objects"] = {str(n): {threshold_name(t): a for t, a in row.items()}
+                                           for n, row in by_n.items()}
+        else:
+            result.update(task.evaluate(be, params, val, num_slots, num_iters))
+    except (TrainingError, DatasetError, BackendError, ValueError) as err:
+        fail(err)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{run_dir}: step {step}, K={result['num_slots']}, T={result['num_iters']}, {result['examples']} examples")
+    if config.task == "setpred":
+        click.echo(result_table("setpred", config, {k: v for k, v in result.items() if k.startswith("ap_") and
+                                                     not isinstance(v, dict)}))
+        click.echo("matched objects: " + ", ".join(
+            f"{k[4:]} accuracy {100 * result[k]:.1f}%" for k in result if k.startswith("acc_"))
+            + f", median position error {result['median_distance']:.2f}")
+        click.echo("AP (%) by number of objects (Figures 21/22):")
+        for n, row in result["ap_by_num_objects"].items():
+            click.echo(f"  {n:>2} objects: " + "  ".join(f"AP_{t}={100 * a:5.1f}" for t, a in row.items()))
+    else:
+        for k, v in result.items():
+            if k not in ("step", "num_slots", "num_iters", "examples"):
+                click.echo(f"  {k}: {v}")
+
+
+def _curve_table(run_dir: Path) -> str:
+    """The evaluations logged during training: step, minutes of training, metrics (%)."""
+    import numpy as np
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise click.ClickException(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    evals = [r for r in records if "eval" in r]
+    if not evals:
+        return f"{run_dir}: no evaluation logged yet"
+    # Minutes of training: the time between consecutive log lines, leaving out
+    # pauses (an interrupted and resumed run), i.e. gaps over 10x the median.
+    times = np.array([r["time"] for r in records])
+    gaps = np.diff(times, prepend=times[0])
+    gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
+    elapsed = np.cumsum(gaps) / 60
+    keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
+    lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for i, r in enumerate(records):
+        if "eval" not in r:
+            continue
+        values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
+                            for k in keys)
+        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {values} |")
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""``info``: versions, BLAS, the default device and CuPy/GPU status."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+def info():
+    """Versions, BLAS, the default device and CuPy/GPU status."""
+    import importlib.metadata
+    import platform
+
+    import autograd
+    import h5py
+    import numpy as np
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from slotref import __version__, backend
+
+    click.echo(f"slotref {__version__} (Python {platform.python_version()}, {platform.machine()})")
+    click.echo(f"numpy {np.__version__}, scipy {scipy.__version__}, autograd {autograd.__version__ if hasattr(autograd, '__version__') else '1.9.x'}, "
+               f"h5py {h5py.__version__}, click {importlib.metadata.version('click')}")
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            click.echo(f"BLAS: {pool.get('internal_api')} {pool.get('version')} ({pool.get('threading_layer')}, "
+                       f"{pool.get('num_threads')} threads, {pool.get('architecture')})")
+    import os
+    click.echo(f"default device: {os.environ.get(backend.DEVICE_ENV) or 'cpu'} (set {backend.DEVICE_ENV} or --device)")
+    click.echo(f"GPU: {backend.gpu_status()}")

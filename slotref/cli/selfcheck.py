@@ -1,0 +1,24 @@
+"""``selfcheck``: gradient checks of every layer on a device, and agreement with NumPy."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from slotref.cli.common import fail
+
+
+@click.command()
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+def selfcheck(device):
+    """Gradient checks of every layer on DEVICE and agreement with NumPy."""
+    from slotref.backend import BackendError
+    from slotref.selfcheck import run_selfcheck
+
+    try:
+        ok = run_selfcheck(device, out=click.echo)
+    except BackendError as err:
+        fail(err)
+    if not ok:
+        sys.exit(1)

@@ -1,0 +1,30 @@
+"""``viz``: pictures of a run's validation images (Figure 3 / Table 2 style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from slotref.cli.common import fail
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG file (default RUN_DIR/viz.png).")
+@click.option("--num-images", type=int, default=4, show_default=True)
+@click.option("--num-slots", type=int, default=None)
+@click.option("--num-iters", type=int, default=None)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
+def viz(run_dir, out, num_images, num_slots, num_iters, device):
+    """Draw a run's validation images with attention, masks and predictions (Figure 3 / Table 2 style)."""
+    from slotref import viz as viz_module
+    from slotref.training import TrainingError, load_run
+
+    try:
+        config, be, params, task, val, step = load_run(run_dir, device)
+        path = Path(out) if out else Path(run_dir) / "viz.png"
+        viz_module.draw_run(path, config, be, params, task, val.take(slice(0, num_images)), num_slots, num_iters)
+    except (TrainingError, ValueError) as err:
+        fail(err)
+    click.echo(f"wrote {path}")

@@ -1,0 +1,18 @@
+"""Training: one loop for both tasks; a task supplies the model, loss and metric.
+
+- ``config``: ``TrainConfig`` and the errors (``TrainingError``, ``DivergenceError``);
+- ``presets``: the 'cpu' and 'paper' presets, ``fit_to_file``;
+- ``data``: the run's file, splits, batch order, preprocessing, slot noise;
+- ``tasks``: set prediction and object discovery;
+- ``checkpoint``: HDF5 checkpoints, written atomically;
+- ``loop``: ``train`` and ``load_run``.
+"""
+
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError
+from slotref.training.data import load_file, resolve_dataset
+from slotref.training.loop import load_run, train
+from slotref.training.presets import fit_to_file, preset_config
+from slotref.training.tasks import threshold_name
+
+__all__ = ["DivergenceError", "TrainConfig", "TrainingError", "fit_to_file", "load_file", "load_run",
+           "preset_config", "resolve_dataset", "threshold_name", "train"]

@@ -1,0 +1,136 @@
+"""A run's data: the HDF5 file (a user's, or built-in data made once), its
+train/validation split, the order of the examples, and what a step feeds the
+model (images in [-1, 1] on the device, slot noise).
+
+The data order and the slot noise of step s depend only on (seed, s), so a
+resumed run draws what the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slotref import backend
+from slotref.backend import host_rng
+from slotref.slot_attention import slot_noise
+from slotref.training.config import TrainConfig, TrainingError
+
+TRAIN_NOISE_STREAM = 2     # be.rng(seed, TRAIN_NOISE_STREAM, step): the slot noise of training step ``step``
+EVAL_NOISE_STREAM = 999_999  # the slot noise of evaluation: fixed, independent of the step
+
+def resolve_dataset(config: TrainConfig) -> Path:
+    """The HDF5 file of the run: the user's file, or the built-in data made once and cached."""
+    from slotref.data import hdf5
+
+    if config.dataset.endswith((".h5", ".hdf5")):
+        path = Path(config.dataset)
+        if not path.exists():
+            raise TrainingError(f"dataset file {path} does not exist")
+        return path
+    opts = {k: v for k, v in (("min_objects", config.data_min_objects),
+                              ("max_objects", config.data_max_objects)) if v is not None}
+    suffix = "".join(f"-{k[:3]}{v}" for k, v in sorted(opts.items()))
+    if config.data_zoom != 1.0:
+        opts["zoom"] = config.data_zoom
+        suffix += f"-zoom{config.data_zoom:g}"
+    path = Path(config.data_dir) / f"{config.dataset}-{config.data_resolution}px-n{config.data_size}{suffix}-s{config.seed}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(hdf5.ensure_dataset(config.dataset, str(path), config.data_size, config.seed,
+                                    resolution=config.data_resolution, **opts))
+
+
+@dataclass
+class Split:
+    images: np.ndarray                 # uint8 (N, H, W, 3)
+    targets: np.ndarray | None         # float32 (N, M, 19), set prediction
+    masks: np.ndarray | None           # uint8 (N, H, W), discovery evaluation
+
+    def __len__(self):
+        return len(self.images)
+
+    def take(self, idx):
+        return Split(self.images[idx], None if self.targets is None else self.targets[idx],
+                     None if self.masks is None else self.masks[idx])
+
+
+def load_file(path: Path, config: TrainConfig, any_object_count: bool = False) -> tuple[Split, str]:
+    """All examples of an HDF5 file as the task needs them, and the file's fingerprint.
+
+    Training needs every scene to fit ``max_objects`` target rows; evaluation
+    (``any_object_count``) pads the targets to the file's largest scene instead.
+    """
+    from slotref.data import hdf5
+
+    ds = hdf5.load_dataset(str(path))
+    h, w = ds.images.shape[1:3]
+    if (h, w) != tuple(config.model.resolution):
+        raise TrainingError(f"{path}: images are {h}x{w} but the model expects "
+                            f"{config.model.resolution[0]}x{config.model.resolution[1]} (use --preset or a matching file)")
+    targets = None
+    if config.task == "setpred":
+        if ds.objects is None:
+            raise TrainingError(f"{path}: has no per-object properties (objects/*), needed for set prediction")
+        max_objects = config.max_objects
+        if any_object_count:
+            max_objects = max(max_objects, int(np.max(ds.num_objects)))
+        keep = np.asarray(ds.num_objects) <= max_objects
+        if not keep.all():
+            raise TrainingError(f"{path}: {int((~keep).sum())} scenes have more than max_objects="
+                                f"{config.max_objects} objects")
+        targets = hdf5.set_prediction_targets(ds.objects, ds.num_objects, max_objects)
+    elif ds.masks is None:
+        raise TrainingError(f"{path}: has no instance masks, needed to evaluate object discovery (FG-ARI)")
+    return Split(ds.images, targets, ds.masks), ds.fingerprint
+
+
+def load_splits(path: Path, config: TrainConfig) -> tuple[Split, Split, str]:
+    """(train, validation, fingerprint): the first ``eval_size`` examples are held out."""
+    full, fingerprint = load_file(path, config)
+    n_val = min(config.eval_size, len(full) // 10)
+    if len(full) - n_val < config.batch_size:
+        raise TrainingError(f"{path}: {len(full)} examples leave fewer than one batch of {config.batch_size} "
+                            f"after holding out {n_val}")
+    return full.take(slice(n_val, None)), full.take(slice(0, n_val)), fingerprint
+
+
+class BatchOrder:
+    """Example indices of step s: epoch-wise permutations seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:  # keep one epoch's permutation at a time
+            self._perms = {epoch: host_rng(self.seed, 1, epoch).permutation(self.n)}
+        return self._perms[epoch]
+
+    def __call__(self, step: int) -> np.ndarray:
+        positions = step * self.batch_size + np.arange(self.batch_size)
+        epochs, offsets = positions // self.n, positions % self.n
+        return np.concatenate([self._perm(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+
+
+def preprocess(be: backend.Backend, images_uint8: np.ndarray):
+    """uint8 NHWC on the host -> policy-dtype NHWC in [-1, 1] on the device (as the official code)."""
+    from slotref.data.hdf5 import images_to_float
+
+    return images_to_float(images_uint8, be.dtype, be.xp)
+
+
+# --------------------------------------------------------------------------
+
+
+def train_noise(be: backend.Backend, config: TrainConfig, step: int):
+    """The slot noise (B, K, D) of training step ``step``."""
+    return slot_noise(be.rng(config.seed, TRAIN_NOISE_STREAM, step), config.batch_size, config.model.num_slots,
+                      config.model.slot_attention.slot_size, be.dtype)
+
+
+def eval_noise(be: backend.Backend, config: TrainConfig, batch: int, num_slots: int, start: int):
+    """The slot noise (batch, num_slots, D) of evaluating the examples from ``start`` on."""
+    return slot_noise(be.rng(config.seed, EVAL_NOISE_STREAM, start), batch, num_slots,
+                      config.model.slot_attention.slot_size, be.dtype)

@@ -1,0 +1,171 @@
+"""The training loop, shared by both tasks, and loading a finished or interrupted run.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per
+line), ``checkpoint.h5`` (``slotref.training.checkpoint``) and pictures.
+``resume=True`` continues exactly: the data order and the slot noise of step s
+depend only on (seed, s).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import autograd
+from tqdm import tqdm
+
+from slotref import backend
+from slotref.backend import get_backend, host_rng, to_float, tree_leaves
+from slotref.models import init_model
+from slotref.optim import Adam, Schedule
+from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError
+from slotref.training.data import BatchOrder, load_splits, resolve_dataset, train_noise
+from slotref.training.tasks import looks_collapsed, make_task
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          on_eval=None) -> dict:
+    """Train ``config`` in ``run_dir`` (resuming from its checkpoint with ``resume``).
+
+    Returns the last evaluation's metrics. Raises DivergenceError (a
+    TrainingError) on a NaN loss or parameter, TrainingError with a one-line
+    message on an incompatible run directory; KeyboardInterrupt
+    saves a checkpoint first.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.h5"
+    if resume:
+        if not (run_dir / "config.json").exists():
+            raise TrainingError(f"nothing to resume in {run_dir}: no config.json")
+        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        if saved.task != config.task:
+            raise TrainingError(f"{run_dir} holds a {saved.task} run; cannot resume it as {config.task}")
+        config = replace(saved, steps=config.steps, device=config.device)
+    elif ckpt_path.exists():
+        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    be = get_backend(config.device, config.dtype)
+    config = replace(config, device=be.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json())
+    task = make_task(config)
+    data_path = resolve_dataset(config)
+    train_split, val_split, fingerprint = load_splits(data_path, config)
+
+    params = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
+    adam = Adam()
+    state = adam.init(params)
+    start = 0
+    if resume and ckpt_path.exists():
+        params, state, start, saved_fp = load_checkpoint(ckpt_path, be, params, config)
+        if saved_fp != fingerprint:
+            raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
+    schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
+    order = BatchOrder(len(train_split), config.batch_size, config.seed)
+    value_and_grad = autograd.value_and_grad(task.loss)
+    metrics_path = run_dir / "metrics.jsonl"
+    last_eval: dict = {}
+
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    t_log, step_log = time.perf_counter(), start
+    stop = _StopRequest()
+    with stop:
+        for step in range(start, config.steps):
+            images, targets = task.batch(be, train_split, order(step))
+            noise = train_noise(be, config, step)
+            loss, grads = value_and_grad(params, images, targets, noise)
+            lr = schedule(step)
+            # The only host sync of a step, and only every log_every steps: the
+            # finiteness check guards the checkpoints, the metrics log records it.
+            if (step + 1) % config.log_every == 0:
+                loss_value = to_float(loss)
+                if not math.isfinite(loss_value):
+                    raise DivergenceError(f"loss became {loss_value} at step {step}; the last good checkpoint "
+                                        f"({ckpt_path if ckpt_path.exists() else 'none'}) is kept")
+                now = time.perf_counter()
+                rate = (step + 1 - step_log) * config.batch_size / max(now - t_log, 1e-9)
+                t_log, step_log = now, step + 1
+                _append_jsonl(metrics_path, {"step": step + 1, "loss": loss_value, "lr": lr,
+                                             "images_per_s": round(rate, 2), "time": time.time()})
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
+            adam.update(params, grads, state, lr)
+            bar.update(1)
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
+                _check_finite_params(params, done, ckpt_path)
+                save_checkpoint(ckpt_path, params, state, done, config, fingerprint)
+            if stop.requested:
+                bar.close()
+                raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
+            if done % config.eval_every == 0 or done == config.steps:
+                _check_finite_params(params, done, ckpt_path)
+                last_eval = task.evaluate(be, params, val_split)
+                _append_jsonl(metrics_path, {"step": done, "eval": last_eval, "time": time.time()})
+                bar.write(f"step {done}: " + _format_eval(last_eval))
+                if config.task == "discovery" and looks_collapsed(last_eval):
+                    bar.write(f"warning: slots look collapsed at step {done} (even attention or near-identical "
+                              "slots, the 'stripes' of section 4.1). Usual early on: the Tetrominoes preset's "
+                              "slots split the image after 1,000-3,000 steps. If it persists, try another "
+                              "seed or more warm-up.")
+                if on_eval is not None:
+                    on_eval(done, last_eval)
+    bar.close()
+    return last_eval
+
+
+class _StopRequest:
+    """Ctrl-C finishes the current step, saves a checkpoint, then stops; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def _check_finite_params(params, step, ckpt_path):
+    for name, leaf in tree_leaves(params):
+        if not bool(backend.xp_of(leaf).isfinite(leaf).all()):
+            raise DivergenceError(f"parameter {name} is not finite at step {step}; the last good checkpoint "
+                                f"({ckpt_path if ckpt_path.exists() else 'none'}) is kept")
+
+
+def _format_eval(result: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+
+
+def load_run(run_dir: str | Path, device: str | None = None):
+    """(config, backend, params, task, val_split, step) of a finished or interrupted run."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoint.h5"
+    if not ckpt.exists():
+        raise TrainingError(f"{run_dir}: no checkpoint.h5 (is it a run directory?)")
+    config = read_checkpoint_config(ckpt)
+    if device:
+        config = replace(config, device=device)
+    be = get_backend(config.device, config.dtype)
+    template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
+    params, _, step, _ = load_checkpoint(ckpt, be, template, config)
+    _, val_split, _ = load_splits(resolve_dataset(config), config)
+    return config, be, params, make_task(config), val_split, step

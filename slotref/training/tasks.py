@@ -1,0 +1,137 @@
+"""The two tasks: a task supplies the loss of a batch, its metric and its outputs.
+
+- ``SetPredictionTask``: Hungarian-matched Huber loss, AP at five thresholds (Table 3).
+- ``DiscoveryTask``: reconstruction MSE, FG-ARI (Table 1), and the collapse
+  diagnostics that tell the 'stripes' failure of section 4.1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from slotref import metrics
+from slotref.backend import to_host
+from slotref.losses import hungarian_huber_loss, mse
+from slotref.models import autoencoder, set_prediction
+from slotref.training.config import TrainConfig
+from slotref.training.data import Split, eval_noise, preprocess
+
+class SetPredictionTask:
+    name = "setpred"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def loss(self, params, images, targets, noise):
+        predictions = set_prediction(params, images, noise, self.config.model)
+        return hungarian_huber_loss(predictions, targets)
+
+    def batch(self, be, split: Split, idx):
+        return preprocess(be, split.images[idx]), be.asarray(split.targets[idx])
+
+    def predict(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=64):
+        """Predictions (N, K, 19) and attention (N, T, N_in, K) on the host."""
+        k = num_slots or self.config.model.num_slots
+        preds, attns = [], []
+        for start in range(0, len(split), batch_size):
+            images = preprocess(be, split.images[start:start + batch_size])
+            noise = eval_noise(be, self.config, images.shape[0], k, start)
+            p, a = set_prediction(params, images, noise, self.config.model, num_iterations, return_attention=True)
+            preds.append(to_host(p))
+            attns.append(None if a is None else to_host(a[:, -1]))
+        return np.concatenate(preds), (None if attns[0] is None else np.concatenate(attns))
+
+    @staticmethod
+    def scores(predictions, targets) -> dict:
+        """AP at the five thresholds (keys ap_inf ... ap_0.125) and the per-attribute accuracies."""
+        table = metrics.ap_table(predictions, targets)
+        result = {f"ap_{threshold_name(t)}": float(v) for t, v in table.items()}
+        result.update(metrics.attribute_accuracy(predictions, targets))
+        return result
+
+    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
+        preds, _ = self.predict(be, params, split, num_slots, num_iterations)
+        return self.scores(preds, split.targets)
+
+
+class DiscoveryTask:
+    name = "discovery"
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def loss(self, params, images, _targets, noise):
+        return mse(autoencoder(params, images, noise, self.config.model)["recon_combined"], images)
+
+    def batch(self, be, split: Split, idx):
+        return preprocess(be, split.images[idx]), None
+
+    def outputs(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=32,
+                with_recons=False):
+        """Host arrays: masks (N, K, H, W), recon_combined (N, H, W, 3), slots (N, K, D), attention
+        (N, T, N_in, K), and with ``with_recons`` the per-slot reconstructions (N, K, H, W, 3)."""
+        k = num_slots or self.config.model.num_slots
+        out = {"masks": [], "recon_combined": [], "slots": [], "attention": []}
+        if with_recons:
+            out["recons"] = []
+        for start in range(0, len(split), batch_size):
+            images = preprocess(be, split.images[start:start + batch_size])
+            noise = eval_noise(be, self.config, images.shape[0], k, start)
+            o = autoencoder(params, images, noise, self.config.model, num_iterations)
+            out["masks"].append(to_host(o["masks"])[..., 0])
+            out["recon_combined"].append(to_host(o["recon_combined"]))
+            out["slots"].append(to_host(o["slots"]))
+            out["attention"].append(None if o["attention"] is None else to_host(o["attention"]))
+            if with_recons:
+                out["recons"].append(to_host(o["recons"]))
+        return {k: (None if v[0] is None else np.concatenate(v)) for k, v in out.items()}
+
+    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
+        from slotref.data.hdf5 import images_to_float
+
+        o = self.outputs(be, params, split, num_slots, num_iterations)
+        masks = o["masks"]                                                     # (N, K, H, W)
+        pred = np.argmax(masks, axis=1)                                        # (N, H, W)
+        ari = metrics.adjusted_rand_index(split.masks.astype(np.int64), pred.astype(np.int64))
+        images = images_to_float(split.images)
+        result = {"fg_ari": float(np.nanmean(ari)),
+                  "mse": float(np.mean((o["recon_combined"] - images) ** 2))}
+        result.update(collapse_diagnostics(masks, o["slots"], o["attention"]))
+        return result
+
+
+def collapse_diagnostics(masks: np.ndarray, slots: np.ndarray, attention: np.ndarray | None) -> dict:
+    """Numbers that tell the 'stripes' failure (section 4.1) from objects without pictures.
+
+    - mask areas: the share of pixels each slot wins (sorted, mean over images);
+    - attention entropy over slots of the last iteration, normalised by log K
+      (1: every input split evenly between slots; 0: each input to one slot);
+    - mean pairwise cosine similarity of the slots of an image.
+    """
+    n, k = masks.shape[:2]
+    winners = np.argmax(masks, axis=1).reshape(n, -1)
+    areas = np.stack([(winners == j).mean(axis=1) for j in range(k)], axis=1)   # (N, K)
+    result = {"slot_area_sorted": [round(float(a), 4) for a in np.sort(areas, axis=1)[:, ::-1].mean(axis=0)]}
+    if attention is not None:
+        a = np.clip(attention[:, -1], 1e-12, 1.0)                              # (N, N_in, K)
+        result["attention_entropy"] = float(np.mean(-(a * np.log(a)).sum(-1)) / np.log(max(k, 2)))
+    unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + 1e-12)
+    cos = unit @ unit.transpose(0, 2, 1)
+    off = ~np.eye(k, dtype=bool)
+    result["slot_cosine"] = float(cos[:, off].mean()) if k > 1 else 1.0
+    return result
+
+
+def looks_collapsed(diag: dict) -> bool:
+    """Heuristic warning: attention spread evenly (no competition won) or slots nearly identical."""
+    return diag.get("attention_entropy", 0.0) > 0.9 or diag.get("slot_cosine", 0.0) > 0.95
+
+
+def threshold_name(t: float) -> str:
+    return "inf" if math.isinf(t) else f"{t:g}"
+
+
+def make_task(config: TrainConfig):
+    return SetPredictionTask(config) if config.task == "setpred" else DiscoveryTask(config)
