@@ -55,32 +55,6 @@ def orthogonal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(q if rows >= cols else q.T)
 
 
-def torch_default_init(rng: np.random.Generator, params):
-    """The same parameter tree redrawn with PyTorch's default initialisers.
-
-    PyTorch's nn.Linear / nn.Conv2d / nn.ConvTranspose2d draw kernels and biases
-    from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
-    nn.GRUCell draws everything from U(-1/sqrt(hidden), 1/sqrt(hidden)).
-    Kernels here are (d_in, d_out), (k, k, c_in, c_out) or, transposed,
-    (k, k, c_out, c_in): PyTorch's fan_in is k * k * shape[2] for both 4-D forms.
-    LayerNorm and the slot distribution keep their values. For comparing with
-    PyTorch implementations (``--init torch``); the default is Glorot (Keras).
-    """
-    if isinstance(params, list):
-        return [torch_default_init(rng, p) for p in params]
-    if not isinstance(params, dict):
-        return params
-    if "w_hidden" in params:  # GRU cell
-        bound = 1.0 / np.sqrt(params["w_hidden"].shape[0])
-        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
-    if "w" in params:  # linear or convolution
-        w = params["w"]
-        fan_in = w.shape[0] if w.ndim == 2 else w.shape[0] * w.shape[1] * w.shape[2]
-        bound = 1.0 / np.sqrt(fan_in)
-        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
-    return {k: torch_default_init(rng, v) for k, v in params.items()}
-
-
 # --------------------------------------------------------------------------
 # Dense layers.
 
