@@ -105,9 +105,9 @@ def prop1():
 def bench(tf32: bool):
     import cupy
     be = get_backend("gpu", "float32")
-    from slotref import layers
+    from slotref import kernels
     print(f"CuPy {cupy.__version__}, {cupy.cuda.runtime.getDeviceProperties(0)['name']}, "
-          f"CUPY_TF32={'1' if tf32 else '0'}, device convolutions: {layers.DEVICE_CONV}", flush=True)
+          f"CUPY_TF32={'1' if tf32 else '0'}, kernels: {kernels.active()}", flush=True)
     sizes = {"setpred-128": [512, 256, 128], "tetrominoes": [64], "multi-dsprites": [64], "clevr6-shapes": [64, 32]}
     paper = {"setpred-128": 620, "tetrominoes": 1190, "multi-dsprites": 370, "clevr6-shapes": 67}
     for name, task, dataset in CASES:

@@ -3,7 +3,7 @@
     python bench/wide_path_profile.py [BLOCK_ROWS ...]
 
 The layer (5x5, stride 1, 35x35, batch 128 = 32 images x 4 slots) runs on the
-wide path of ``layers._shifted_sum``. This script repeats that path's steps
+wide path of ``kernels.conv._shifted_sum``. This script repeats that path's steps
 with a timer around each: padding the input into rows, the column-shifted
 buffer of each row block, the block's GEMM, the shifted adds of its products,
 and copying the output out of the padded rows. Best of 3 after a warm-up; the
@@ -17,8 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slotref import backend, layers  # noqa: E402
-from slotref.layers import _Geometry, _pair_layout, _shifted_block  # noqa: E402
+from slotref.kernels import conv  # noqa: E402
+from slotref.kernels.allocator import keep_freed_host_memory  # noqa: E402
+from slotref.kernels.conv import _Geometry, _pair_layout, _shifted_block  # noqa: E402
 
 B, H, C, K = 128, 35, 32, 5
 FLOPS = 2 * B * H * H * K * K * C * C
@@ -75,14 +76,14 @@ def pieces(x, w, block_rows):
 
 
 def main(block_sizes):
-    backend.keep_freed_host_memory()         # as get_backend does for every run (change 9)
+    keep_freed_host_memory()         # as get_backend does for every run (change 9)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, H, H, C)).astype(np.float32)
     w = (rng.standard_normal((K, K, C, C)) * 0.05).astype(np.float32)
-    ref = layers._conv_forward(x, w, 1)
-    whole = best(lambda: layers._conv_forward(x, w, 1))
-    print(f"layers._conv_forward: {1e3 * whole:.1f} ms, {FLOPS / whole / 1e9:.0f} GFLOP/s "
-          f"(BLOCK_ROWS = {layers.BLOCK_ROWS})")
+    ref = conv._conv_forward(x, w, 1)
+    whole = best(lambda: conv._conv_forward(x, w, 1))
+    print(f"conv._conv_forward: {1e3 * whole:.1f} ms, {FLOPS / whole / 1e9:.0f} GFLOP/s "
+          f"(BLOCK_ROWS = {conv.BLOCK_ROWS})")
     for rows in block_sizes:
         runs = []
         for _ in range(4):                   # a warm-up and 3 timed; each output is dropped before the next
@@ -97,4 +98,4 @@ def main(block_sizes):
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [layers.BLOCK_ROWS])
+    main([int(a) for a in sys.argv[1:]] or [conv.BLOCK_ROWS])

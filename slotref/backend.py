@@ -14,9 +14,9 @@ VJPs of reductions, slicing, concatenate, einsum, ``where`` and ``dot`` make
 host arrays. Of the two ways through, slotref takes the second: model code uses
 only the operations whose VJPs are device-agnostic (matmul, elementwise ufuncs,
 reshape/transpose, broadcasting, integer indexing) plus the small primitives
-defined here (``sum``, ``mean``, ``relu``, ``sigmoid``, ``index``) and the fused
-layer primitives of ``layers.py``, each with a hand-written VJP that uses the
-array module of its input. Nothing private in autograd is patched, so an
+defined here (``sum``, ``mean``, ``relu``, ``sigmoid``, ``index``) and the layer
+primitives of ``layers.py`` and ``slotref.kernels``, each with a hand-written
+VJP that uses the array module of its input. Nothing private in autograd is patched, so an
 autograd upgrade cannot silently break the device path, and the VJPs are
 visible next to the forward code. The one registration autograd needs for a
 new array type (``ArrayBox.register`` + a ``VSpace`` whose zeros/ones live on
@@ -39,6 +39,8 @@ from autograd.extend import VSpace, defvjp, primitive
 from autograd.numpy.numpy_boxes import ArrayBox
 from autograd.numpy.numpy_vspaces import ArrayVSpace
 from autograd.tracer import getval
+
+from slotref.kernels.allocator import keep_freed_host_memory
 
 DEVICE_ENV = "SLOTREF_DEVICE"
 DEVICES = ("cpu", "gpu")
@@ -192,39 +194,8 @@ def get_backend(device: str | None = None, dtype: Any = "float32") -> Backend:
     if dtype not in (np.float32, np.float64):
         raise BackendError(f"dtype must be float32 or float64, got {dtype}")
     xp = np if device == "cpu" else _import_cupy()
-    keep_freed_host_memory()
+    keep_freed_host_memory()                    # a speed setting of slotref.kernels
     return Backend(device=device, xp=xp, dtype=dtype)
-
-
-# glibc's mallopt parameters (malloc.h) and the values set below.
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-TRIM_THRESHOLD_BYTES = 1 << 30      # free memory kept at the top of the heap for the next step
-_allocator_tuned: bool | None = None
-
-
-def keep_freed_host_memory() -> bool:
-    """Let glibc keep freed host memory for reuse instead of returning it to the OS.
-
-    A training step allocates and frees many arrays of 1-50 MB. With glibc's
-    defaults many of them come from fresh pages each time (mmap, or a heap top
-    trimmed after the last step), and first-touching a page costs more than the
-    arithmetic done on it: 67 ms for a fresh 25 MB array here, 5 ms once reused.
-    Taking every block from the heap (no mmap) and trimming the heap only above
-    1 GB of free memory made training steps 3-20% faster (docs/performance.md,
-    change 9). Process-wide and idempotent; returns whether it applied (False
-    where the C library is not glibc, e.g. macOS).
-    """
-    global _allocator_tuned
-    if _allocator_tuned is None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL("libc.so.6")
-            _allocator_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0)          # every block from the heap
-                                    and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-        except (OSError, AttributeError):
-            _allocator_tuned = False
-    return _allocator_tuned
 
 
 def gpu_status() -> str:
@@ -247,14 +218,6 @@ def tree_map(fn, tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return type(tree)(tree_map(fn, v) for v in tree)
     return fn(tree)
-
-
-def tree_map2(fn, tree: Any, other: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: tree_map2(fn, v, other[k]) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(tree_map2(fn, a, b) for a, b in zip(tree, other))
-    return fn(tree, other)
 
 
 def tree_leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -22,6 +22,7 @@ import autograd
 import numpy as np
 
 from slotref import layers
+from slotref.kernels import conv
 from slotref.backend import get_backend, host_rng
 
 # PyTorch 2.13 eager CPU, images/s of a training step on a 2-core CPU, same architectures and batches.
@@ -148,16 +149,16 @@ def bench_layers(be, repeats=3, echo=print):
             g = xp.ones_like(y)
             flops = conv_flops(b, y.shape[1], y.shape[2], k, c_in, c_out)
             passes = [("forward", lambda: layers.conv2d_same(x, w, s)),
-                      ("grad x", lambda: layers._conv_backward_input(g, w, s, x.shape)),
-                      ("grad w", lambda: layers._conv_backward_weight(x, g, s, w.shape))]
+                      ("grad x", lambda: conv._conv_backward_input(g, w, s, x.shape)),
+                      ("grad w", lambda: conv._conv_backward_weight(x, g, s, w.shape))]
         else:
             w = be.asarray(rng.standard_normal((k, k, c_out, c_in)) * 0.05)
             y = layers.conv_transpose2d_same(x, w, s)
             g = xp.ones_like(y)
             flops = conv_flops(b, res, res, k, c_in, c_out)
             passes = [("forward", lambda: layers.conv_transpose2d_same(x, w, s)),
-                      ("grad x", lambda: layers._conv_forward(g, w, s)),
-                      ("grad w", lambda: layers._conv_backward_weight(g, x, s, w.shape))]
+                      ("grad x", lambda: conv._conv_forward(g, w, s)),
+                      ("grad w", lambda: conv._conv_backward_weight(g, x, s, w.shape))]
         for pass_name, fn in passes:
             t = _time(fn, xp, repeats)
             gflops = flops / t / 1e9
@@ -167,7 +168,7 @@ def bench_layers(be, repeats=3, echo=print):
     return rows
 
 
-# The GEMMs a CPU convolution is made of (layers._shifted_sum: row blocks of
+# The GEMMs a CPU convolution is made of (kernels.conv._shifted_sum: row blocks of
 # BLOCK_ROWS plus a halo, K = column offsets x C_in, N = C_out or, on the wide
 # path, row offsets x C_out), and the single GEMM of a full patch matrix. What
 # these reach alone is the ceiling of a convolution built from them.
@@ -182,7 +183,7 @@ def bench_gemm_shapes(be, peak, repeats=3, echo=print):
     """GFLOP/s of each GEMM shape in GEMM_SHAPES, alone, on fresh float32 operands."""
     xp = be.xp
     rng = host_rng(2)
-    m = layers.BLOCK_ROWS + 4 * 64                   # a block and a 5x5 kernel's halo on a 64-wide image
+    m = conv.BLOCK_ROWS + 4 * 64                   # a block and a 5x5 kernel's halo on a 64-wide image
     echo(f"{'GEMM inside a convolution (M x K @ K x N)':<64}{'ms':>9}{'GFLOP/s':>10}{'% peak':>8}")
     rows = []
     for name, k, n in GEMM_SHAPES:
@@ -323,7 +324,7 @@ PROFILE_GROUPS = {
 class ConvTimer:
     """Times every call of the three convolution kernels, keyed by layer shape.
 
-    Patches ``layers._conv_forward`` / ``_conv_backward_input`` /
+    Patches ``kernels.conv._conv_forward`` / ``_conv_backward_input`` /
     ``_conv_backward_weight`` for the duration of a ``with`` block (the
     primitives look them up at call time), so one training step yields each
     convolution layer's forward, input-gradient and weight-gradient time.
@@ -360,13 +361,13 @@ class ConvTimer:
 
     def __enter__(self):
         for name in self.KERNELS:
-            self.saved[name] = getattr(layers, name)
-            setattr(layers, name, self._wrap(name, self.saved[name]))
+            self.saved[name] = getattr(conv, name)
+            setattr(conv, name, self._wrap(name, self.saved[name]))
         return self
 
     def __exit__(self, *exc):
         for name, fn in self.saved.items():
-            setattr(layers, name, fn)
+            setattr(conv, name, fn)
 
     def report(self, echo, peak):
         echo(f"    {'convolution (input, kernel, stride)':<52}{'pass':<9}{'ms':>8}{'GFLOP/s':>9}{'% peak':>8}")

@@ -12,20 +12,21 @@ Where autograd would trace many small operations (LayerNorm, softmax, Huber)
 or has no gradient at all (convolutions), the layer is an autograd primitive
 with its VJP written next to it; ``tests/test_layers.py`` checks each VJP
 against finite differences and against a plainly traced version.
+
+A function marked ``@replaceable`` may be replaced by a registered fast kernel
+of ``slotref.kernels`` with the same outputs and gradients
+(``SLOTREF_KERNELS=reference`` runs this file as written).
 """
 
 from __future__ import annotations
 
-import functools
-import os
-
 import autograd.numpy as anp
 import numpy as np
 from autograd.extend import defvjp, primitive
-from autograd.tracer import getval
 
 from slotref import backend
 from slotref.backend import relu, sigmoid, xp_of
+from slotref.kernels import replaceable
 
 # Keras' LayerNormalization default, as in the official implementation.
 LAYER_NORM_EPS = 1e-3
@@ -52,32 +53,6 @@ def orthogonal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     q = q * np.sign(np.diag(r))  # make the decomposition unique
     # C order, as a checkpoint reloads it: BLAS rounds F-ordered operands differently (exact resume).
     return np.ascontiguousarray(q if rows >= cols else q.T)
-
-
-def torch_default_init(rng: np.random.Generator, params):
-    """The same parameter tree redrawn with PyTorch's default initialisers.
-
-    PyTorch's nn.Linear / nn.Conv2d / nn.ConvTranspose2d draw kernels and biases
-    from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
-    nn.GRUCell draws everything from U(-1/sqrt(hidden), 1/sqrt(hidden)).
-    Kernels here are (d_in, d_out), (k, k, c_in, c_out) or, transposed,
-    (k, k, c_out, c_in): PyTorch's fan_in is k * k * shape[2] for both 4-D forms.
-    LayerNorm and the slot distribution keep their values. For comparing with
-    PyTorch implementations (``--init torch``); the default is Glorot (Keras).
-    """
-    if isinstance(params, list):
-        return [torch_default_init(rng, p) for p in params]
-    if not isinstance(params, dict):
-        return params
-    if "w_hidden" in params:  # GRU cell
-        bound = 1.0 / np.sqrt(params["w_hidden"].shape[0])
-        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
-    if "w" in params:  # linear or convolution
-        w = params["w"]
-        fan_in = w.shape[0] if w.ndim == 2 else w.shape[0] * w.shape[1] * w.shape[2]
-        bound = 1.0 / np.sqrt(fan_in)
-        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
-    return {k: torch_default_init(rng, v) for k, v in params.items()}
 
 
 # --------------------------------------------------------------------------
@@ -214,26 +189,16 @@ def gru_cell(params: dict, x, h):
 
 
 # --------------------------------------------------------------------------
-# Convolutions: NHWC, SAME padding with TF semantics (output = ceil(in / s),
-# the odd pixel of padding at the bottom/right), kernels (kh, kw, in, out).
+# Convolutions: NHWC, kernels (kh, kw, in, out), SAME padding with TF
+# semantics: output = ceil(in / stride), and the padding that makes the last
+# window fit split evenly, the odd pixel at the bottom/right.
 #
-# Three kernels do all the work:
-#   _conv_forward          y = conv(x, w)
-#   _conv_backward_input   dx = conv^T(dy, w)   (the adjoint; also conv_transpose2d)
-#   _conv_backward_weight  dw = sum over positions of x-patch^T dy
+#   conv:   y[b, p, q] = sum over taps (i, j) of x_pad[b, s*p + i, s*q + j] @ w[i, j]
 #
-# All three are "shifted GEMMs" instead of im2col. Flatten the zero-padded
-# input to rows (B * Hp * Wp, C). Output pixel (y, x) sits in row y * Wp + x of
-# the same layout, and kernel tap (i, j) reads row (y + i) * Wp + (x + j), i.e.
-# the output row shifted by i * Wp + j. So
-#     out_rows[q] = sum over taps t of in_rows[q + offset_t] @ w_t,
-# one GEMM per tap over a contiguous slice: no patch matrix is ever built.
-# Rows that fall on padding columns compute garbage and are cropped away.
-# Stride 2 splits the padded input into its four (row, column) parity phases,
-# each a stride-1 problem on a grid of half the size. The adjoint (input
-# gradient) runs the same sums with negative offsets; the weight gradient
-# takes, per tap, in_rows[shifted]^T @ out_rows. ``tests/test_layers.py``
-# checks all three against loops over output positions and kernel taps.
+# Each tap is one strided window of the padded input times a (C_in, C_out)
+# matrix. The transposed convolution is the adjoint of conv in its input: each
+# tap's window receives y @ w[i, j]^T, and the padding is cropped. The weight
+# gradient of tap (i, j) is the window's pixels^T @ dy.
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     """(output size, padding before, padding after) of TF's SAME padding."""
@@ -242,292 +207,60 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
     return out, total // 2, total - total // 2
 
 
-# Rows per block of the shifted GEMMs: blocks that stay in cache on CPUs; one
-# block (the whole array, few large kernels) on GPUs.
-BLOCK_ROWS = 4096
+def _windows(x_shape, kernel_shape, stride):
+    """Padding ((top, bottom), (left, right)) and {tap (i, j): the window of the
+    padded input that tap reads at every output pixel: rows i, i + s, ..., columns j, j + s, ...}."""
+    (kh, kw), (_, h, w, _) = kernel_shape[:2], x_shape
+    ho, top, bottom = same_padding(h, kh, stride)
+    wo, left, right = same_padding(w, kw, stride)
+    windows = {(i, j): (slice(None), slice(i, i + stride * (ho - 1) + 1, stride),
+                        slice(j, j + stride * (wo - 1) + 1, stride))
+               for i in range(kh) for j in range(kw)}
+    return ((top, bottom), (left, right)), windows
 
 
-def _phase_span(p, pad, size, s):
-    """Phase p of a padded axis: (first phase index i0, first input index, count) of
-    the input pixels it holds; padded index i * s + p is input index i * s + p - pad."""
-    i0 = max(0, -(-(pad - p) // s))
-    first = i0 * s + p - pad
-    return i0, first, max(0, -(-(size - first) // s))
+def _conv(x, w, stride):
+    """y = sum over taps of window(x_pad) @ w[tap]: (B, H, W, C_in) -> (B, ceil(H/s), ceil(W/s), C_out)."""
+    padding, windows = _windows(x.shape, w.shape, stride)
+    x_pad = xp_of(x).pad(x, ((0, 0), *padding, (0, 0)))
+    y = 0
+    for tap, window in windows.items():
+        y = y + x_pad[window] @ w[tap]
+    return y
 
 
-class _Geometry:
-    """Padding and phase layout of one SAME convolution."""
-
-    def __init__(self, x_shape, kernel_shape, stride):
-        b, h, w, _ = x_shape
-        kh, kw = kernel_shape[:2]
-        self.batch, self.h, self.w, self.kh, self.kw, self.stride = b, h, w, kh, kw, stride
-        self.ho, self.pt, pb = same_padding(h, kh, stride)
-        self.wo, self.pl, pr = same_padding(w, kw, stride)
-        # Padded size rounded up to a multiple of the stride, so that every
-        # phase has the same (hq, wq) grid.
-        self.hq, self.wq = -(-(h + self.pt + pb) // stride), -(-(w + self.pl + pr) // stride)
-        self.hp, self.wp = self.hq * stride, self.wq * stride
-        self.rows = b * self.hq * self.wq
-
-    def taps(self):
-        """(i, j, phase index, row offset, column offset) of every kernel tap;
-        the tap reads rows shifted by row offset + column offset."""
-        s = self.stride
-        return [(i, j, (i % s) * s + (j % s), (i // s) * self.wq, j // s)
-                for i in range(self.kh) for j in range(self.kw)]
-
-    def phases(self, x):
-        """The padded input split into stride^2 phases, each (rows, C), contiguous.
-
-        Phase (py, px) holds padded pixels (py + s*i, px + s*j); each is filled
-        straight from a strided view of x, without building the padded input.
-        """
-        xp = xp_of(x)
-        s, c = self.stride, x.shape[3]
-        if s == 1:
-            x_pad = xp.pad(x, ((0, 0), (self.pt, self.hp - self.h - self.pt),
-                               (self.pl, self.wp - self.w - self.pl), (0, 0)))
-            return [x_pad.reshape(self.rows, c)]
-        out = []
-        for py in range(s):
-            i0, y0, ny = _phase_span(py, self.pt, self.h, s)
-            for px in range(s):
-                j0, x0, nx = _phase_span(px, self.pl, self.w, s)
-                ph = xp.zeros((self.batch, self.hq, self.wq, c), dtype=x.dtype)
-                ph[:, i0:i0 + ny, j0:j0 + nx] = x[:, y0::s, x0::s][:, :ny, :nx]
-                out.append(ph.reshape(self.rows, c))
-        return out
-
-    def to_rows(self, y):
-        """An output-shaped array (B, ho, wo, C) placed in the (rows, C) layout, zeros elsewhere."""
-        xp = xp_of(y)
-        full = xp.zeros((self.batch, self.hq, self.wq, y.shape[3]), dtype=y.dtype)
-        full[:, :self.ho, :self.wo] = y
-        return full.reshape(self.rows, y.shape[3])
-
-    def from_rows(self, rows):
-        """(rows, C) -> the valid outputs (B, ho, wo, C)."""
-        c = rows.shape[1]
-        return rows.reshape(self.batch, self.hq, self.wq, c)[:, :self.ho, :self.wo]
-
-    def unphase(self, rows, c):
-        """Inverse of ``phases`` with the phases side by side: (rows, stride^2 * C) -> the
-        unpadded input (B, H, W, C)."""
-        s = self.stride
-        x_pad = rows.reshape(self.batch, self.hq, self.wq, s, s, c).transpose(0, 1, 3, 2, 4, 5)
-        x_pad = x_pad.reshape(self.batch, self.hp, self.wp, c)
-        return x_pad[:, self.pt:self.pt + self.h, self.pl:self.pl + self.w]
+def _conv_adjoint(y, w, stride, x_shape):
+    """The adjoint of ``_conv`` in x: every tap's window of x_pad receives y @ w[tap]^T; crop the padding."""
+    padding, windows = _windows(x_shape, w.shape, stride)
+    (top, bottom), (left, right) = padding
+    b, h, wd, c = x_shape
+    x_pad = xp_of(y).zeros((b, top + h + bottom, left + wd + right, c), dtype=y.dtype)
+    for tap, window in windows.items():
+        x_pad[window] += y @ w[tap].T
+    return x_pad[:, top:top + h, left:left + wd]
 
 
-def _pair_layout(taps):
-    """Where the column-shifted copies of a block go, for taps (source, row offset, column offset, ...).
-
-    Every (source, column offset) pair read by some tap gets C columns of one
-    buffer, in sorted order; a row offset's taps then read the column range
-    [lo, hi) of pairs (its taps' pairs and any between them). Returns the pairs,
-    {pair: its index} and {row offset: (lo, hi)}. For a stride-2 5x5 kernel the four phases give
-    10 pairs and three row offsets of K = 10, 10 and 5 pairs x C: three wide
-    GEMMs instead of nine narrow ones per phase.
-    """
-    pairs = sorted({(t[0], t[2]) for t in taps})
-    index = {pair: n for n, pair in enumerate(pairs)}
-    spans = {}
-    for t in taps:
-        n = index[(t[0], t[2])]
-        lo, hi = spans.get(t[1], (n, n + 1))
-        spans[t[1]] = (min(lo, n), max(hi, n + 1))
-    return pairs, index, spans
-
-
-def _shifted_block(sources, pairs, r0, ext, buf):
-    """buf[r, k*C:(k+1)*C] = sources[src_k][r0 + r + col_k] for pairs k = (src_k, col_k)
-    (zero outside the source)."""
-    for k, (src, col) in enumerate(pairs):
-        source = sources[src]
-        rows, c = source.shape
-        a0, a1 = r0 + col, r0 + col + ext
-        lo, hi = max(a0, 0), min(a1, rows)
-        part = buf[:, k * c:(k + 1) * c]
-        if lo >= hi:
-            part[...] = 0
-            continue
-        part[lo - a0:hi - a0] = source[lo:hi]
-        part[:lo - a0] = 0
-        part[hi - a0:] = 0
-    return buf
-
-
-def _shifted_sum(sources, terms, rows, c_out, xp, dtype, n_out=1):
-    """out[q, d] = sum over terms (source, row_off, col_off, weight, d) of
-    sources[source][q + row_off + col_off] @ weight, where out[q, d] is the
-    d-th block of C_out columns of row q; rows outside a source read zeros. Returns (rows, n_out * C_out)."""
-    out = xp.zeros((rows, n_out * c_out), dtype=dtype)
-    if xp is not np:
-        # Accelerators: one large GEMM per tap over all rows.
-        for src, row_off, col_off, weight, d in terms:
-            off = row_off + col_off
-            a0, a1 = max(0, off), min(rows, rows + off)
-            if a0 < a1:
-                out[a0 - off:a1 - off, d * c_out:(d + 1) * c_out] += sources[src][a0:a1] @ weight
-        return out
-    if not terms:
-        return out
-    # CPUs: in row blocks that stay in cache, copy the column-shifted rows of
-    # every (source, column offset) pair side by side into one buffer; then
-    # each row offset is one GEMM over a row-shifted slice of that buffer, with
-    # K = its pairs x C and N = its outputs x C_out (zero blocks where a pair
-    # does not feed an output), instead of one thin GEMM (K = C, N = C_out) per tap.
-    c = sources[0].shape[1]
-    pairs, index, spans = _pair_layout(terms)
-    outs = {}
-    for _, row_off, _, _, d in terms:
-        lo, hi = outs.get(row_off, (d, d + 1))
-        outs[row_off] = (min(lo, d), max(hi, d + 1))
-    stacked = {r: xp.zeros(((hi - lo) * c, (outs[r][1] - outs[r][0]) * c_out), dtype=dtype)
-               for r, (lo, hi) in spans.items()}
-    for src, row_off, col_off, weight, d in terms:
-        k = index[(src, col_off)] - spans[row_off][0]
-        e = d - outs[row_off][0]
-        stacked[row_off][k * c:(k + 1) * c, e * c_out:(e + 1) * c_out] = weight
-    lo_row, hi_row = min(spans), max(spans)
-    buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(pairs) * c), dtype=dtype)
-    # Stride 1 with thin outputs: every row offset reads the same columns of the
-    # buffer, so their weights go side by side (N = row offsets x C_out) and a
-    # block is one GEMM whose column blocks are added at their row shifts.
-    wide = n_out == 1 and c_out <= WIDE_GEMM_MAX_CHANNELS and len(set(spans.values())) == 1
-    if wide:
-        offsets = sorted(stacked)
-        (lo, hi), = set(spans.values())
-        wide_weight = xp.concatenate([stacked[r] for r in offsets], axis=1)   # (K, row offsets x C_out)
-    for r0 in range(0, rows, BLOCK_ROWS):
-        n = min(rows, r0 + BLOCK_ROWS) - r0
-        block = _shifted_block(sources, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
-        if wide:
-            product = block[:, lo * c:hi * c] @ wide_weight
-            for i, row_off in enumerate(offsets):
-                out[r0:r0 + n] += product[row_off - lo_row:row_off - lo_row + n, i * c_out:(i + 1) * c_out]
-            continue
-        for row_off, weight in stacked.items():
-            (lo, hi), (d0, d1) = spans[row_off], outs[row_off]
-            out[r0:r0 + n, d0 * c_out:d1 * c_out] += block[row_off - lo_row:row_off - lo_row + n, lo * c:hi * c] @ weight
-    return out
-
-
-# Thin outputs (C_out <= this) at stride 1: OpenBLAS runs a GEMM with N = 32
-# columns well below one with N = 160 (docs/performance.md, change 8).
-WIDE_GEMM_MAX_CHANNELS = 32
-
-
-# Below this many input channels a per-tap GEMM (K = C_in) starves the
-# matrix unit; the first layer (RGB, C_in = 3) builds a small patch matrix
-# (K = kh * kw * C_in) instead.
-IM2COL_MAX_CHANNELS = 8
-
-
-def _patch_matrix(x, geo, batch=None):
-    """im2col for few input channels: (B * ho * wo, kh * kw * C) patches of the padded input.
-
-    Within an image row, kw neighbouring pixels x C channels are contiguous, so
-    a strided view (B, ho, wo, kh, kw * C) needs no copy until the reshape.
-    """
+def _conv_weight_grad(x, dy, stride, w_shape):
+    """d<dy, conv(x, w)>/dw: for each tap, window(x_pad)^T @ dy summed over batch and pixels."""
+    padding, windows = _windows(x.shape, w_shape, stride)
     xp = xp_of(x)
-    x_pad = xp.ascontiguousarray(
-        xp.pad(x, ((0, 0), (geo.pt, geo.hp - geo.h - geo.pt), (geo.pl, geo.wp - geo.w - geo.pl), (0, 0))))
-    s, c = geo.stride, x.shape[3]
-    sb, sh, sw, sc = x_pad.strides
-    view = xp.lib.stride_tricks.as_strided(
-        x_pad, (batch or geo.batch, geo.ho, geo.wo, geo.kh, geo.kw * c), (sb, s * sh, s * sw, sh, sc))
-    return view.reshape(-1, geo.kh * geo.kw * c)
-
-
-# On accelerators one large GEMM (K = kh * kw * C_in) beats 25 thin ones: the
-# patch matrix is built there for every layer, in batch chunks of at most this
-# many bytes ("shifted" keeps the per-tap GEMMs on the device too).
-DEVICE_CONV = os.environ.get("SLOTREF_DEVICE_CONV", "im2col")
-DEVICE_PATCH_BYTES = 1 << 30
-
-
-def _use_patches(xp, c_in) -> bool:
-    return c_in <= IM2COL_MAX_CHANNELS or (xp is not np and DEVICE_CONV == "im2col")
-
-
-def _patch_chunks(geo, c_in, itemsize):
-    per_example = geo.ho * geo.wo * geo.kh * geo.kw * c_in * itemsize
-    step = max(1, DEVICE_PATCH_BYTES // max(per_example, 1))
-    for b0 in range(0, geo.batch, step):
-        yield b0, min(geo.batch, b0 + step)
-
-
-def _conv_forward(x, w, stride):
-    xp = xp_of(x)
-    geo = _Geometry(x.shape, w.shape, stride)
-    if _use_patches(xp, x.shape[3]):
-        w_mat = w.reshape(-1, w.shape[3])
-        out = xp.empty((geo.batch, geo.ho, geo.wo, w.shape[3]), dtype=x.dtype)
-        for b0, b1 in _patch_chunks(geo, x.shape[3], x.itemsize):
-            out[b0:b1] = (_patch_matrix(x[b0:b1], geo, b1 - b0) @ w_mat).reshape(b1 - b0, geo.ho, geo.wo, -1)
-        return out
-    terms = [(phase, row_off, col_off, w[i, j], 0) for i, j, phase, row_off, col_off in geo.taps()]
-    rows = _shifted_sum(geo.phases(x), terms, geo.rows, w.shape[3], xp, x.dtype)
-    return xp.ascontiguousarray(geo.from_rows(rows))
-
-
-def _conv_backward_input(g, w, stride, x_shape):
-    """The adjoint of ``_conv_forward`` with respect to its input."""
-    xp = xp_of(g)
-    geo = _Geometry(x_shape, w.shape, stride)
-    # Input row r of phase p received out row r - offset through each tap of
-    # phase p; all phases come out side by side as column blocks of one sum.
-    terms = [(0, -row_off, -col_off, w[i, j].T, phase) for i, j, phase, row_off, col_off in geo.taps()]
-    rows = _shifted_sum([geo.to_rows(g)], terms, geo.rows, x_shape[3], xp, g.dtype, n_out=stride * stride)
-    return xp.ascontiguousarray(geo.unphase(rows, x_shape[3]))
-
-
-def _conv_backward_weight(x, g, stride, w_shape):
-    """The gradient of ``_conv_forward`` with respect to its kernel."""
-    xp = xp_of(x)
-    geo = _Geometry(x.shape, w_shape, stride)
-    if _use_patches(xp, x.shape[3]):
-        dw = xp.zeros((geo.kh * geo.kw * x.shape[3], w_shape[3]), dtype=x.dtype)
-        for b0, b1 in _patch_chunks(geo, x.shape[3], x.itemsize):
-            dw += _patch_matrix(x[b0:b1], geo, b1 - b0).T @ g[b0:b1].reshape(-1, w_shape[3])
-        return dw.reshape(w_shape)
-    phases, g_rows = geo.phases(x), geo.to_rows(g)
+    x_pad = xp.pad(x, ((0, 0), *padding, (0, 0)))
     dw = xp.zeros(w_shape, dtype=x.dtype)
-    c_in = w_shape[2]
-    if xp is not np:
-        for i, j, phase, row_off, col_off in geo.taps():
-            off = row_off + col_off
-            dw[i, j] = phases[phase][off:].T @ g_rows[:geo.rows - off]
-        return dw
-    # CPUs: the buffer of column-shifted copies of _shifted_sum; per row
-    # offset, a slice of a block times the block of dy gives all of its taps.
-    taps = [(phase, row_off, col_off, i, j) for i, j, phase, row_off, col_off in geo.taps()]
-    pairs, index, spans = _pair_layout(taps)
-    lo_row, hi_row = min(spans), max(spans)
-    buf = xp.empty((BLOCK_ROWS + hi_row - lo_row, len(pairs) * c_in), dtype=x.dtype)
-    grads = {r: xp.zeros(((hi - lo) * c_in, w_shape[3]), dtype=x.dtype) for r, (lo, hi) in spans.items()}
-    for r0 in range(0, geo.rows, BLOCK_ROWS):
-        n = min(geo.rows, r0 + BLOCK_ROWS) - r0
-        block = _shifted_block(phases, pairs, r0 + lo_row, n + hi_row - lo_row, buf[:n + hi_row - lo_row])
-        for r, (lo, hi) in spans.items():
-            grads[r] += block[r - lo_row:r - lo_row + n, lo * c_in:hi * c_in].T @ g_rows[r0:r0 + n]
-    for phase, row_off, col_off, i, j in taps:
-        k = index[(phase, col_off)] - spans[row_off][0]
-        dw[i, j] = grads[row_off][k * c_in:(k + 1) * c_in]
+    dy_rows = dy.reshape(-1, w_shape[3])
+    for tap, window in windows.items():
+        dw[tap] = x_pad[window].reshape(-1, w_shape[2]).T @ dy_rows
     return dw
 
 
 @primitive
 def conv2d_same(x, w, stride=1):
     """SAME convolution without bias. x: (B, H, W, Cin), w: (kh, kw, Cin, Cout)."""
-    return _conv_forward(x, w, stride)
+    return _conv(x, w, stride)
 
 
 defvjp(conv2d_same,
-       lambda ans, x, w, stride=1: lambda g: _conv_backward_input(g, w, stride, x.shape),
-       lambda ans, x, w, stride=1: lambda g: _conv_backward_weight(x, g, stride, w.shape))
+       lambda ans, x, w, stride=1: lambda g: _conv_adjoint(g, w, stride, x.shape),
+       lambda ans, x, w, stride=1: lambda g: _conv_weight_grad(x, g, stride, w.shape))
 
 
 @primitive
@@ -538,12 +271,18 @@ def conv_transpose2d_same(x, w, stride=1):
     -> (B, H * stride, W * stride, Cout).
     """
     b, h, wd, _ = x.shape
-    return _conv_backward_input(x, w, stride, (b, h * stride, wd * stride, w.shape[2]))
+    return _conv_adjoint(x, w, stride, (b, h * stride, wd * stride, w.shape[2]))
 
 
+# The adjoint's own gradients: conv in its input, and the weight gradient of
+# conv with the roles of input and output exchanged.
 defvjp(conv_transpose2d_same,
-       lambda ans, x, w, stride=1: lambda g: _conv_forward(g, w, stride),
-       lambda ans, x, w, stride=1: lambda g: _conv_backward_weight(g, x, stride, w.shape))
+       lambda ans, x, w, stride=1: lambda g: _conv(g, w, stride),
+       lambda ans, x, w, stride=1: lambda g: _conv_weight_grad(g, x, stride, w.shape))
+
+# With their gradients defined, both may be replaced by registered fast kernels.
+conv2d_same = replaceable(conv2d_same)
+conv_transpose2d_same = replaceable(conv_transpose2d_same)
 
 
 def init_conv2d(rng, kernel: int, c_in: int, c_out: int) -> dict:
@@ -575,53 +314,6 @@ def conv_transpose2d(params: dict, x, stride: int = 1):
     """SAME transposed convolution with bias. x: (B, H, W, Cin) -> (B, H*s, W*s, Cout)."""
     _check_image("conv_transpose2d", x, params["w"].shape[3])
     return conv_transpose2d_same(x, params["w"], stride) + params["b"]
-
-
-@functools.lru_cache(maxsize=32)
-def _broadcast_taps(in_size: tuple[int, int], kernel: tuple[int, int], stride: int, xp=np, dtype="float64"):
-    """(H_out * W_out, kh * kw): 1 where kernel tap (a, b) of a SAME transposed
-    convolution reaches output pixel (i, j) from inside an input of ``in_size``.
-
-    Read off the transposed convolution itself (an all-ones input and a one-hot
-    kernel per tap), so it holds whatever the padding and stride conventions are.
-    Made once per shape, backend and dtype, on the device it is used on.
-    """
-    kh, kw = kernel
-    ones = xp.ones((1, *in_size, 1), dtype=dtype)
-    taps = []
-    for t in range(kh * kw):
-        one_hot = xp.zeros((kh * kw, 1, 1), dtype=dtype)
-        one_hot[t] = 1.0
-        taps.append(_conv_backward_input(ones, one_hot.reshape(kh, kw, 1, 1), stride,
-                                         (1, in_size[0] * stride, in_size[1] * stride, 1)).reshape(-1))
-    return xp.stack(taps, axis=1)
-
-
-def conv_transpose2d_broadcast(params: dict, vectors, embedding, stride: int = 1):
-    """``conv_transpose2d(params, broadcast(vectors) + embedding, stride)`` without the broadcast.
-
-    The spatial broadcast decoder's first layer sees each slot copied to every
-    pixel plus a position embedding shared by all slots. The transposed
-    convolution is linear, so it splits: the embedding's part is computed once,
-    and a slot's part at output pixel p is slot @ (sum of the kernel taps that
-    reach p), a (D x C_out) matrix per pixel (``_broadcast_taps``). For the
-    Tetrominoes decoder (N = 128 slot images, 35x35, 64 -> 32 channels) that is
-    0.8 GFLOP instead of 16. vectors (N, D), embedding (1, h, w, D) -> (N, h*s, w*s, C_out).
-    The plain composition is its test oracle (``tests/test_layers.py``).
-    """
-    w = params["w"]                                                    # (kh, kw, C_out, D)
-    kh, kw, c_out, d = w.shape
-    _check(vectors.ndim == 2 and vectors.shape[1] == d and embedding.ndim == 4 and embedding.shape[0] == 1
-           and embedding.shape[3] == d,
-           f"conv_transpose2d_broadcast expects vectors (N, {d}) and an embedding (1, h, w, {d}), "
-           f"got {tuple(vectors.shape)} and {tuple(embedding.shape)}")
-    h, wd = embedding.shape[1] * stride, embedding.shape[2] * stride
-    dtype = str(getval(vectors).dtype)
-    taps = _broadcast_taps(tuple(embedding.shape[1:3]), (kh, kw), stride, xp_of(vectors), dtype)
-    per_pixel = taps @ w.reshape(kh * kw, c_out * d)                  # (H*W, C_out*D): summed taps
-    per_pixel = anp.swapaxes(per_pixel.reshape(h * wd * c_out, d), 0, 1)  # (D, H*W*C_out)
-    out = (vectors @ per_pixel).reshape(vectors.shape[0], h, wd, c_out)
-    return out + conv_transpose2d_same(embedding, w, stride) + params["b"]
 
 
 # --------------------------------------------------------------------------
@@ -660,3 +352,18 @@ def spatial_broadcast(slots, resolution: tuple[int, int]):
     xp = xp_of(slots)
     flat = slots.reshape(b * k, 1, 1, d)
     return flat * xp.ones((1, resolution[0], resolution[1], 1), dtype=flat.dtype)
+
+
+def check_slots(name, slots):
+    _check(slots.ndim == 3, f"{name} expects slots (B, K, D), got shape {tuple(slots.shape)}")
+
+
+@replaceable
+def broadcast_embed_conv_transpose2d(embed_params: dict, conv_params: dict, slots, resolution, stride: int = 1):
+    """The spatial broadcast decoder's first three rows (Tables 6, 7): Spatial
+    Broadcast, Position Embed, then the first transposed convolution.
+    slots (B, K, D) -> (B*K, h*s, w*s, C) for ``resolution`` (h, w)."""
+    check_slots("broadcast_embed_conv_transpose2d", slots)
+    x = spatial_broadcast(slots, resolution)           # (B*K, h, w, D)
+    x = soft_position_embed(embed_params, x)           # (B*K, h, w, D)
+    return conv_transpose2d(conv_params, x, stride)    # (B*K, h*s, w*s, C)

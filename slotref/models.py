@@ -17,13 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from autograd.tracer import getval
 
 from slotref import backend, paper
 from slotref.backend import relu, sigmoid, xp_of
-from slotref.layers import (build_grid, conv2d, conv_transpose2d, conv_transpose2d_broadcast, init_conv2d,
+from slotref.layers import (broadcast_embed_conv_transpose2d, conv2d, conv_transpose2d, init_conv2d,
                             init_conv_transpose2d, init_layer_norm, init_mlp, init_soft_position_embed, layer_norm,
-                            linear, mlp, soft_position_embed, softmax, spatial_flatten, torch_default_init)
+                            mlp, soft_position_embed, softmax, spatial_flatten)
 from slotref.slot_attention import (SlotAttentionConfig, init_slot_attention, sample_initial_slots,
                                     slot_attention)
 
@@ -156,21 +155,22 @@ def init_decoder(rng, config: ModelConfig) -> dict:
 
 
 def decoder(params: dict, slots, config: ModelConfig):
-    """Slots (B, K, D) -> per-slot RGB (B, K, H, W, 3) and alpha logits (B, K, H, W, 1)."""
-    b, k, d = slots.shape
+    """Slots (B, K, D) -> per-slot RGB (B, K, H, W, 3) and alpha logits (B, K, H, W, 1).
+
+    Table 6 (CLEVR) or Table 7, row by row.
+    """
+    b, k, _ = slots.shape
     init_res = config.resolution if config.decoder == "full" else config.decoder_init_resolution
-    specs = decoder_layers(config)
-    # The first layer sees spatial_broadcast(slots) + the position embedding;
-    # conv_transpose2d_broadcast computes it without building the broadcast.
-    grid = build_grid(init_res[0], init_res[1], xp_of(slots), getval(slots).dtype)
-    embedding = linear(params["position_embed"], grid).reshape(1, *init_res, d)   # (1, h0, w0, D)
-    x = conv_transpose2d_broadcast(params["deconvs"][0], slots.reshape(b * k, d), embedding, specs[0][1])
-    for layer, (_, stride, _) in zip(params["deconvs"][1:], specs[1:]):
-        x = conv_transpose2d(layer, relu(x), stride)           # (B*K, h, w, c)
+    rows = decoder_layers(config)                               # the table's Conv rows: (kernel, stride, channels)
+    deconvs = params["deconvs"]
+    # Spatial Broadcast, Position Embedding and the first Conv row: (B*K, h, w, c).
+    x = broadcast_embed_conv_transpose2d(params["position_embed"], deconvs[0], slots, init_res, rows[0][1])
+    for layer, (_, stride, _) in zip(deconvs[1:], rows[1:]):   # the other Conv rows, after the ReLU of the previous
+        x = conv_transpose2d(layer, relu(x), stride)            # (B*K, h, w, c); the last row: c = 4, no ReLU
     h, w = x.shape[1], x.shape[2]
     x = x.reshape(b, k, h, w, 4)                                # (B, K, H, W, 4)
-    rgb = backend.index(x, (Ellipsis, slice(0, 3)))             # (B, K, H, W, 3)
-    alpha_logits = backend.index(x, (Ellipsis, slice(3, 4)))    # (B, K, H, W, 1)
+    rgb = backend.index(x, (Ellipsis, slice(0, 3)))             # Split Channels: RGB (B, K, H, W, 3)
+    alpha_logits = backend.index(x, (Ellipsis, slice(3, 4)))    # and alpha mask (B, K, H, W, 1)
     return rgb, alpha_logits
 
 
@@ -210,6 +210,32 @@ def slot_mlp(params: dict, images, config: ModelConfig):
 
 # --------------------------------------------------------------------------
 # The two models.
+
+def torch_default_init(rng: np.random.Generator, params):
+    """The same parameter tree redrawn with PyTorch's default initialisers.
+
+    PyTorch's nn.Linear / nn.Conv2d / nn.ConvTranspose2d draw kernels and biases
+    from U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5));
+    nn.GRUCell draws everything from U(-1/sqrt(hidden), 1/sqrt(hidden)).
+    Kernels here are (d_in, d_out), (k, k, c_in, c_out) or, transposed,
+    (k, k, c_out, c_in): PyTorch's fan_in is k * k * shape[2] for both 4-D forms.
+    LayerNorm and the slot distribution keep their values. For comparing with
+    PyTorch implementations (``--init torch``); the default is Glorot (Keras).
+    """
+    if isinstance(params, list):
+        return [torch_default_init(rng, p) for p in params]
+    if not isinstance(params, dict):
+        return params
+    if "w_hidden" in params:  # GRU cell
+        bound = 1.0 / np.sqrt(params["w_hidden"].shape[0])
+        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
+    if "w" in params:  # linear or convolution
+        w = params["w"]
+        fan_in = w.shape[0] if w.ndim == 2 else w.shape[0] * w.shape[1] * w.shape[2]
+        bound = 1.0 / np.sqrt(fan_in)
+        return {k: rng.uniform(-bound, bound, size=v.shape) for k, v in params.items()}
+    return {k: torch_default_init(rng, v) for k, v in params.items()}
+
 
 def init_model(rng, config: ModelConfig) -> dict:
     """All parameters of the model described by ``config`` (host NumPy, float64)."""

@@ -9,7 +9,16 @@ runs, on the chosen device, for every layer and for the Slot Attention module:
 2. ``numpy float64``: forward output and every gradient against the NumPy
    run on the same inputs (relative error < 1e-9);
 3. ``numpy float32``: the same in float32; the error is reported, and fails
-   only above 1e-3 (float32 GEMMs on a GPU sum in another order than BLAS).
+   only above 1e-3 (float32 GEMMs on a GPU sum in another order than BLAS);
+4. ``kernel==spec`` (layers with a fast kernel of ``slotref.kernels``): the
+   fast kernel against the specification of ``slotref.layers``, forward and
+   every gradient, float64, both on the device (relative error < 1e-9).
+
+Then, for one training step of every task (set prediction, the three
+discovery architectures, the Slot MLP): the loss and every gradient on the
+device against NumPy (float64 < 1e-9; float32 reported, fails above 1e-3);
+and Proposition 1 on the device: Slot Attention is equivariant to permuting
+the initial slots and invariant to permuting the inputs (float64, < 1e-10).
 
 Relative errors are ``max |a - b| / max |b|`` per array (for a gradient, the
 denominator at least 1e-3 of the largest gradient entry, so that a gradient
@@ -28,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 from autograd import value_and_grad
 
-from slotref import backend, layers
+from slotref import backend, kernels, layers
 from slotref import slot_attention as sa
 from slotref.backend import Backend, get_backend, to_float, to_host, tree_leaves, tree_map
 
@@ -36,6 +45,7 @@ FD_STEP = 1e-5
 FD_TOLERANCE = 1e-5
 FLOAT64_TOLERANCE = 1e-9
 FLOAT32_TOLERANCE = 1e-3
+PROPOSITION1_TOLERANCE = 1e-10
 
 
 @dataclasses.dataclass
@@ -46,18 +56,27 @@ class Case:
     fn: Callable
     params: Any
     inputs: tuple
+    kernel: bool = False            # runs through a registered fast kernel: compare it with the specification
 
 
 def _conv_case(rng, kernel, stride, shape, c_out):
     b, h, w, c_in = shape
     return Case(f"conv2d k{kernel} s{stride} {h}x{w}", lambda p, x: layers.conv2d(p, x, stride),
-                layers.init_conv2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),))
+                layers.init_conv2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),), kernel=True)
 
 
 def _conv_t_case(rng, kernel, stride, shape, c_out):
     b, h, w, c_in = shape
     return Case(f"conv_transpose2d k{kernel} s{stride} {h}x{w}", lambda p, x: layers.conv_transpose2d(p, x, stride),
-                layers.init_conv_transpose2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),))
+                layers.init_conv_transpose2d(rng, kernel, c_in, c_out), (rng.standard_normal(shape),), kernel=True)
+
+
+def _broadcast_case(rng, kernel, stride, resolution, d, c_out):
+    h, w = resolution
+    return Case(f"broadcast_embed_conv_t k{kernel} s{stride} {h}x{w}",
+                lambda p, slots: layers.broadcast_embed_conv_transpose2d(p[0], p[1], slots, resolution, stride),
+                [layers.init_soft_position_embed(rng, d), layers.init_conv_transpose2d(rng, kernel, d, c_out)],
+                (rng.standard_normal((2, 2, d)),), kernel=True)
 
 
 def _randomize(rng, tree):
@@ -89,12 +108,8 @@ def layer_cases(seed: int = 0) -> list[Case]:
         _conv_case(rng, 1, 2, (1, 4, 5, 2), 2),
         _conv_t_case(rng, 5, 2, (1, 3, 4, 3), 2),
         _conv_t_case(rng, 3, 1, (2, 4, 5, 2), 3),
-        Case("conv_t_broadcast k5 s1 3x4",
-             lambda p, v, e: layers.conv_transpose2d_broadcast(p, v, e, 1),
-             layers.init_conv_transpose2d(rng, 5, 3, 2), (normal((4, 3)), normal((1, 3, 4, 3)))),
-        Case("conv_t_broadcast k5 s2 2x3",
-             lambda p, v, e: layers.conv_transpose2d_broadcast(p, v, e, 2),
-             layers.init_conv_transpose2d(rng, 5, 3, 2), (normal((3, 3)), normal((1, 2, 3, 3)))),
+        _broadcast_case(rng, 5, 1, (3, 4), 3, 2),
+        _broadcast_case(rng, 5, 2, (2, 3), 3, 2),
         Case("soft_position_embed", layers.soft_position_embed, layers.init_soft_position_embed(rng, 3),
              (normal((2, 5, 4, 3)),)),
         Case("spatial_broadcast+flatten",
@@ -217,16 +232,117 @@ def compare_with_numpy(b: Backend, case: Case, r: np.ndarray) -> tuple[float, st
     return worst, worst_path, problems
 
 
+def compare_kernels(b: Backend, case: Case, r: np.ndarray) -> tuple[float, str]:
+    """Worst relative error of the fast kernels' forward output and gradients against the
+    specification's, both on ``b``."""
+    results = []
+    for choice in ("fast", "reference"):
+        with kernels.using(choice):
+            loss, wrt = _on(b, case, r)
+            out = case.fn(*wrt[:1], *wrt[1])
+            results.append((out, value_and_grad(loss)(wrt)[1]))
+    (out_f, grads_f), (out_r, grads_r) = results
+    worst, worst_path = _rel_err(out_f, out_r), "output"
+    floor = 1e-3 * max((_max_abs(g) for _, g in tree_leaves(grads_r)), default=0.0)
+    for (path, g_f), (_, g_r) in zip(tree_leaves(grads_f), tree_leaves(grads_r)):
+        err = _rel_err(g_f, g_r, floor)
+        if err >= worst:
+            worst, worst_path = err, f"d/d {_label(path)}"
+    return worst, worst_path
+
+
+# --------------------------------------------------------------------------
+# A training step of every task, and Proposition 1.
+
+# (name, task, dataset, batch): the paper's configurations; ``small`` versions for CPUs.
+STEP_CASES = [("setpred", "setpred", 128, 2), ("tetrominoes", "discovery", "tetrominoes", 2),
+              ("multi-dsprites", "discovery", "multi-dsprites", 2), ("clevr6", "discovery", "clevr6", 1),
+              ("slot-mlp setpred", "setpred", 128, 2), ("slot-mlp tetrominoes", "discovery", "tetrominoes", 2)]
+
+
+def step_problem(name: str, task: str, dataset, batch: int, small: bool = False, seed: int = 0):
+    """(loss(params), host float64 parameters) of one synthetic batch; ``small``: set prediction
+    at 32x32 and the CLEVR6 decoder broadcast to 2x2 (32x32 images), batch 1."""
+    from slotref.losses import hungarian_huber_loss, mse
+    from slotref.models import autoencoder, discovery_config, init_model, set_prediction, setpred_config
+
+    model = {"model": "slot-mlp"} if name.startswith("slot-mlp") else {}
+    if task == "setpred":
+        config = setpred_config(32 if small else dataset, **model)
+    elif small and dataset == "clevr6":
+        config = discovery_config(dataset, resolution=(32, 32), decoder_init_resolution=(2, 2), **model)
+    else:
+        config = discovery_config(dataset, **model)
+    batch = 1 if small else batch
+    rng = backend.host_rng(seed)
+    # Off the zero biases (ReLU kinks), by less than _randomize: large weights saturate the deep models.
+    params = tree_map(lambda a: a + 0.05 * rng.standard_normal(np.shape(a)), init_model(rng, config))
+    images = rng.uniform(-1.0, 1.0, (batch, *config.resolution, 3))
+    noise = rng.standard_normal((batch, config.num_slots, config.slot_attention.slot_size))
+    targets = np.zeros((batch, config.num_slots, 19))
+    targets[:, :3] = rng.uniform(0.0, 1.0, (batch, 3, 19))
+    targets[:, :3, -1] = 1.0
+
+    def loss(b: Backend):
+        x, z, t = b.asarray(images), b.asarray(noise), b.asarray(targets)
+        if task == "setpred":
+            return lambda p: hungarian_huber_loss(set_prediction(p, x, z, config), t)
+        return lambda p: mse(autoencoder(p, x, z, config)["recon_combined"], x)
+    return loss, params
+
+
+def compare_step(b: Backend, loss, params) -> tuple[float, str]:
+    """Worst relative error of the loss and every gradient of one training step on ``b`` against NumPy."""
+    runs = []
+    for bk in (Backend("cpu", np, b.dtype), b):
+        value, grads = value_and_grad(loss(bk))(bk.tree_asarray(params))
+        runs.append((to_float(value), grads))
+    (value_h, grads_h), (value_d, grads_d) = runs
+    worst, worst_path = abs(value_d - value_h) / max(abs(value_h), 1e-30), "loss"
+    floor = 1e-3 * max(_max_abs(g) for _, g in tree_leaves(grads_h))
+    for (path, g_d), (_, g_h) in zip(tree_leaves(grads_d), tree_leaves(grads_h)):
+        err = _rel_err(g_d, g_h, floor)
+        if err >= worst:
+            worst, worst_path = err, f"d/d {path}"
+    return worst, worst_path
+
+
+def proposition1_errors(b: Backend, seed: int = 3) -> tuple[float, float]:
+    """Proposition 1 on ``b``: (max error of slots under a permutation of the initial slots,
+    max error of slots and attention under a permutation of the inputs), float64."""
+    b = dataclasses.replace(b, dtype=np.dtype(np.float64))
+    rng = backend.host_rng(seed)
+    config = sa.SlotAttentionConfig()
+    params = b.tree_asarray(sa.init_slot_attention(rng, config))
+    x, slots = rng.standard_normal((2, 256, 64)), rng.standard_normal((2, 7, 64))
+    pi_inputs, pi_slots = rng.permutation(256), rng.permutation(7)
+    out, attn = sa.slot_attention(params, b.asarray(x), b.asarray(slots), 3, config, True)
+    out_p, attn_p = sa.slot_attention(params, b.asarray(x[:, pi_inputs]), b.asarray(slots[:, pi_slots]), 3,
+                                      config, True)
+    out, attn, out_p, attn_p = (to_host(a) for a in (out, attn, out_p, attn_p))
+    equivariance = float(np.max(np.abs(out[:, pi_slots] - out_p)))
+    invariance = float(np.max(np.abs(attn[:, :, pi_inputs][:, :, :, pi_slots] - attn_p)))
+    return equivariance, invariance
+
+
 # --------------------------------------------------------------------------
 
 def run_selfcheck(device: str | Backend = "cpu", out: Callable[[str], Any] = print,
-                  cases: list[Case] | None = None) -> bool:
-    """Run the checks on ``device`` ('cpu', 'gpu' or a ``Backend``); True if all pass."""
+                  cases: list[Case] | None = None, steps: list | None = None, small_steps: bool | None = None,
+                  proposition1: bool = True) -> bool:
+    """Run the checks on ``device`` ('cpu', 'gpu' or a ``Backend``); True if all pass.
+
+    ``steps``: entries of ``STEP_CASES`` (default: all); ``small_steps``: their small versions
+    (default: on NumPy, where the paper's sizes take minutes).
+    """
     b = _as_backend(device)
     b64 = dataclasses.replace(b, dtype=np.dtype(np.float64))
     b32 = dataclasses.replace(b, dtype=np.dtype(np.float32))
     cases = layer_cases() if cases is None else cases
-    out(f"selfcheck on device {b.device!r} ({getattr(b.xp, '__name__', b.xp)}), {len(cases)} layers")
+    steps = STEP_CASES if steps is None else steps
+    small_steps = b.xp is np if small_steps is None else small_steps
+    out(f"selfcheck on device {b.device!r} ({getattr(b.xp, '__name__', b.xp)}), {len(cases)} layers, "
+        f"{len(steps)} training steps, kernels: {kernels.active()}")
     all_pass = True
 
     def report(ok: bool, name: str, check: str, text: str):
@@ -253,5 +369,26 @@ def run_selfcheck(device: str | Backend = "cpu", out: Callable[[str], Any] = pri
                 report(err < tolerance and not problems, case.name, check, text)
             except Exception as exc:
                 report(False, case.name, check, f"{type(exc).__name__}: {exc}")
+        if case.kernel:
+            try:
+                err, path = compare_kernels(b64, case, r)
+                report(err < FLOAT64_TOLERANCE, case.name, "kernel==spec", f"rel err {err:.1e} (worst: {path})")
+            except Exception as exc:
+                report(False, case.name, "kernel==spec", f"{type(exc).__name__}: {exc}")
+    for name, task, dataset, batch in steps:
+        label = f"step {name}" + (" (small)" if small_steps else "")
+        for bk, tolerance in ((b64, FLOAT64_TOLERANCE), (b32, FLOAT32_TOLERANCE)):
+            try:
+                err, path = compare_step(bk, *step_problem(name, task, dataset, batch, small_steps))
+                report(err < tolerance, label, f"numpy {bk.dtype}", f"rel err {err:.1e} (worst: {path})")
+            except Exception as exc:
+                report(False, label, f"numpy {bk.dtype}", f"{type(exc).__name__}: {exc}")
+    if proposition1:
+        try:
+            equivariance, invariance = proposition1_errors(b)
+            report(max(equivariance, invariance) < PROPOSITION1_TOLERANCE, "slot_attention", "Proposition 1",
+                   f"slot permutation err {equivariance:.1e}, input permutation err {invariance:.1e}")
+        except Exception as exc:
+            report(False, "slot_attention", "Proposition 1", f"{type(exc).__name__}: {exc}")
     out(f"selfcheck {'PASSED' if all_pass else 'FAILED'}")
     return all_pass

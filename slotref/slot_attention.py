@@ -131,14 +131,6 @@ def slot_noise(rng, batch: int, num_slots: int, slot_size: int, dtype) -> object
     return rng.standard_normal((batch, num_slots, slot_size), dtype=dtype)
 
 
-def _norm(params, name, x, config):
-    return layer_norm(params[name], x) if config.layer_norms else x
-
-
-def _project(params, name, x, config):
-    return linear(params[name], x) if config.projections == "linear" else x
-
-
 def slot_attention(params: dict, inputs, slots, num_iterations: int = 3,
                    config: SlotAttentionConfig = SlotAttentionConfig(), return_attention: bool = False):
     """Run Algorithm 1 for ``num_iterations`` steps from the initial ``slots``.
@@ -149,9 +141,6 @@ def slot_attention(params: dict, inputs, slots, num_iterations: int = 3,
     softmax axis; over inputs under that ablation).
     """
     _check_call(params, inputs, slots, num_iterations, config)
-    xp = xp_of(inputs)
-    d = config.slot_size
-    scale = d ** -0.5 if config.temperature == "sqrt_d" else 1.0
     attention_maps = []
 
     inputs = _norm(params, "norm_inputs", inputs, config)              # line 3. (B, N, D_in)
@@ -161,34 +150,71 @@ def slot_attention(params: dict, inputs, slots, num_iterations: int = 3,
     for _ in range(num_iterations):                                    # line 4
         slots_prev = slots                                             # line 5. (B, K, D)
         slots = _norm(params, "norm_slots", slots, config)             # line 6. (B, K, D)
-        q = _project(params, "project_q", slots, config)               # (B, K, D)
-        logits = scale * (k @ anp.swapaxes(q, 1, 2))                   # (B, N, K)
-        attn = softmax(logits, axis=2 if config.softmax_axis == "slots" else 1)  # line 7. (B, N, K)
+        attn = _attention(params, k, slots, config)                    # line 7. (B, N, K)
         attention_maps.append(attn)
-
-        # Line 8: updates = WeightedMean(weights=attn + eps, values=v).
-        if config.aggregation == "mean" and config.epsilon_placement == "attention":
-            attn = attn + config.epsilon                               # (B, N, K)
-            attn = attn / backend.sum(attn, axis=1, keepdims=True)     # (B, N, K) normalised over inputs
-        elif config.aggregation == "mean":
-            attn = attn / (backend.sum(attn, axis=1, keepdims=True) + config.epsilon)  # (B, N, K)
-        updates = anp.swapaxes(attn, 1, 2) @ v                                    # (B, K, D)
-        if config.aggregation == "sum_layernorm":
-            updates = layer_norm(params["norm_updates"], updates)     # (B, K, D)
-
-        if config.update == "gru":                                     # line 9. (B, K, D)
-            b, n_slots = updates.shape[0], updates.shape[1]
-            slots = gru_cell(params["gru"], updates.reshape(b * n_slots, d),
-                             slots_prev.reshape(b * n_slots, d)).reshape(b, n_slots, d)
-        else:
-            slots = updates                                            # (B, K, D)
-        if config.residual_mlp:                                        # line 10. (B, K, D)
-            slots = slots + mlp(params["mlp"], _norm(params, "norm_mlp", slots, config))  # (B, K, D)
+        updates = _weighted_mean(params, attn, v, config)              # line 8. (B, K, D)
+        slots = _update(params, slots_prev, updates, config)           # line 9. (B, K, D)
+        slots = _residual_mlp(params, slots, config)                   # line 10. (B, K, D)
 
     if not return_attention:
         return slots                                                   # line 11. (B, K, D)
     empty = (inputs.shape[0], 0, inputs.shape[1], slots.shape[1])   # T = 0: (B, 0, N, K)
-    return slots, _stack(attention_maps, xp, empty, getval(inputs).dtype)  # (B, T, N, K)
+    return slots, _stack(attention_maps, xp_of(inputs), empty, getval(inputs).dtype)  # (B, T, N, K)
+
+
+# --------------------------------------------------------------------------
+# The lines of Algorithm 1, each with its appendix-B ablations.
+
+def _norm(params, name, x, config):
+    """LayerNorm (lines 3, 6, 10); Figure 13 removes all three."""
+    return layer_norm(params[name], x) if config.layer_norms else x
+
+
+def _project(params, name, x, config):
+    """The k, q, v projections; identity for soft k-means."""
+    return linear(params[name], x) if config.projections == "linear" else x
+
+
+def _attention(params, k, slots, config):
+    """Line 7: Softmax(1/sqrt(D) k(inputs) . q(slots)^T) over slots. Figure 10 normalises
+    over inputs instead, Figure 15 drops the 1/sqrt(D). k: (B, N, D), slots: (B, K, D) -> (B, N, K)."""
+    scale = config.slot_size ** -0.5 if config.temperature == "sqrt_d" else 1.0
+    q = _project(params, "project_q", slots, config)                   # (B, K, D)
+    logits = scale * (k @ anp.swapaxes(q, 1, 2))                       # (B, N, K)
+    return softmax(logits, axis=2 if config.softmax_axis == "slots" else 1)
+
+
+def _weighted_mean(params, attn, v, config):
+    """Line 8: WeightedMean(weights=attn + eps, values=v(inputs)): (B, N, K), (B, N, D) -> (B, K, D).
+
+    Figure 16 adds eps to the mean's denominator instead; Figure 7 takes the
+    weighted sum, alone or followed by a LayerNorm.
+    """
+    if config.aggregation == "mean" and config.epsilon_placement == "attention":
+        attn = attn + config.epsilon                                   # (B, N, K)
+        attn = attn / backend.sum(attn, axis=1, keepdims=True)         # (B, N, K) normalised over inputs
+    elif config.aggregation == "mean":
+        attn = attn / (backend.sum(attn, axis=1, keepdims=True) + config.epsilon)  # (B, N, K)
+    updates = anp.swapaxes(attn, 1, 2) @ v                             # (B, K, D)
+    if config.aggregation == "sum_layernorm":
+        updates = layer_norm(params["norm_updates"], updates)         # (B, K, D)
+    return updates
+
+
+def _update(params, slots_prev, updates, config):
+    """Line 9: GRU(state=slots_prev, inputs=updates); Figure 11 takes the updates as the new slots."""
+    if config.update == "none":
+        return updates
+    b, n_slots, d = updates.shape
+    return gru_cell(params["gru"], updates.reshape(b * n_slots, d),
+                    slots_prev.reshape(b * n_slots, d)).reshape(b, n_slots, d)
+
+
+def _residual_mlp(params, slots, config):
+    """Line 10: slots += MLP(LayerNorm(slots)); Figure 14 removes it."""
+    if not config.residual_mlp:
+        return slots
+    return slots + mlp(params["mlp"], _norm(params, "norm_mlp", slots, config))
 
 
 def _stack(maps, xp, empty_shape, dtype):

@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 
-from slotref import bench, layers
+from slotref import bench, kernels, layers
+from slotref.kernels import conv
 from slotref.backend import get_backend
 from slotref.bench import ConvTimer, conv_flops
 
@@ -14,7 +15,7 @@ from slotref.bench import ConvTimer, conv_flops
 def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
     x = np.ones((2, 24, 24, 16), np.float32)      # big enough that the printed GFLOP/s has digits
     w = np.ones((3, 3, 16, 16), np.float32)
-    with ConvTimer(np) as timer:
+    with kernels.using("fast"), ConvTimer(np) as timer:
         layers.conv2d_same(x, w, 1)
         layers.conv2d_same(x, w, 1)                  # a second layer of the same shape
         layers.conv2d_same(x[:1], w, 1)
@@ -28,7 +29,7 @@ def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
     rate = float(re.split(r"\s+", row.split("forward")[1].strip())[1])
     np.testing.assert_allclose(rate, 2 * conv_flops(2, 24, 24, 3, 16, 16) / seconds / 1e9, rtol=0.01)
     # the patched functions are restored
-    assert layers._conv_forward.__name__ == "_conv_forward"
+    assert conv._conv_forward.__name__ == "_conv_forward"
 
 
 def test_gemm_shapes_report_the_rate_of_each_product(monkeypatch):
@@ -41,7 +42,7 @@ def test_gemm_shapes_report_the_rate_of_each_product(monkeypatch):
     monkeypatch.setattr(bench, "GEMM_SHAPES", [("thin", 160, 32), ("square", 64, 64)])
     lines = []
     rows = bench.bench_gemm_shapes(get_backend("cpu", "float32"), peak=100.0, echo=lines.append)
-    m = layers.BLOCK_ROWS + 4 * 64
+    m = conv.BLOCK_ROWS + 4 * 64
     assert [r["gflops"] for r in rows] == [2 * m * 160 * 32 / 1e-3 / 1e9, 2 * m * 64 * 64 / 1e-3 / 1e9]
     assert len(calls) == 2 and "thin" in lines[1] and f"{m}x160 @ 160x32" in lines[1]
     calls[0]()                                          # the timed function runs the product

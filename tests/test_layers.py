@@ -1,4 +1,5 @@
-"""Specification of the hand-written layers (slotref/layers.py).
+"""Specification of the hand-written layers (slotref/layers.py), run as written
+(``kernels.using("reference")``; tests/test_kernels.py holds the fast kernels to it).
 
 - every layer's gradient against central finite differences in float64
   (``autograd.test_util.check_grads``: a random projection of the VJP against
@@ -12,7 +13,6 @@
   initialisers.
 """
 
-import contextlib
 import math
 import re
 
@@ -24,13 +24,20 @@ from autograd.test_util import check_grads
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slotref import backend, layers
+from slotref import backend, kernels, layers
 
 seeds = st.integers(0, 2**32 - 1)
-kernels = st.sampled_from([1, 3, 5])
+kernel_sizes = st.sampled_from([1, 3, 5])
 strides = st.sampled_from([1, 2])
 small = st.integers(1, 4)
 spatial = st.integers(1, 7)  # odd and even sizes
+
+
+@pytest.fixture(autouse=True)
+def specification():
+    """Every test here runs the functions of slotref/layers.py, not a registered fast kernel."""
+    with kernels.using("reference"):
+        yield
 
 
 def check_all_grads(f, *args):
@@ -45,19 +52,12 @@ def normal(rng, *shape):
 # --------------------------------------------------------------------------
 # Naive reference implementations, traced by autograd.
 
-def tf_same(size, kernel, stride):
-    """TF SAME padding, written from its definition: out = ceil(in / s), extra pixel after."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return out, total // 2, total - total // 2
-
-
 def naive_conv2d(x, w, stride):
     """SAME convolution as a loop over kernel taps, each a strided slice of the padded input."""
     _, h, wd, _ = x.shape
     kh, kw, _, _ = w.shape
-    ho, pt, pb = tf_same(h, kh, stride)
-    wo, pl, pr = tf_same(wd, kw, stride)
+    ho, pt, pb = layers.same_padding(h, kh, stride)
+    wo, pl, pr = layers.same_padding(wd, kw, stride)
     x_pad = anp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), "constant")
     out = 0.0
     for i in range(kh):
@@ -71,8 +71,8 @@ def loop_conv2d(x, w, stride):
     """SAME convolution as a plain loop over output positions (NumPy, forward only)."""
     b, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    ho, pt, pb = tf_same(h, kh, stride)
-    wo, pl, pr = tf_same(wd, kw, stride)
+    ho, pt, pb = layers.same_padding(h, kh, stride)
+    wo, pl, pr = layers.same_padding(wd, kw, stride)
     x_pad = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     out = np.zeros((b, ho, wo, c_out))
     for y in range(ho):
@@ -90,8 +90,8 @@ def naive_conv_transpose2d(x, w, stride):
     b, h, wd, _ = x.shape
     kh, kw, c_out, _ = w.shape
     out_h, out_w = h * stride, wd * stride
-    _, pt, _ = tf_same(out_h, kh, stride)
-    _, pl, _ = tf_same(out_w, kw, stride)
+    _, pt, _ = layers.same_padding(out_h, kh, stride)
+    _, pl, _ = layers.same_padding(out_w, kw, stride)
     full_h, full_w = out_h + kh - 1, out_w + kw - 1
     # Zero insertion: u[:, s*a, s*c] = contribution[:, a, c], zeros between.
     corner = np.zeros((1, 1, stride, 1, stride, 1))
@@ -195,7 +195,7 @@ def test_gru_cell_gradient_matches_finite_differences(seed, batch, d_in, d_hidde
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=st.integers(1, 3),
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides)
+       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides)
 def test_conv2d_gradient_matches_finite_differences(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     params = layers.init_conv2d(rng, kernel, c_in, c_out)
@@ -204,7 +204,7 @@ def test_conv2d_gradient_matches_finite_differences(seed, batch, h, w, c_in, c_o
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=st.integers(1, 3),
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides)
+       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides)
 def test_conv_transpose2d_gradient_matches_finite_differences(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     params = layers.init_conv_transpose2d(rng, kernel, c_in, c_out)
@@ -226,89 +226,46 @@ def test_spatial_broadcast_and_flatten_gradients_match_finite_differences(seed, 
     check_all_grads(lambda s: layers.spatial_flatten(layers.spatial_broadcast(s, (h, w))), normal(rng, batch, k, d))
 
 
-@given(seed=seeds, n=st.integers(1, 3), d=small, c_out=small, h=st.integers(1, 5), w=st.integers(1, 5),
-       kernel=kernels, stride=strides)
-def test_conv_transpose2d_broadcast_gradient_matches_finite_differences(seed, n, d, c_out, h, w, kernel, stride):
+@given(seed=seeds, batch=st.integers(1, 2), k=st.integers(1, 3), d=small, c_out=small, h=st.integers(1, 4),
+       w=st.integers(1, 4), kernel=kernel_sizes, stride=strides)
+def test_broadcast_embed_conv_transpose2d_gradient_matches_finite_differences(seed, batch, k, d, c_out, h, w,
+                                                                              kernel, stride):
     rng = np.random.default_rng(seed)
-    params = layers.init_conv_transpose2d(rng, kernel, d, c_out)
-    params["b"] = normal(rng, c_out)
-    check_all_grads(lambda p, v, e: layers.conv_transpose2d_broadcast(p, v, e, stride),
-                    params, normal(rng, n, d), normal(rng, 1, h, w, d))
+    embed, conv = layers.init_soft_position_embed(rng, d), layers.init_conv_transpose2d(rng, kernel, d, c_out)
+    embed["b"], conv["b"] = normal(rng, d), normal(rng, c_out)
+    check_all_grads(lambda e, c, s: layers.broadcast_embed_conv_transpose2d(e, c, s, (h, w), stride),
+                    embed, conv, normal(rng, batch, k, d))
+
+
+def test_broadcast_embed_conv_transpose2d_is_the_three_decoder_rows(rng):
+    embed, conv = layers.init_soft_position_embed(rng, 3), layers.init_conv_transpose2d(rng, 5, 3, 2)
+    embed["b"], conv["b"] = normal(rng, 3), normal(rng, 2)
+    slots = normal(rng, 2, 4, 3)
+    rows = layers.conv_transpose2d(conv, layers.soft_position_embed(embed, layers.spatial_broadcast(slots, (3, 5))), 2)
+    np.testing.assert_array_equal(layers.broadcast_embed_conv_transpose2d(embed, conv, slots, (3, 5), 2), rows)
+    assert rows.shape == (8, 6, 10, 2)
 
 
 # --------------------------------------------------------------------------
 # Hand-written VJPs against naive traced versions.
 
-# Input channels on both sides of IM2COL_MAX_CHANNELS (the patch-matrix path
-# and the shifted-GEMM path), and row blocks small enough that a convolution
-# spans several blocks (the CPU path's blocking).
-conv_channels = st.sampled_from([1, 3, layers.IM2COL_MAX_CHANNELS + 1, 12])
-block_rows = st.sampled_from([3, 7, layers.BLOCK_ROWS])
-# Both CPU paths of a stride-1 shifted sum: per row offset (0) and all row offsets in one GEMM.
-wide_limits = st.sampled_from([0, layers.WIDE_GEMM_MAX_CHANNELS])
-
-
-@contextlib.contextmanager
-def blocks_of(rows, wide=layers.WIDE_GEMM_MAX_CHANNELS):
-    saved = layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS
-    layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS = rows, wide
-    try:
-        yield
-    finally:
-        layers.BLOCK_ROWS, layers.WIDE_GEMM_MAX_CHANNELS = saved
-
-
-@given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=conv_channels,
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides, rows=block_rows, wide=wide_limits)
-def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide):
+@given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=st.integers(1, 4),
+       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides)
+def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
-    with blocks_of(rows, wide):
-        np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride),
-                                   rtol=1e-10, atol=1e-12)
-        assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
-                                         lambda a, b: naive_conv2d(a, b, stride), (x, k), rng)
+    np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride), rtol=1e-10, atol=1e-12)
+    assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
+                                     lambda a, b: naive_conv2d(a, b, stride), (x, k), rng)
 
 
-@given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=conv_channels,
-       c_out=conv_channels, kernel=kernels, stride=strides, rows=block_rows, wide=wide_limits)
-def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide):
+@given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=st.integers(1, 4),
+       c_out=st.integers(1, 4), kernel=kernel_sizes, stride=strides)
+def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
-    with blocks_of(rows, wide):
-        assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
-                                         lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
-
-
-@given(seed=seeds, n=st.integers(1, 3), d=small, c_out=small, h=spatial, w=spatial, kernel=kernels,
-       stride=strides)
-def test_conv_transpose2d_broadcast_matches_the_broadcast_then_convolve(seed, n, d, c_out, h, w, kernel, stride):
-    # The decoder's first layer: every vector copied to each pixel, plus a shared embedding.
-    rng = np.random.default_rng(seed)
-    params = layers.init_conv_transpose2d(rng, kernel, d, c_out)
-    params["b"] = normal(rng, c_out)
-
-    def fast(kernel_w, bias, v, e):
-        return layers.conv_transpose2d_broadcast({"w": kernel_w, "b": bias}, v, e, stride)
-
-    def plain(kernel_w, bias, v, e):
-        tiled = layers.spatial_broadcast(v.reshape(1, n, d), (h, w)) + e   # (n, h, w, d)
-        return layers.conv_transpose2d({"w": kernel_w, "b": bias}, tiled, stride)
-
-    assert_same_forward_and_gradient(fast, plain, (params["w"], params["b"], normal(rng, n, d),
-                                                   normal(rng, 1, h, w, d)), rng)
-
-
-def test_broadcast_taps_count_the_kernel_taps_that_reach_each_pixel():
-    # 5x5 kernel, stride 1, a 3x3 input: the centre pixel is reached by 3 x 3 taps, a corner by 3 x 3 too
-    # (SAME pads 2 on each side), and a 7x7 input's centre by all 25 and its corner by 3 x 3.
-    taps = layers._broadcast_taps((7, 7), (5, 5), 1).reshape(7, 7, 25)
-    assert taps[3, 3].sum() == 25 and taps[0, 0].sum() == 9 and taps[0, 3].sum() == 15
-    assert set(np.unique(taps)) <= {0.0, 1.0}
-    # stride 2 doubles the output; away from the border an output pixel is reached by the taps of
-    # one phase of the kernel: 3 x 3, 3 x 2, 2 x 3 or 2 x 2 of them.
-    taps2 = layers._broadcast_taps((6, 6), (5, 5), 2).reshape(12, 12, 25)
-    assert sorted(taps2[6:8, 6:8].sum(axis=-1).ravel()) == [4, 6, 6, 9]
+    assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
+                                     lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
 
 
 @given(seed=seeds, shape=st.tuples(small, small, st.integers(2, 6)))
@@ -353,7 +310,7 @@ def test_sigmoid_does_not_overflow():
 # Convolution semantics.
 
 @given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 5), w=st.integers(1, 5), c_in=st.integers(1, 3),
-       c_out=st.integers(1, 3), kernel=kernels, stride=strides)
+       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides)
 def test_conv_transpose2d_is_the_adjoint_of_strided_conv2d(seed, batch, h, w, c_in, c_out, kernel, stride):
     """<conv(z, w), y> == <z, conv_T(y, w)>: z (B, H*s, W*s, Cin), y (B, H, W, Cout), w (k, k, Cin, Cout).
 
@@ -371,11 +328,28 @@ def test_conv_transpose2d_is_the_adjoint_of_strided_conv2d(seed, batch, h, w, c_
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("kernel", [1, 2, 3, 4, 5])
-def test_same_padding_follows_tf(kernel, stride):
-    for size in range(1, 10):
-        assert layers.same_padding(size, kernel, stride) == tf_same(size, kernel, stride)
+# TensorFlow's SAME padding ("Notes on padding" in the tf.nn documentation): output = ceil(in / stride),
+# the padding total split evenly with the odd pixel at the end. (input, kernel, stride) -> (output, before, after).
+TF_SAME_PADDING = {
+    (5, 3, 2): (3, 1, 1),
+    (4, 3, 2): (2, 0, 1),
+    (13, 6, 5): (3, 1, 2),      # 13 inputs, a 6-wide filter, stride 5: 3 windows, pads 1 and 2
+    (4, 3, 1): (4, 1, 1),
+    (4, 2, 1): (4, 0, 1),
+    (4, 5, 2): (2, 1, 2),
+    (7, 1, 2): (4, 0, 0),
+    (1, 5, 2): (1, 2, 2),
+    (2, 1, 2): (1, 0, 0),
+    (128, 5, 1): (128, 2, 2),   # Table 4's encoder layers
+    (128, 5, 2): (64, 1, 2),
+    (35, 5, 1): (35, 2, 2),     # Table 5 on Tetrominoes
+    (64, 3, 1): (64, 1, 1),
+}
+
+
+@pytest.mark.parametrize("size, kernel, stride", list(TF_SAME_PADDING))
+def test_same_padding_gives_tensorflows_sizes(size, kernel, stride):
+    assert layers.same_padding(size, kernel, stride) == TF_SAME_PADDING[size, kernel, stride]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -414,8 +388,8 @@ def test_extra_padding_goes_to_the_bottom_right():
 def test_each_kernel_tap_reads_the_tf_padded_pixel(size, kernel, stride):
     """Brute force: with a one-hot kernel at tap (i, j), out[y, x] == x_pad[y*s + i, x*s + j]."""
     x = (np.arange(size * (size + 1), dtype=float) + 1).reshape(1, size, size + 1, 1)
-    _, pt, pb = tf_same(size, kernel, stride)
-    _, pl, pr = tf_same(size + 1, kernel, stride)
+    _, pt, pb = layers.same_padding(size, kernel, stride)
+    _, pl, pr = layers.same_padding(size + 1, kernel, stride)
     x_pad = np.pad(x[0, :, :, 0], ((pt, pb), (pl, pr)))
     for i in range(kernel):
         for j in range(kernel):

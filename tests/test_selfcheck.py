@@ -15,9 +15,11 @@ from slotref import backend, selfcheck
 from slotref.backend import BackendError
 
 
-def run(device, cases=None):
+def run(device, cases=None, steps=(), proposition1=False):
+    """The layer checks only, unless steps (entries of STEP_CASES, run small) or Proposition 1 are asked for."""
     lines = []
-    ok = selfcheck.run_selfcheck(device, out=lines.append, cases=cases)
+    ok = selfcheck.run_selfcheck(device, out=lines.append, cases=cases, steps=list(steps), small_steps=True,
+                                 proposition1=proposition1)
     return ok, lines
 
 
@@ -29,12 +31,41 @@ def test_selfcheck_passes_on_the_cpu_with_one_line_per_check():
     ok, lines = run("cpu")
     checks = check_lines(lines)
     assert ok, "\n".join(lines)
-    assert len(checks) == 3 * len(selfcheck.layer_cases())
+    cases = selfcheck.layer_cases()
+    assert len(checks) == 3 * len(cases) + sum(case.kernel for case in cases)
     assert all(line.startswith("PASS") for line in checks)
-    for case in selfcheck.layer_cases():
-        for check in ("grad-fd", "numpy float64", "numpy float32"):
+    for case in cases:
+        for check in ("grad-fd", "numpy float64", "numpy float32") + (("kernel==spec",) if case.kernel else ()):
             assert any(case.name in line and check in line for line in checks), (case.name, check)
     assert lines[-1] == "selfcheck PASSED"
+
+
+def test_every_layer_with_a_fast_kernel_is_compared_with_its_specification():
+    names = [case.name for case in selfcheck.layer_cases() if case.kernel]
+    for layer in ("conv2d k3 s1", "conv2d k5 s2", "conv_transpose2d k5 s2", "broadcast_embed_conv_t k5 s2"):
+        assert any(layer in name for name in names)
+
+
+def test_a_training_step_and_proposition_1_on_the_standin_device():
+    with standin.watch() as stats:
+        ok, lines = run(standin.standin_backend(), cases=[], steps=[selfcheck.STEP_CASES[1]], proposition1=True)
+    assert ok, "\n".join(lines)
+    checks = check_lines(lines)
+    assert any("step tetrominoes (small)" in line and "numpy float64" in line for line in checks)
+    assert any("step tetrominoes (small)" in line and "numpy float32" in line for line in checks)
+    assert any("Proposition 1" in line for line in checks) and len(checks) == 3
+    assert not stats.conversions and not stats.host_operands, stats.report()
+
+
+def test_a_wrong_fast_kernel_fails_the_kernel_check(monkeypatch):
+    from slotref.kernels import conv
+
+    forward = conv._conv_forward
+    monkeypatch.setattr(conv, "_conv_forward", lambda x, w, stride: 1.001 * forward(x, w, stride))
+    case = next(case for case in selfcheck.layer_cases() if case.name.startswith("conv2d k3"))
+    ok, lines = run("cpu", cases=[case])
+    assert not ok
+    assert [line.split()[0] for line in check_lines(lines) if "kernel==spec" in line] == ["FAIL"]
 
 
 def test_selfcheck_covers_every_layer_and_slot_attention():

@@ -17,7 +17,8 @@ import pytest
 from autograd import grad
 
 import standin
-from slotref import backend, layers, selfcheck
+from slotref import backend, kernels, layers, selfcheck
+from slotref.kernels import im2col
 from slotref import slot_attention as sa
 from standin import StandinArray, assert_same_on_standin, standin_xp
 
@@ -157,6 +158,16 @@ def test_layer_forward_and_backward_on_the_device_match_numpy(case, dtype, rng):
     assert_same_on_standin(projected(case.fn), case.params, *case.inputs, projection_for(case, rng), dtype=dtype)
 
 
+KERNEL_CASES = [c for c in CASES if c.kernel]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=[c.name for c in KERNEL_CASES])
+def test_the_specification_of_each_kernel_layer_runs_on_the_device(case, dtype, rng):
+    with kernels.using("reference"):
+        assert_same_on_standin(projected(case.fn), case.params, *case.inputs, projection_for(case, rng), dtype=dtype)
+
+
 ABLATIONS = [
     {},
     {"aggregation": "sum"},
@@ -212,13 +223,12 @@ def test_a_failure_names_the_source_line(rng):
         assert_same_on_standin(lambda p, x: backend.sum(x * p["w"] * np.float64(0.5)), params, x, dtype=np.float32)
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "shifted"])
+@pytest.mark.parametrize("choice", kernels.CHOICES)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_device_convolutions_agree_with_numpy_for_each_algorithm_and_chunking(monkeypatch, algorithm, stride):
-    # The device path builds patch matrices in batch chunks (one example per
-    # chunk here) or runs per-tap GEMMs; both must equal the CPU path.
-    monkeypatch.setattr(layers, "DEVICE_CONV", algorithm)
-    monkeypatch.setattr(layers, "DEVICE_PATCH_BYTES", 1)
+def test_device_convolutions_agree_with_numpy_on_either_kernel_choice(monkeypatch, choice, stride):
+    # The fast device path builds patch matrices in batch chunks (one example
+    # per chunk here); it and the specification must equal the CPU path.
+    monkeypatch.setattr(im2col, "DEVICE_PATCH_BYTES", 1)
     rng = np.random.default_rng(stride)
     x = rng.standard_normal((3, 7, 6, 10))
     conv = {"w": rng.standard_normal((5, 5, 10, 9)), "b": rng.standard_normal(9)}
@@ -228,4 +238,5 @@ def test_device_convolutions_agree_with_numpy_for_each_algorithm_and_chunking(mo
         y = layers.conv_transpose2d(p["deconv"], layers.conv2d(p["conv"], images, stride), stride)
         return backend.sum(y * y)
 
-    assert_same_on_standin(loss, {"conv": conv, "deconv": deconv}, x, dtype=np.float64)
+    with kernels.using(choice):
+        assert_same_on_standin(loss, {"conv": conv, "deconv": deconv}, x, dtype=np.float64)
