@@ -27,7 +27,8 @@ def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
     row = next(line for line in lines if "(2, 24, 24, 16)" in line)
     assert " x2 " in row
     rate = float(re.split(r"\s+", row.split("forward")[1].strip())[1])
-    np.testing.assert_allclose(rate, 2 * conv_flops(2, 24, 24, 3, 16, 16) / seconds / 1e9, rtol=0.01)
+    expected = 2 * conv_flops(2, 24, 24, 3, 16, 16) / seconds / 1e9
+    assert abs(rate - expected) <= 0.05 + 1e-3 * expected   # printed with one decimal: 0.05 is its rounding
     # the patched functions are restored
     assert conv._conv_forward.__name__ == "_conv_forward"
 
