@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import standin
-from slotref.backend import host_rng, tree_leaves, tree_map, tree_map2
+from slotref.backend import host_rng, tree_leaves, tree_map
 from slotref.flat import FlatTree
 from slotref.models import init_model, setpred_config
 from slotref.optim import Adam, Schedule
@@ -151,7 +151,11 @@ def test_adam_float32_agrees_with_float64(rng):
 
 def quadratic_grads(params, targets):
     """Gradient of sum((p - target)^2 / 2 + p^4 / 4): a simple training step on a real tree."""
-    return tree_map2(lambda p, t: (p - t) + p * p * p, params, targets)
+    if isinstance(params, dict):
+        return {k: quadratic_grads(v, targets[k]) for k, v in params.items()}
+    if isinstance(params, list):
+        return [quadratic_grads(p, t) for p, t in zip(params, targets)]
+    return (params - targets) + params * params * params
 
 
 def small_model(dtype):

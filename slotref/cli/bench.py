@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from slotref.cli.common import kernels_option
+
 
 @click.command()
 @click.option("--what", type=click.Choice(["layers", "module", "step", "data", "all"]), default="step",
@@ -16,6 +18,7 @@ import click
 @click.option("--resolution", type=int, default=None)
 @click.option("--repeats", type=int, default=3, show_default=True)
 @click.option("--profile", is_flag=True, help="Per-layer time, FLOPs and GFLOP/s of the training step.")
+@kernels_option
 def bench(what, task, dataset, device, batch_size, resolution, repeats, profile):
     """Speed: layers, the Slot Attention module, the full training step, data generation."""
     from slotref import bench as bench_module

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from slotref import paper
+
+
+def _select_kernels(ctx, param, value):
+    if value is not None:
+        from slotref import kernels
+
+        kernels.use(value)
+        os.environ[kernels.KERNELS_ENV] = value     # and for the processes this command starts
+    return value
+
+
+kernels_option = click.option(
+    "--kernels", type=click.Choice(["fast", "reference"]), default=None, callback=_select_kernels,
+    expose_value=False, is_eager=True,
+    help="fast: the optimised kernels (default); reference: every layer as written in slotref/layers.py "
+         "(slower; the same results to rounding). Default: $SLOTREF_KERNELS or fast.")
 
 
 def fail(err: Exception) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from slotref.cli.common import fail, result_table
+from slotref.cli.common import fail, kernels_option, result_table
 
 
 @click.command(name="eval")
@@ -18,6 +18,7 @@ from slotref.cli.common import fail, result_table
 @click.option("--dataset", default=None, help="Evaluate on this HDF5 file instead of the run's validation split.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
+@kernels_option
 def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
     if curve:

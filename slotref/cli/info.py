@@ -29,3 +29,6 @@ def info():
     import os
     click.echo(f"default device: {os.environ.get(backend.DEVICE_ENV) or 'cpu'} (set {backend.DEVICE_ENV} or --device)")
     click.echo(f"GPU: {backend.gpu_status()}")
+    from slotref import kernels
+
+    click.echo(kernels.status())

@@ -6,11 +6,12 @@ import sys
 
 import click
 
-from slotref.cli.common import fail
+from slotref.cli.common import fail, kernels_option
 
 
 @click.command()
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@kernels_option
 def selfcheck(device):
     """Gradient checks of every layer on DEVICE and agreement with NumPy."""
     from slotref.backend import BackendError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from slotref.cli.common import fail, result_table
+from slotref.cli.common import fail, kernels_option, result_table
 
 
 def _ablation_options(fn):
@@ -71,6 +71,7 @@ def _apply_ablations(config, kw):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_ablation_options
+@kernels_option
 def train(task, dataset, preset, model_name, device, steps, batch_size, num_slots, num_iters, lr, init_scheme, seed,
           out, resume, quiet, **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table."""

@@ -122,4 +122,5 @@ def registered() -> dict[str, str]:
 def status() -> str:
     """One line for ``cli.py info``: the active implementation and how to choose."""
     names = ", ".join(s.rsplit(".", 1)[1] for s in registered())
-    return f"{active()} (fast kernels for {names}; set {KERNELS_ENV}=reference|fast)"
+    what = "fast kernels for " + names if active() == "fast" else "every layer as written in slotref/layers.py"
+    return f"kernels: {active()} ({what}; choose with --kernels or {KERNELS_ENV}=reference|fast)"
