@@ -252,10 +252,13 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
     for name, t, d, b in configs:
         value_and_grad, params, adam, state, config = step_setup(be, t, d, b)
 
-        def step():
-            loss, grads = value_and_grad(params)
-            adam.update(params, grads, state, 1e-6)
+        def train_step(p):
+            loss, grads = value_and_grad(p)
+            adam.update(p, grads, state, 1e-6)
             return loss
+
+        def step():
+            return train_step(params)
 
         seconds = _time(step, be.xp, repeats)
         ips = b / seconds
@@ -267,6 +270,7 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
              f"{peak_memory_gb(be):>9.2f}")
         if profile:
             profile_step(step, echo)
+            launches_and_device_time(train_step, params, be.xp, echo)
             sa = slot_attention_seconds(be, config, b, repeats)
             echo(f"    {'Slot Attention (timed alone)':<28}{sa:>8.3f} s {100 * sa / seconds:>5.1f}% of the step")
             loading = data_loading_seconds(be, config, b)
@@ -379,6 +383,18 @@ class ConvTimer:
                 label = f"{x_shape} {w_shape} s{stride}" + (f" x{calls}" if calls > 1 else "")
                 rate = calls * flops / seconds / 1e9
                 echo(f"    {label:<52}{pass_name:<9}{1e3 * seconds:>8.1f}{rate:>9.1f}{100 * rate / peak:>7.0f}%")
+
+
+def launches_and_device_time(train_step, params, xp, echo=print):
+    """Array-library calls per step (on NumPy: a proxy for a GPU's kernel launches) or, on CuPy,
+    the step's device time from CUDA events beside its wall time (the rest is Python and autograd)."""
+    from slotref import profile_gpu
+
+    _, prof = profile_gpu.profile_step(train_step, params, xp=xp)
+    echo(f"    launches and device time: {prof.summary()}")
+    if prof.device_ms is not None:
+        host = max(prof.wall_ms - prof.device_ms, 0.0)
+        echo(f"    host-side (Python, autograd, launches) about {host:.1f} ms of {prof.wall_ms:.1f} ms")
 
 
 def profile_step(step, echo=print):

@@ -390,5 +390,17 @@ def run_selfcheck(device: str | Backend = "cpu", out: Callable[[str], Any] = pri
                    f"slot permutation err {equivariance:.1e}, input permutation err {invariance:.1e}")
         except Exception as exc:
             report(False, "slot_attention", "Proposition 1", f"{type(exc).__name__}: {exc}")
+    # The fused device kernels against their NumPy twins (only where the array module has them: CuPy).
+    from slotref import fused
+
+    try:
+        checks = fused.check_fused(b.xp)
+    except Exception as exc:
+        report(False, "fused kernels", "twin", f"{type(exc).__name__}: {exc}")
+        checks = []
+    for c in checks:
+        report(c.ok, f"fused {c.name}", f"twin {c.dtype}", f"max error {c.max_error:.2f} of tolerance")
+    if not checks:
+        out(f"(no fused kernels on {getattr(b.xp, '__name__', b.xp)}: they are CuPy kernels)")
     out(f"selfcheck {'PASSED' if all_pass else 'FAILED'}")
     return all_pass

@@ -47,3 +47,18 @@ def test_gemm_shapes_report_the_rate_of_each_product(monkeypatch):
     assert [r["gflops"] for r in rows] == [2 * m * 160 * 32 / 1e-3 / 1e9, 2 * m * 64 * 64 / 1e-3 / 1e9]
     assert len(calls) == 2 and "thin" in lines[1] and f"{m}x160 @ 160x32" in lines[1]
     calls[0]()                                          # the timed function runs the product
+
+
+def test_the_profile_counts_the_array_calls_of_a_training_step():
+    be = get_backend("cpu", "float32")
+    value_and_grad, params, adam, state, _ = bench.step_setup(be, "setpred", 16, 2)
+
+    def train_step(p):
+        loss, grads = value_and_grad(p)
+        adam.update(p, grads, state, 1e-6)
+        return loss
+
+    lines = []
+    bench.launches_and_device_time(train_step, params, np, lines.append)
+    calls = int(re.search(r"; (\d+) array calls", lines[0]).group(1))
+    assert calls > 100 and "matmul" in lines[0]        # forward, backward and Adam of a whole model

@@ -129,3 +129,25 @@ def test_selfcheck_accepts_a_backend_of_either_dtype():
     for dtype in (np.float32, np.float64):
         ok, _ = run(backend.Backend("cpu", np, np.dtype(dtype)), cases=selfcheck.layer_cases()[:2])
         assert ok
+
+
+def test_selfcheck_compares_every_fused_kernel_with_its_twin(monkeypatch):
+    from slotref import fused
+
+    # Stand in for CuPy: every chain "has" a device kernel, here its own twin, so every check passes...
+    monkeypatch.setattr(fused, "device_kernel", lambda name, xp: fused.FUSED[name].twin)
+    lines = []
+    assert selfcheck.run_selfcheck("cpu", out=lines.append, cases=[], steps=[], proposition1=False)
+    fused_lines = [line for line in lines if "fused " in line]
+    assert len(fused_lines) == 2 * len(fused.FUSED) and all(line.startswith("PASS") for line in fused_lines)
+
+    # ...and a kernel that is off by 1e-3 fails its check and the selfcheck.
+    def off(name, xp):
+        twin = fused.FUSED[name].twin
+        if name != "huber":
+            return twin
+        return lambda *args: twin(*args) * (1 + 1e-3)
+    monkeypatch.setattr(fused, "device_kernel", off)
+    lines = []
+    assert not selfcheck.run_selfcheck("cpu", out=lines.append, cases=[], steps=[], proposition1=False)
+    assert any(line.startswith("FAIL") and "fused huber" in line for line in lines)
