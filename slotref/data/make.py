@@ -29,7 +29,7 @@ def generator_config(name, seed, resolution=None, **options):
     resolution, min_objects, max_objects = generators.resolve_options(spec, resolution, **options)
     config = {"generator": name, "seed": int(seed), "resolution": resolution,
               "min_objects": min_objects, "max_objects": max_objects}
-    if zoom != 1.0:  # absent at 1, so that a file made without the option keeps its config
+    if zoom != 1.0:  # absent at the default: a zoom-1 file has the config of a file without the option
         config["zoom"] = zoom
     return config
 

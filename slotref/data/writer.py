@@ -43,10 +43,8 @@ def partial_status(out, *, name, config, total=None):
     partial = partial_path(out)
     if not os.path.exists(partial):
         return "missing"
-    try:
-        with h5py.File(partial, "r") as f:
-            attrs = {key: schema.plain(f.attrs[key]) for key in f.attrs}
-    except (OSError, KeyError, TypeError, ValueError):
+    attrs = _attrs(partial)
+    if attrs is None:
         return "unreadable"
     same = (attrs.get("format") == schema.FORMAT and attrs.get("name") == name
             and attrs.get("config") == config_text(config) and "num_written" in attrs
@@ -61,14 +59,17 @@ def config_text(config):
 
 def finished_attrs(out, config):
     """The attributes of a complete file at ``out`` written with ``config``, else None."""
-    if not os.path.exists(out):
-        return None
+    attrs = _attrs(out) if os.path.exists(out) else None
+    return attrs if attrs and attrs.get("complete") and attrs.get("config") == config_text(config) else None
+
+
+def _attrs(path):
+    """The attributes of an HDF5 file as plain values, or None if it cannot be read."""
     try:
-        with h5py.File(out, "r") as f:
-            attrs = {key: schema.plain(f.attrs[key]) for key in f.attrs}
+        with h5py.File(path, "r") as f:
+            return {key: schema.plain(f.attrs[key]) for key in f.attrs}
     except (OSError, KeyError, TypeError, ValueError):
         return None
-    return attrs if attrs.get("complete") and attrs.get("config") == config_text(config) else None
 
 
 class Writer:
@@ -116,7 +117,7 @@ class Writer:
                                   chunks=(chunk_rows,) + shape,
                                   fillvalue=-1 if np.dtype(dtype) == np.int8 else 0,
                                   **(COMPRESSION if image else {}))
-        self.state = state
+        self.state = None if state is None else dict(state)
         if state is not None:
             self.f.attrs["state"] = json.dumps(state)
         self.f.flush()
