@@ -12,6 +12,7 @@ from slotref.data import generators, hdf5
 from slotref.cli.data import data
 from slotref.data.generators import COLOR_RGB, GENERATORS, render
 from slotref.data.hdf5 import DatasetError, load_dataset, set_prediction_targets, write_dataset
+from slotref.data.writer import Writer, partial_status
 
 # Small resolutions keep the suite fast; the generators take any resolution.
 SMALL = {"clevr-shapes": 48, "clevr6-shapes": 48, "tetrominoes": 35, "multi-dsprites": 64}
@@ -183,6 +184,29 @@ def test_interrupted_write_leaves_no_final_file_and_resumes_to_the_same_bytes(tm
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.masks, b.masks)
     assert a.fingerprint == b.fingerprint
+
+
+def test_the_writer_resumes_from_the_last_commit_and_drops_rows_written_after_it(tmp_path):
+    out = tmp_path / "w.h5"
+    batch = render("tetrominoes", 0, 0, 7, None)
+    layout = dict(name="tetrominoes", height=35, width=35, source="generator", config={"k": 1}, masks=True)
+    with Writer(out, state={"records_consumed": 0}, chunk=2, **layout) as writer:
+        for i in range(5):
+            writer.add({key: value[i] for key, value in batch.items()}, records_consumed=i + 1)
+        writer._write_buffer()  # row 4 reaches the file, its commit does not: as a crash would leave it
+    assert partial_status(out, **{k: layout[k] for k in ("name", "config")}) == "resumable"
+    assert partial_status(out, name="tetrominoes", config={"k": 2}) == "other"
+    with Writer(out, state={"records_consumed": 0}, **layout) as writer:
+        assert writer.resumed and writer.num_written == 4 and writer.state == {"records_consumed": 4}
+        assert len(writer.f["images"]) == 4
+        writer.extend({key: value[4:] for key, value in batch.items()}, records_consumed=7)
+        writer.finish()
+    with h5py.File(out) as f:
+        assert f.attrs["complete"] and f.attrs["num_examples"] == f.attrs["num_written"] == 7
+        assert json.loads(f.attrs["state"]) == {"records_consumed": 7}
+        for key in ("images", "masks", "num_objects"):
+            np.testing.assert_array_equal(f[key][()], batch[key])
+    assert not os.path.exists(str(out) + ".partial")
 
 
 def test_a_partial_file_with_other_options_is_started_afresh(tmp_path):

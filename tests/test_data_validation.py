@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from slotref.data import convert as cv
-from slotref.data import hdf5
+from slotref.data import hdf5, validate
 from slotref.data.hdf5 import DatasetError, load_dataset, validate_dataset, write_dataset
 
 OPTIONS = dict(resolution=32, chunk=8, progress=False, workers=1)
@@ -224,7 +224,7 @@ def test_a_file_of_20000_examples_is_checked_in_pieces(tmp_path, monkeypatch):
         f["objects/coords"] = np.where(real[..., None], rng.uniform(-3, 3, (n, m, 3)), 0).astype(np.float32)
         for key, size in hdf5.LABEL_VOCABULARY.items():
             f[f"objects/{key}"] = np.where(real, rng.integers(0, size, (n, m)), -1).astype(np.int8)
-    monkeypatch.setattr(hdf5, "READ_ROWS_BYTES", 2**14)  # about 100 rows at a time: many pieces
+    monkeypatch.setattr(validate, "READ_ROWS_BYTES", 2**14)  # about 100 rows at a time: many pieces
     assert validate_dataset(path).num_examples == n
     _edit(path, lambda f: f["objects/color"].__setitem__((n - 1, 0), 8 if counts[-1] else -1) or
           f["num_objects"].__setitem__(n - 1, max(1, counts[-1])))

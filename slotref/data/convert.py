@@ -8,43 +8,33 @@ Two sources (docs/datasets.md, "The schema"):
   scenes with at most ``max_objects`` objects, labels as indices into the
   tensorflow_datasets ``clevr:3.1.0`` orderings.
 - DeepMind's multi-object datasets (object discovery): GZIP-compressed TFRecord
-  files of ``tf.train.Example``, read here without TensorFlow. Entity masks
+  files of ``tf.train.Example`` (``slotref.data.tfrecord``). Entity masks
   (0/255, entity 0 = background) become one instance map (0 = background,
   1..n = visible objects in entity order); clevr_with_masks gets the CLEVR6
   filter and the paper's crop ``[29:221, 64:256]`` + resize.
 
-Reader choice. A TFRecord file is a sequence of frames
-``uint64 length | masked crc32c(length) | data | masked crc32c(data)``. The
-``tfrecord`` PyPI package reads that framing, but it ships as an sdist only,
-never checks either CRC (it reads and discards them), and bundles an
-``example_pb2`` generated for an old protobuf. The framing is four lines, so we
-read it here and verify both CRCs with ``google-crc32c`` (Google's own,
-C-accelerated wheels), and decode ``tf.train.Example`` with the ``protobuf``
-runtime, building the five message types from descriptors in code (the
-messages are TensorFlow's ``example.proto``/``feature.proto``; TensorFlow is
-not needed). Both are imported lazily, so CLEVR conversion needs neither.
-
-Output. Every writer fills ``OUT.partial`` in chunks, records after each chunk
-how many source records it has consumed, and renames to ``OUT`` with
-``complete=True`` only at the end; rerunning the same command on a leftover
-``OUT.partial`` continues where it stopped.
+Output goes through ``slotref.data.writer``: ``OUT.partial`` in chunks, with
+the source records consumed recorded after each chunk (attribute ``state``),
+renamed to ``OUT`` when complete. Rerunning the same command continues a
+leftover ``OUT.partial``; one left by other options is refused; rerunning a
+finished command does nothing.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from slotref import paper
+from slotref.data.errors import ConvertError
+from slotref.data.schema import COORD_LIMIT
+from slotref.data.tfrecord import MAX_RECORD_BYTES, _masked_crc, parse_example, read_tfrecords  # noqa: F401
+from slotref.data.writer import Writer, finished_attrs, partial_status
 
 # CLEVR labels are stored as indices into slotref.paper's vocabulary (the label
 # orderings of tensorflow_datasets clevr:3.1.0, the official code's source).
@@ -61,156 +51,31 @@ MULTI_OBJECT = {
     ),
     "clevr_with_masks": dict(image=(240, 320, 3), entities=11, mask_layout="EHW", name="clevr_with_masks"),
 }
+
 CLEVR6_MAX_OBJECTS = 6  # paper: CLEVR6 keeps scenes with at most 6 visible objects
 CLEVR_WITH_MASKS_CROP = (slice(29, 221), slice(64, 256))  # paper / official code
-
-FORMAT_VERSION = 1
-COORD_LIMIT = 10.0  # |x|, |y|, |z| of a CLEVR object (the scenes span about -3..3); as the HDF5 reader
 MAX_IMAGE_PIXELS = 4096 * 4096  # a CLEVR image is 480x320: anything far larger is refused unread
-MAX_RECORD_BYTES = 2**28  # one TFRecord record; clevr_with_masks records are about 3 MB
 EXAMPLES_PER_CHUNK = 64  # examples buffered between HDF5 writes (bounds memory)
 
 
-class ConvertError(ValueError):
-    """Bad converter input; the message is one line naming the file and record."""
+def _writer(out, config, **layout):
+    """A ``Writer`` for ``out`` with a ``records_consumed`` state, or the summary of a finished ``out``.
 
-
-# ----------------------------------------------------------------------------
-# HDF5 writer: OUT.partial, chunked appends, resumable, renamed when complete.
-
-
-class _Writer:
-    """Append-only writer of one schema file with resume bookkeeping.
-
-    ``state`` (records consumed etc.) is stored as file attributes after every
-    flushed chunk, so an interrupted run leaves a consistent ``OUT.partial``.
+    An ``OUT.partial`` left by other options, or unreadable, is refused: it
+    may hold hours of conversion.
     """
-
-    def __init__(self, out, *, name, height, width, config, masks, max_objects=None,
-                 chunk=EXAMPLES_PER_CHUNK):
-        self.out = Path(out)
-        self.partial = self.out.with_name(self.out.name + ".partial")
-        self.chunk = chunk
-        self.masks = masks
-        self.max_objects = max_objects
-        self.buffer = []
-        self.bar = None
-        config_json = json.dumps(config, sort_keys=True)
-        if self.out.exists():
-            raise ConvertError(f"{self.out}: already exists; delete it or choose another --out")
-        if self.partial.exists():
-            try:
-                self.f = h5py.File(self.partial, "r+")
-            except OSError as e:  # e.g. killed in the middle of an HDF5 write
-                raise ConvertError(f"{self.partial}: unreadable ({e}); delete it to start over") from None
-            if self.f.attrs.get("config") != config_json or self.f.attrs.get("complete"):
-                self.f.close()
-                raise ConvertError(
-                    f"{self.partial}: left by a conversion with other options; delete it to start over"
-                )
-            n = int(self.f.attrs["num_examples"])
-            for ds in self._datasets():
-                ds.resize(n, axis=0)  # drop rows written after the last recorded chunk
-            self.state = json.loads(self.f.attrs["state"])
-            return
-        self.partial.parent.mkdir(parents=True, exist_ok=True)
-        self.f = h5py.File(self.partial, "w")
-        a = self.f.attrs
-        a["format"] = "slotref-dataset"
-        a["format_version"] = FORMAT_VERSION
-        a["name"] = name
-        a["complete"] = False
-        a["num_examples"] = 0
-        a["height"], a["width"] = height, width
-        a["source"] = "converted"
-        a["config"] = config_json
-        c = min(chunk, 16)
-        self.f.create_dataset("images", (0, height, width, 3), np.uint8,
-                              maxshape=(None, height, width, 3), chunks=(c, height, width, 3))
-        self.f.create_dataset("num_objects", (0,), np.int32, maxshape=(None,), chunks=(1024,))
-        if masks:
-            self.f.create_dataset("masks", (0, height, width), np.uint8,
-                                  maxshape=(None, height, width), chunks=(c, height, width))
-        if max_objects is not None:
-            a["max_objects"] = max_objects
-            m = max_objects
-            self.f.create_dataset("objects/coords", (0, m, 3), np.float32,
-                                  maxshape=(None, m, 3), chunks=(256, m, 3))
-            for key in ("size", "material", "shape", "color"):
-                self.f.create_dataset(f"objects/{key}", (0, m), np.int8,
-                                      maxshape=(None, m), chunks=(256, m))
-        self.state = {"records_consumed": 0}
-        a["state"] = json.dumps(self.state)
-        self.f.flush()
-
-    def _datasets(self):
-        names = ["images", "num_objects"]
-        if "masks" in self.f:
-            names.append("masks")
-        if "objects" in self.f:
-            names += [f"objects/{k}" for k in ("coords", "size", "material", "shape", "color")]
-        return [self.f[k] for k in names]
-
-    @property
-    def num_examples(self):
-        return int(self.f.attrs["num_examples"]) + len(self.buffer)
-
-    def add(self, example, **state):
-        """Buffer one example (dict of arrays); flush a full chunk with ``state``."""
-        self.buffer.append(example)
-        if len(self.buffer) >= self.chunk:
-            self.commit(**state)
-
-    def commit(self, **state):
-        """Write the buffer, then record ``state`` (order matters for resume)."""
-        n0 = int(self.f.attrs["num_examples"])
-        n1 = n0 + len(self.buffer)
-        if self.buffer:
-            keys = ["images", "num_objects"] + (["masks"] if self.masks else [])
-            if self.max_objects is not None:
-                keys += [f"objects/{k}" for k in ("coords", "size", "material", "shape", "color")]
-            for key in keys:
-                ds = self.f[key]
-                ds.resize(n1, axis=0)
-                ds[n0:n1] = np.stack([ex[key] for ex in self.buffer])
-            self.buffer = []
-        self.state.update(state)
-        self.f.attrs["num_examples"] = n1
-        self.f.attrs["state"] = json.dumps(self.state)
-        self.f.flush()
-
-    def finish(self, **state):
-        self.commit(**state)
-        self.f.attrs["complete"] = True  # last, after every example is on disk
-        self.f.flush()
-        self.f.close()
-        os.replace(self.partial, self.out)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()  # ends the bar's line before any error message
-        if self.f.id.valid:
-            self.f.close()
-
-
-def _finished(out, config):
-    """Summary of an existing complete ``out`` made with ``config``, else None.
-
-    Makes rerunning a finished command a no-op instead of an error.
-    """
-    out = Path(out)
-    if not out.exists():
-        return None
-    try:
-        with h5py.File(out, "r") as f:
-            same = bool(f.attrs.get("complete")) and f.attrs.get("config") == json.dumps(config, sort_keys=True)
-            if same:
-                state = json.loads(f.attrs["state"])
-                return dict(out=str(out), num_examples=int(f.attrs["num_examples"]),
-                            records=state["records_consumed"])
-    except OSError:
-        pass
-    return None
+    done = finished_attrs(out, config)
+    if done is not None:
+        return dict(out=str(out), num_examples=done["num_examples"],
+                    records=json.loads(done["state"])["records_consumed"])
+    if os.path.exists(out):
+        raise ConvertError(f"{out}: already exists; delete it or choose another --out")
+    status = partial_status(out, name=layout["name"], config=config)
+    if status == "unreadable":
+        raise ConvertError(f"{out}.partial: unreadable (killed while writing?); delete it to start over")
+    if status == "other":
+        raise ConvertError(f"{out}.partial: left by a conversion with other options; delete it to start over")
+    return Writer(out, source="converted", config=config, state={"records_consumed": 0}, **layout)
 
 
 # ----------------------------------------------------------------------------
@@ -331,16 +196,13 @@ def convert_clevr(src, split, out, *, resolution=128, max_objects=10, part="all"
         scenes = [s for s in scenes if s[0] >= monitor_size]
     config = dict(converter="clevr", src=str(Path(src).resolve()), split=split, resolution=resolution,
                   max_objects=max_objects, part=part, monitor_size=monitor_size)
-    done = _finished(out, config)
-    if done:
-        return done
-    writer = _Writer(out, name="clevr", height=resolution, width=resolution, config=config,
-                     masks=False, max_objects=max_objects, chunk=chunk)
-    try:
-        start = writer.state["records_consumed"]
-        bar = tqdm(total=len(scenes), initial=start, unit="scene", disable=not progress,
-                   desc=f"CLEVR {split}")
-        writer.bar = bar
+    writer = _writer(out, config, name="clevr", height=resolution, width=resolution, masks=False,
+                     max_objects=max_objects, chunk=chunk)
+    if isinstance(writer, dict):
+        return writer
+    start = writer.state["records_consumed"]
+    with writer, tqdm(total=len(scenes), initial=start, unit="scene", disable=not progress,
+                      desc=f"CLEVR {split}") as bar:
         for r in range(start, len(scenes)):
             index, filename, objects = scenes[r]
             bar.update(1)
@@ -357,157 +219,12 @@ def convert_clevr(src, split, out, *, resolution=128, max_objects=10, part="all"
             example = {"images": image, "num_objects": np.int32(len(objects)), "objects/coords": coords}
             example.update({f"objects/{k}": v for k, v in labels.items()})
             writer.add(example, records_consumed=r + 1)
-        bar.close()
         n = writer.num_examples
         if n == 0:
             raise ConvertError(f"{scenes_path}: no scene of part {part!r} has at most {max_objects} objects; "
                                f"raise --max-objects or choose another --part")
         writer.finish(records_consumed=len(scenes))
-    finally:
-        writer.close()
     return dict(out=str(out), num_examples=n, records=len(scenes))
-
-
-# ----------------------------------------------------------------------------
-# TFRecord framing and tf.train.Example
-
-
-def _masked_crc(data):
-    """TFRecord's masked CRC-32C: rotate right by 15 and add a constant."""
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def read_tfrecords(path, start=0):
-    """Yield (record index, payload bytes) of a TFRecord file, verifying both CRCs.
-
-    GZIP-compressed and plain files are both accepted (by the gzip magic).
-    Records before ``start`` are framed and checked but not returned.
-    Memory: one record at a time.
-    """
-    path = str(path)
-    with open(path, "rb") as raw:
-        gzipped = raw.read(2) == b"\x1f\x8b"
-    size = os.path.getsize(path)
-    opener = gzip.open if gzipped else open
-    index = 0
-    try:
-        with opener(path, "rb") as fh:
-            while True:
-                header = fh.read(12)
-                if not header:
-                    return
-                if len(header) < 12:
-                    raise ConvertError(f"{path}: record {index}: truncated header")
-                (length,) = struct.unpack("<Q", header[:8])
-                (length_crc,) = struct.unpack("<I", header[8:])
-                if _masked_crc(header[:8]) != length_crc:
-                    raise ConvertError(f"{path}: record {index}: bad length CRC (corrupt file)")
-                # Checked before reading: a damaged header must not become a huge allocation.
-                if length > MAX_RECORD_BYTES:
-                    raise ConvertError(f"{path}: record {index}: header claims {length:,} bytes, more than the "
-                                       f"{MAX_RECORD_BYTES:,} a record may have (corrupt file?); use the original file")
-                if not gzipped and length + 4 > size - fh.tell():
-                    raise ConvertError(f"{path}: record {index}: truncated (header claims {length:,} bytes, the file "
-                                       f"holds {size - fh.tell():,} more); use the original file")
-                data = fh.read(length)
-                footer = fh.read(4)
-                if len(data) < length or len(footer) < 4:
-                    raise ConvertError(f"{path}: record {index}: truncated (file ends inside the record)")
-                if _masked_crc(data) != struct.unpack("<I", footer)[0]:
-                    raise ConvertError(f"{path}: record {index}: bad data CRC (corrupt file)")
-                if index >= start:
-                    yield index, data
-                index += 1
-    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise ConvertError(f"{path}: record {index}: unreadable gzip stream ({e})") from None
-
-
-_EXAMPLE_CLASS = None
-
-
-def _example_class():
-    """tf.train.Example as a protobuf message class, built from descriptors.
-
-    Same field numbers as TensorFlow's core/example/{feature,example}.proto, in
-    a private descriptor pool so it cannot clash with an installed TensorFlow.
-    """
-    global _EXAMPLE_CLASS
-    if _EXAMPLE_CLASS is not None:
-        return _EXAMPLE_CLASS
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="slotref_tf_example.proto", package="tensorflow",
-                                             syntax="proto3")
-
-    def message(name, fields, nested=()):
-        m = fdp.message_type.add(name=name)
-        for fname, number, ftype, label, type_name, oneof in fields:
-            f = m.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
-            if oneof is not None:
-                f.oneof_index = oneof
-        return m
-
-    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
-    message("BytesList", [("value", 1, F.TYPE_BYTES, rep, None, None)])
-    message("FloatList", [("value", 1, F.TYPE_FLOAT, rep, None, None)])
-    message("Int64List", [("value", 1, F.TYPE_INT64, rep, None, None)])
-    feature = message("Feature", [
-        ("bytes_list", 1, F.TYPE_MESSAGE, opt, ".tensorflow.BytesList", 0),
-        ("float_list", 2, F.TYPE_MESSAGE, opt, ".tensorflow.FloatList", 0),
-        ("int64_list", 3, F.TYPE_MESSAGE, opt, ".tensorflow.Int64List", 0),
-    ])
-    feature.oneof_decl.add(name="kind")
-    features = message("Features", [
-        ("feature", 1, F.TYPE_MESSAGE, rep, ".tensorflow.Features.FeatureEntry", None),
-    ])
-    entry = features.nested_type.add(name="FeatureEntry")
-    entry.options.map_entry = True
-    entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=opt)
-    entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, label=opt, type_name=".tensorflow.Feature")
-    message("Example", [("features", 1, F.TYPE_MESSAGE, opt, ".tensorflow.Features", None)])
-
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    descriptor = pool.FindMessageTypeByName("tensorflow.Example")
-    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
-        _EXAMPLE_CLASS = message_factory.GetMessageClass(descriptor)
-    else:
-        _EXAMPLE_CLASS = message_factory.MessageFactory(pool).GetPrototype(descriptor)
-    return _EXAMPLE_CLASS
-
-
-def parse_example(data):
-    """Serialized tf.train.Example -> {key: bytes | float32 array | int64 array}.
-
-    A bytes feature is returned as the concatenation of its values: DeepMind's
-    files store images and masks as one 1-byte string per element (their
-    readers use ``FixedLenFeature(shape, tf.string)`` then ``decode_raw``).
-    """
-    from google.protobuf.message import DecodeError
-
-    example = _example_class()()
-    try:
-        example.ParseFromString(data)
-    except DecodeError as e:
-        raise ConvertError(f"not a tf.train.Example ({e})") from None
-    out = {}
-    for key, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "bytes_list":
-            out[key] = b"".join(feature.bytes_list.value)
-        elif kind == "float_list":
-            out[key] = np.asarray(feature.float_list.value, np.float32)
-        elif kind == "int64_list":
-            out[key] = np.asarray(feature.int64_list.value, np.int64)
-        else:
-            out[key] = None
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -571,15 +288,13 @@ def convert_multi_object(src, dataset, out, *, skip=0, limit=None, max_examples=
     h, w = (resolution, resolution) if is_clevr else spec["image"][:2]
     config = dict(converter="multi-object", src=str(src.resolve()), dataset=dataset, skip=skip,
                   limit=limit, max_examples=max_examples, resolution=h if is_clevr else None)
-    done = _finished(out, config)
-    if done:
-        return done
-    writer = _Writer(out, name=spec["name"], height=h, width=w, config=config, masks=True, chunk=chunk)
+    writer = _writer(out, config, name=spec["name"], height=h, width=w, masks=True, chunk=chunk)
+    if isinstance(writer, dict):
+        return writer
     stop = None if limit is None else skip + limit  # first record index not to read
-    try:
-        records = max(skip, writer.state["records_consumed"])
-        writer.bar = bar = tqdm(total=limit, initial=records - skip, unit="record",
-                                disable=not progress, desc=dataset)
+    records = max(skip, writer.state["records_consumed"])
+    with writer, tqdm(total=limit, initial=records - skip, unit="record", disable=not progress,
+                      desc=dataset) as bar:
         # Records before `records` are framed and CRC-checked, not decoded.
         for index, data in read_tfrecords(src, start=records):
             if (stop is not None and index >= stop) or (
@@ -604,6 +319,4 @@ def convert_multi_object(src, dataset, out, *, skip=0, limit=None, max_examples=
             raise ConvertError(f"{src}: no examples in records {skip}..{records} (file has fewer records?)")
         n_written = writer.num_examples
         writer.finish(records_consumed=records)
-    finally:
-        writer.close()
     return dict(out=str(out), num_examples=n_written, records=records)

@@ -1,0 +1,187 @@
+"""The resumable writer of dataset files, used by ``data make`` and ``data convert``.
+
+A file is written as ``OUT.partial`` and renamed to ``OUT`` only when whole,
+so a file at ``OUT`` is always complete. While it is written it has the
+attributes of a finished file with ``complete=False``, every dataset of
+``schema.fields`` resizable along its first axis, and:
+
+- ``num_written``: the examples committed so far. ``commit`` writes the rows
+  first, then ``num_written`` (and ``state``), then flushes: a crash loses at
+  most the rows since the last commit, and resuming drops any row past
+  ``num_written``.
+- ``state``: JSON the caller needs to continue (a converter's records
+  consumed); only where the caller keeps one.
+- ``num_examples``: the number of examples the file will hold when the caller
+  knows it in advance (``total``), else the same as ``num_written``.
+
+``finish`` commits, sets ``num_examples`` to the rows written, sets
+``complete=True`` last, flushes and renames ``OUT.partial`` to ``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+
+from slotref.data import schema
+
+IMAGE_CHUNK_PIXELS = 2**16  # image rows per HDF5 chunk: about 200 KB of RGB
+ROW_CHUNK = 1024  # rows per HDF5 chunk of the small per-example fields
+COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": False}  # images and masks
+
+
+def partial_path(out):
+    return os.fspath(out) + ".partial"
+
+
+def partial_status(out, *, name, config, total=None):
+    """What ``OUT.partial`` is: "missing", "resumable", "other" (another name, config or total)
+    or "unreadable" (not an HDF5 file, e.g. killed while writing its metadata)."""
+    partial = partial_path(out)
+    if not os.path.exists(partial):
+        return "missing"
+    attrs = _attrs(partial)
+    if attrs is None:
+        return "unreadable"
+    same = (attrs.get("format") == schema.FORMAT and attrs.get("name") == name
+            and attrs.get("config") == config_text(config) and "num_written" in attrs
+            and (total is None or attrs.get("num_examples") == total))
+    return "resumable" if same else "other"
+
+
+def config_text(config):
+    """The ``config`` attribute: the options as JSON with sorted keys."""
+    return json.dumps(config, sort_keys=True)
+
+
+def finished_attrs(out, config):
+    """The attributes of a complete file at ``out`` written with ``config``, else None."""
+    attrs = _attrs(out) if os.path.exists(out) else None
+    return attrs if attrs and attrs.get("complete") and attrs.get("config") == config_text(config) else None
+
+
+def _attrs(path):
+    """The attributes of an HDF5 file as plain values, or None if it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {key: schema.plain(f.attrs[key]) for key in f.attrs}
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+class Writer:
+    """Append examples to ``OUT.partial`` in chunks; resume a matching one; rename when finished.
+
+    A resumable ``OUT.partial`` (``partial_status``) is continued from its
+    ``num_written``; anything else there is replaced. ``state`` is the
+    caller's initial resume state (None: the file keeps none); on resume
+    ``self.state`` is the one last committed. ``chunk``: examples buffered by
+    ``add`` between commits. Use as a context manager: leaving it closes the file.
+    """
+
+    def __init__(self, out, *, name, height, width, source, config, masks, max_objects=None,
+                 total=None, state=None, chunk=64):
+        self.out = os.fspath(out)
+        self.partial = partial_path(self.out)
+        self.chunk = chunk
+        self.buffer = []
+        self.fields = schema.fields(height, width, masks, max_objects)
+        self.total = total
+        if partial_status(self.out, name=name, config=config, total=total) == "resumable":
+            self.f = h5py.File(self.partial, "r+")
+            self.num_written = int(self.f.attrs["num_written"])
+            for key in self.fields:
+                self.f[key].resize(self.num_written, axis=0)  # rows written after the last commit
+            self.state = json.loads(self.f.attrs["state"]) if "state" in self.f.attrs else None
+            self.resumed = True
+            return
+        os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
+        self.f = h5py.File(self.partial, "w")
+        self.f.attrs.update({
+            "format": schema.FORMAT, "format_version": schema.FORMAT_VERSION, "name": name, "complete": False,
+            "num_examples": 0 if total is None else total, "num_written": 0, "height": height, "width": width,
+            "source": source, "config": config_text(config),
+        })
+        if max_objects is not None:
+            self.f.attrs["max_objects"] = max_objects
+        rows = max(1, IMAGE_CHUNK_PIXELS // (height * width))
+        for key, (shape, dtype) in self.fields.items():
+            image = key in ("images", "masks")
+            chunk_rows = rows if image else ROW_CHUNK
+            if total is not None:
+                chunk_rows = min(chunk_rows, total)
+            self.f.create_dataset(key, (0,) + shape, dtype, maxshape=(None,) + shape,
+                                  chunks=(chunk_rows,) + shape,
+                                  fillvalue=-1 if np.dtype(dtype) == np.int8 else 0,
+                                  **(COMPRESSION if image else {}))
+        self.state = None if state is None else dict(state)
+        if state is not None:
+            self.f.attrs["state"] = json.dumps(state)
+        self.f.flush()
+        self.num_written = 0
+        self.resumed = False
+
+    @property
+    def num_examples(self):
+        """Examples committed and buffered."""
+        return self.num_written + len(self.buffer)
+
+    def add(self, example, **state):
+        """Buffer one example ({field: array}); commit with ``state`` once ``chunk`` are buffered."""
+        self.buffer.append(example)
+        if len(self.buffer) >= self.chunk:
+            self.commit(**state)
+
+    def extend(self, arrays, **state):
+        """Write a batch ({field: array with the examples first}) and commit with ``state``."""
+        self._write_buffer()
+        self._write({key: arrays[key] for key in self.fields})
+        self.commit(**state)
+
+    def commit(self, **state):
+        """Write the buffered examples, then record ``num_written`` and ``state``, then flush."""
+        self._write_buffer()
+        if state:
+            self.state.update(state)
+            self.f.attrs["state"] = json.dumps(self.state)
+        self.f.attrs["num_written"] = self.num_written
+        if self.total is None:
+            self.f.attrs["num_examples"] = self.num_written
+        self.f.flush()
+
+    def _write_buffer(self):
+        if self.buffer:
+            self._write({key: np.stack([ex[key] for ex in self.buffer]) for key in self.fields})
+            self.buffer = []
+
+    def _write(self, arrays):
+        start, stop = self.num_written, self.num_written + len(arrays["images"])
+        for key, value in arrays.items():
+            self.f[key].resize(stop, axis=0)
+            self.f[key][start:stop] = value
+        self.num_written = stop
+
+    def finish(self, **state):
+        """Commit, mark the file complete and rename it to ``OUT``; returns ``OUT``."""
+        self.commit(**state)
+        if self.total is not None and self.num_written != self.total:
+            raise RuntimeError(f"{self.partial}: {self.num_written} examples written, {self.total} declared")
+        self.f.attrs["num_examples"] = self.num_written
+        self.f.attrs["complete"] = True  # last, after every example is on disk
+        self.f.flush()
+        self.f.close()
+        os.replace(self.partial, self.out)
+        return self.out
+
+    def close(self):
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
