@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 import standin
 from slotref import bench_allreduce
 from slotref.backend import get_backend, host_rng, tree_leaves
-from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, Layout, World, checksum, launched_size,
-                                 local_slice, shard_range, tree_from_leaves)
+from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, World, checksum, launched_size,
+                                 local_slice, shard_range)
+from slotref.flat import FlatLayout, FlatTree
 from slotref.models import discovery_config, init_model, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
 from slotref.training.config import TrainConfig
@@ -64,64 +65,24 @@ def test_shards_cover_the_items_once_in_whole_blocks(n, size, align):
 
 
 # --------------------------------------------------------------------------
-# Flat buffers.
+# Parameter checksums (flat buffers themselves: tests/test_flat.py).
 
 def leaves_of_two_dtypes(rng):
-    return [rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(5),
-            np.asarray(rng.standard_normal(), dtype=np.float32), rng.standard_normal((4, 1, 2)).astype(np.float32)]
+    return {"a": rng.standard_normal((2, 3)).astype(np.float32), "b": rng.standard_normal(5),
+            "c": [np.asarray(rng.standard_normal(), dtype=np.float32), rng.standard_normal((4, 1, 2)).astype(np.float32)]}
 
 
-def test_flatten_then_unflatten_gives_the_leaves_back(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    layout = Layout.of(leaves)
-    buffers = layout.flatten(leaves)
-    assert dict(layout.sizes) == {"float32": 6 + 1 + 8, "float64": 5}
-    assert all(b.ndim == 1 and b.flags.c_contiguous for b in buffers.values())
-    for got, want in zip(layout.unflatten(buffers), leaves, strict=True):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
-
-
-def test_unflatten_gives_views_so_an_allreduce_of_the_buffer_updates_every_leaf(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    layout = Layout.of(leaves)
-    buffers = layout.flatten(leaves)
-    views = layout.unflatten(buffers)
-    for b in buffers.values():
-        b *= 2
-    for got, want in zip(views, leaves):
-        np.testing.assert_array_equal(got, 2 * want)
-
-
-def test_a_parameter_tree_round_trips_through_its_leaves_in_tree_leaves_order():
-    params = init_model(host_rng(0, 0), setpred_config(16, num_slots=3, encoder_channels=8, mlp_size=8,
-                                                          head_hidden=8, slot_attention=SA8))
-    leaves = [leaf for _, leaf in tree_leaves(params)]
-    layout = Layout.of(leaves)
-    rebuilt = tree_from_leaves(params, layout.unflatten(layout.flatten(leaves)))
-    assert [path for path, _ in tree_leaves(rebuilt)] == [path for path, _ in tree_leaves(params)]
-    for (_, a), (_, b) in zip(tree_leaves(rebuilt), tree_leaves(params)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_flat_buffers_of_device_leaves_stay_on_the_device(rng):
+def test_the_checksum_of_device_buffers_stays_on_the_device_and_equals_the_hosts(rng):
     host = leaves_of_two_dtypes(rng)
-    dev = [standin.standin_xp.asarray(x) for x in host]
-    layout = Layout.of(dev)
+    dev = FlatTree.from_tree(host, standin.standin_xp)
     with standin.watch() as stats:
-        buffers = layout.flatten(dev, out=layout.empty(standin.standin_xp))
-        views = layout.unflatten(buffers)
-        sums = checksum(buffers)
-    assert not stats.conversions and not stats.host_operands, stats.report()
-    assert all(isinstance(b, standin.StandinArray) for b in buffers.values())
-    for got, want in zip(views, host):
-        np.testing.assert_array_equal(got.get(), want)
-    assert sums == checksum(Layout.of(host).flatten(host))
+        sums = checksum(dev.buffers)
+    assert not stats.host_operands, stats.report()
+    assert sums == checksum(FlatTree.from_tree(host).buffers)
 
 
 def test_the_checksum_sees_a_change_of_one_element(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    buffers = Layout.of(leaves).flatten(leaves)
+    buffers = FlatTree.from_tree(leaves_of_two_dtypes(rng)).buffers
     before = checksum(buffers)
     buffers["float32"][3] = np.nextafter(buffers["float32"][3], np.float32(np.inf))
     assert checksum(buffers) != before
@@ -200,21 +161,20 @@ def test_weighted_slice_gradients_sum_to_the_full_batch_gradient(task, rng):
     batch, size = 6, 2
     images, targets, noise = global_batch(be, config, batch, rng)
     loss, grads = autograd.value_and_grad(loss_fn)(params, images, targets, noise)
-    full = Layout.of([loss] + [g for _, g in tree_leaves(grads)])
+    layout = FlatLayout(params)
 
-    summed = None
+    got, got_loss = 0, 0
     for rank in range(size):
         s = local_slice(batch, rank, size)
         share = (s.stop - s.start) / batch
         part_loss, part = autograd.value_and_grad(loss_fn)(params, images[s], None if targets is None else targets[s],
                                                            noise[s])
-        buffers = full.flatten([part_loss * share] + [g * share for _, g in tree_leaves(part)])
-        summed = buffers if summed is None else {k: summed[k] + buffers[k] for k in summed}
+        got = got + layout.flatten(part).buffers["float64"] * share
+        got_loss = got_loss + float(part_loss) * share
 
-    want = full.flatten([loss] + [g for _, g in tree_leaves(grads)])["float64"]
-    got = summed["float64"]
+    want = layout.flatten(grads).buffers["float64"]
     assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
-    assert abs(got[0] - float(loss)) <= 1e-12 * abs(float(loss))
+    assert abs(got_loss - float(loss)) <= 1e-12 * abs(float(loss))
 
 
 # --------------------------------------------------------------------------
@@ -297,17 +257,16 @@ def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_dive
     result = run_ranks(tmp_path, """
         import numpy as np
         import standin
-        from slotref.distributed import DistributedError, Layout, MPIWorld, local_slice, world
+        from slotref.distributed import DistributedError, MPIWorld, local_slice, world
+        from slotref.flat import FlatTree
 
         w = world()
         assert isinstance(w, MPIWorld) and w.size == 2 and w.local_size == 2
-        leaves = [np.full((2, 3), w.rank + 1, np.float32), np.arange(4.0) * (w.rank + 1),
-                  np.asarray(w.rank, np.float32)]
-        layout = Layout.of(leaves)
-        buffers = layout.flatten(leaves)
-        for b in buffers.values():
+        flat = FlatTree.from_tree([np.full((2, 3), w.rank + 1, np.float32), np.arange(4.0) * (w.rank + 1),
+                                   np.asarray(w.rank, np.float32)])
+        for b in flat.buffers.values():
             w.allreduce_sum_(b)
-        a, b, c = layout.unflatten(buffers)
+        a, b, c = flat.tree
         assert (a == 3).all() and (b == 3 * np.arange(4.0)).all() and c == 1, (a, b, c)
         device = standin.standin_xp.asarray(np.arange(5, dtype=np.float32) * (w.rank + 1))
         assert w.allreduce_sum_(device) is device and isinstance(device, standin.StandinArray)
@@ -356,37 +315,34 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         import autograd
         import numpy as np
         from slotref.backend import get_backend, host_rng, tree_leaves
-        from slotref.distributed import GradientSync, Layout, checksum, world
+        from slotref.distributed import GradientSync, checksum, world
+        from slotref.flat import FlatTree
         from slotref.models import init_model
         from slotref.optim import Adam
         from slotref.training.tasks import make_task
         from test_distributed import global_batch, tiny_task
 
         w, be, config, batch = world(), get_backend("cpu", "float64"), tiny_task("setpred"), 4
-        params = be.tree_asarray(init_model(host_rng(0, 0), config.model))
+        params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(0, 0), config.model)))
         task = make_task(config)
         images, targets, noise = global_batch(be, config, batch, np.random.default_rng(1))
-        sync = GradientSync(w, batch)
+        sync = GradientSync(w, batch, params.layout)
         s = sync.slice
-        loss, grads = autograd.value_and_grad(task.loss)(params, images[s], targets[s], noise[s])
+        loss, grads = autograd.value_and_grad(task.loss)(params.tree, images[s], targets[s], noise[s])
         total, summed, stops = sync.reduce(loss, grads, stop=w.rank == 1)
         assert stops == 1, stops
-        got = [total] + [g for _, g in tree_leaves(summed)]
-        buffers = Layout.of(got).flatten(got)["float64"]
+        assert isinstance(summed, FlatTree) and summed.layout is params.layout
         if w.is_root:  # the full batch in one process
-            ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params, images, targets, noise)
-            ref = [ref_loss] + [g for _, g in tree_leaves(ref_grads)]
-            want = Layout.of(ref).flatten(ref)["float64"]
-            worst = np.max(np.abs(buffers - want)) / np.max(np.abs(want))
+            ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params.tree, images, targets, noise)
+            want = params.layout.flatten(ref_grads).buffers["float64"]
+            worst = np.max(np.abs(summed.buffers["float64"] - want)) / np.max(np.abs(want))
             print("largest difference from the full-batch gradient, relative", worst)
-            assert worst <= 1e-12
+            assert worst <= 1e-12 and abs(float(total) - float(ref_loss)) <= 1e-12 * abs(float(ref_loss))
         adam = Adam()
         state = adam.init(params)
         adam.update(params, summed, state, 1e-3)
-        leaves = [p for _, p in tree_leaves(params)]
-        flat = Layout.of(leaves).flatten(leaves)
-        w.check_same(checksum(flat))
-        print("parameters after Adam", checksum(flat))
+        w.check_same(checksum(params.buffers))
+        print("parameters after Adam", checksum(params.buffers))
         print("done", w.rank)
         """)
     assert result.returncode == 0, result.stderr
