@@ -10,12 +10,14 @@ the checksum compare, and a failing rank that ends the job with one line.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import autograd
@@ -244,11 +246,12 @@ sys.excepthook = abort_on_uncaught
 """
 
 
-def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60) -> subprocess.CompletedProcess:
+def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60, args=()) -> subprocess.CompletedProcess:
     path = tmp_path / "ranks.py"
     path.write_text(ABORT_ON_UNCAUGHT + textwrap.dedent(script))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path)], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -347,3 +350,147 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         """)
     assert result.returncode == 0, result.stderr
     assert "done 0" in result.stdout and "done 1" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# The training loop under mpiexec -n 2 against one process at the same global batch.
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The tiny files of tests/test_train.py: CLEVR-like scenes at 32x32, Tetrominoes at 35x35."""
+    from slotref.data.hdf5 import write_dataset
+
+    d = tmp_path_factory.mktemp("data")
+    write_dataset("clevr-shapes", d / "clevr.h5", 96, 0, resolution=32, min_objects=2, max_objects=4,
+                  progress=False, workers=1)
+    write_dataset("tetrominoes", d / "tetrominoes.h5", 48, 0, progress=False, workers=1)
+    return d
+
+
+def checkpoint_params(path, group="params") -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f[group].visititems(lambda name, item: out.__setitem__(name, item[()]) if hasattr(item, "shape") else None)
+        return {"step": int(f.attrs["step"]), "params": out}
+
+
+def assert_close_checkpoints(a, b, rtol):
+    """Same step; every parameter within ``rtol`` of the largest parameter.
+
+    Except where the gradient is zero but for rounding (Adam's first moment below 1e-6 of its largest:
+    e.g. the offset of the slots' LayerNorm, a shift common to all slots that a softmax over slots
+    ignores). Adam divides such a gradient by its own size and steps by up to lr whichever its sign,
+    so there the ranks' and the process's rounding may differ by the sum of the learning rates.
+    """
+    ca, cb = checkpoint_params(a), checkpoint_params(b)
+    assert ca["step"] == cb["step"] and sorted(ca["params"]) == sorted(cb["params"])
+    m = checkpoint_params(b, "adam/m")["params"]
+    m_scale = max(np.max(np.abs(v)) for v in m.values())
+    scale = max(np.max(np.abs(v)) for v in cb["params"].values())
+    worst = 0.0
+    for k, want in cb["params"].items():
+        diff = np.abs(ca["params"][k] - want)
+        noise = np.abs(m[k]) <= 1e-6 * m_scale
+        assert np.all(diff[noise] <= 2 * 4e-4 * ca["step"]), k  # base learning rate 4e-4 or less
+        worst = max(worst, float(np.max(diff[~noise], initial=0.0)) / scale)
+    assert worst <= rtol, f"parameters differ by {worst:.2e} of the largest, more than {rtol:g}"
+    return worst
+
+
+TRAIN_ON_RANKS = """
+    import os, signal, sys
+    from dataclasses import replace
+    from pathlib import Path
+    from slotref.distributed import world
+    from slotref.training.loop import train
+    from slotref.training.tasks import DiscoveryTask, SetPredictionTask
+    from test_train import discovery_run, setpred_run
+
+    w = world()
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def on_rank(rank, task_cls, call, action):
+        # ``action()`` on one rank in its ``call``-th loss evaluation (step ``call`` + 1)
+        original, calls = task_cls.loss, []
+        def loss(task, *args):
+            calls.append(1)
+            if w.rank == rank and len(calls) == call + 1:
+                action()
+            return original(task, *args)
+        task_cls.loss = loss
+"""
+
+
+def train_on_ranks(tmp_path, data, body: str) -> subprocess.CompletedProcess:
+    """``body`` after TRAIN_ON_RANKS's preamble, under mpiexec -n 2, with ``data`` and ``out`` = tmp_path."""
+    return run_ranks(tmp_path, textwrap.dedent(TRAIN_ON_RANKS) + textwrap.dedent(body), args=[data, tmp_path],
+                     timeout=120)
+
+
+@needs_mpi
+def test_two_ranks_train_set_prediction_as_one_process_and_one_process_resumes_them(tmp_path, tiny_data):
+    from test_train import setpred_run
+    from slotref.training.loop import train
+
+    config = setpred_run(tiny_data, steps=4, eval_every=4)
+    result = train_on_ranks(tmp_path, tiny_data, """
+        config = setpred_run(data, steps=4, eval_every=4)
+        two = train(config, out / "two", progress=False)
+        train(replace(config, dtype="float64"), out / "two64", progress=False)
+        on_rank(1, SetPredictionTask, 2, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C in step 3
+        try:
+            train(config, out / "interrupted", progress=False)
+        except KeyboardInterrupt as err:
+            print(f"rank {w.rank}: {err}")
+        if w.is_root:
+            print("evaluation", two)
+        """)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):  # one rank's Ctrl-C stops both after the same step
+        assert f"rank {rank}: interrupted after step 3; checkpoint saved" in result.stdout
+    one = tmp_path / "one"
+    train(config, one, progress=False)
+    print("float32", assert_close_checkpoints(tmp_path / "two" / "checkpoint.h5", one / "checkpoint.h5", 1e-5))
+    train(replace(config, dtype="float64"), tmp_path / "one64", progress=False)
+    print("float64", assert_close_checkpoints(tmp_path / "two64" / "checkpoint.h5", tmp_path / "one64" / "checkpoint.h5",
+                                              1e-12))
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 4]  # rank 0 alone writes
+    assert metrics[-1]["eval"].keys() == json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])["eval"].keys()
+
+    resumed = tmp_path / "interrupted"
+    assert checkpoint_params(resumed / "checkpoint.h5")["step"] == 3
+    train(config, resumed, resume=True, progress=False)  # one process continues the two ranks' run
+    assert_close_checkpoints(resumed / "checkpoint.h5", one / "checkpoint.h5", 1e-5)
+
+
+@needs_mpi
+def test_two_ranks_train_tetrominoes_discovery_as_one_process(tmp_path, tiny_data):
+    from test_train import discovery_run
+    from slotref.training.loop import train
+
+    result = train_on_ranks(tmp_path, tiny_data, """
+        print("evaluation", train(discovery_run(data), out / "two", progress=False))
+        """)
+    assert result.returncode == 0, result.stderr
+    one = train(discovery_run(tiny_data), tmp_path / "one", progress=False)
+    assert_close_checkpoints(tmp_path / "two" / "checkpoint.h5", tmp_path / "one" / "checkpoint.h5", 1e-5)
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
+    assert two.keys() == one.keys() and two["mse"] == pytest.approx(one["mse"], rel=1e-4)
+
+
+@needs_mpi
+def test_a_failing_rank_ends_training_with_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_data):
+    result = train_on_ranks(tmp_path, tiny_data, """
+        def fail():
+            raise RuntimeError("injected failure in step 3")
+        on_rank(1, SetPredictionTask, 2, fail)
+        train(setpred_run(data, steps=4), out / "run", progress=False)
+        print("rank", w.rank, "finished")
+        """)
+    assert result.returncode != 0 and "finished" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("rank 1 of 2:")]
+    assert lines == ["rank 1 of 2: RuntimeError: injected failure in step 3"], result.stderr
+    assert checkpoint_params(tmp_path / "run" / "checkpoint.h5")["step"] == 2  # checkpoint_every 2

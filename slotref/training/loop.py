@@ -129,6 +129,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 _check_finite_params(params.tree, done, ckpt_path)
                 if w.is_root:
                     save_checkpoint(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint)
+                w.barrier()  # on disk before any rank goes on: a rank failing later leaves it whole
             if stopping:
                 interrupted = True
                 break
