@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -100,6 +99,17 @@ class World:
         """Print one line naming this rank and end the whole job with exit status 1."""
         sys.exit(message)
 
+    def raise_together(self, err: BaseException | None) -> None:
+        """Collective: if any rank passes an error, every rank raises (its own, or the first rank's)."""
+        if err is not None:
+            raise err
+
+    def layout(self) -> list[dict]:
+        """Collective: {rank, host, local_rank} of every rank, in rank order."""
+        import platform
+
+        return [{"rank": 0, "host": platform.node(), "local_rank": 0}]
+
     @contextmanager
     def fail_fast(self, agreed: tuple = ()):
         """Any exception in the block ends every rank (one process: it propagates unchanged).
@@ -183,8 +193,21 @@ class MPIWorld(World):
                                    f"({values[differ[0]]} vs {values[0]})")
 
     def abort(self, message: str):
-        print(f"rank {self.rank} of {self.size}: {message}", file=sys.stderr, flush=True)
+        # sys.__stderr__: the command line silences the other ranks' sys.stderr, never this line
+        print(f"rank {self.rank} of {self.size}: {message}", file=sys.__stderr__, flush=True)
         self.comm.Abort(1)
+
+    def raise_together(self, err: BaseException | None) -> None:
+        errors = self.comm.allgather(None if err is None else f"{type(err).__name__}: {err}")
+        first = next((r for r, e in enumerate(errors) if e is not None), None)
+        if err is not None:
+            raise err
+        if first is not None:
+            raise DistributedError(f"rank {first} of {self.size} could not start: {errors[first]}")
+
+    def layout(self) -> list[dict]:
+        return self.comm.allgather({"rank": self.rank, "host": self.MPI.Get_processor_name(),
+                                    "local_rank": self.local_rank})
 
     @contextmanager
     def fail_fast(self, agreed: tuple = ()):

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import standin
 from slotref import bench_allreduce
-from slotref.backend import get_backend, host_rng, tree_leaves
+from slotref.backend import get_backend, host_rng
 from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, World, checksum, launched_size,
                                  local_slice, shard_range)
 from slotref.flat import FlatLayout, FlatTree
@@ -494,3 +494,13 @@ def test_a_failing_rank_ends_training_with_one_line_and_keeps_the_last_checkpoin
     lines = [line for line in result.stderr.splitlines() if line.startswith("rank 1 of 2:")]
     assert lines == ["rank 1 of 2: RuntimeError: injected failure in step 3"], result.stderr
     assert checkpoint_params(tmp_path / "run" / "checkpoint.h5")["step"] == 2  # checkpoint_every 2
+
+
+@needs_mpi
+def test_info_under_mpiexec_names_the_world_the_ranks_and_the_allreduce_path(tmp_path):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "cli.py", "info"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("world: 2 ranks on 1 host(s)") == 1  # rank 0 alone prints
+    assert "allreduce: host (MPI)" in result.stdout and "ranks 0 (local 0), 1 (local 1)" in result.stdout

@@ -61,28 +61,32 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     elif ckpt_path.exists():
         raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
     w = distributed.world()
-    if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
-        w.use_device()  # this rank's GPU, before the backend is made
-    be = get_backend(config.device, config.dtype)
-    config = replace(config, device=be.device)
     local_slice = distributed.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
+    data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
+    failure = None
+    try:  # what may fail on one rank alone (its GPU, its copy of the file) fails on every rank
+        if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
+            w.use_device()  # this rank's GPU, before the backend is made
+        be = get_backend(config.device, config.dtype)
+        config = replace(config, device=be.device)
+        task = make_task(config)
+        train_split, val_split, fingerprint = load_splits(data_path, config)
+        params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(config.seed, 0), config.model)))
+        adam = Adam()
+        state = adam.init(params)
+        start = 0
+        if resume and ckpt_path.exists():
+            tree, tree_state, start, saved_fp = load_checkpoint(ckpt_path, be, params.tree, config)
+            if saved_fp != fingerprint:
+                raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
+            params.assign(tree)
+            state = adam.from_tree(tree_state, params)
+    except Exception as err:  # noqa: BLE001 - raised again on every rank
+        failure = err
+    w.raise_together(failure)
     if w.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(config.to_json())
-    task = make_task(config)
-    data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
-    train_split, val_split, fingerprint = load_splits(data_path, config)
-
-    params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(config.seed, 0), config.model)))
-    adam = Adam()
-    state = adam.init(params)
-    start = 0
-    if resume and ckpt_path.exists():
-        tree, tree_state, start, saved_fp = load_checkpoint(ckpt_path, be, params.tree, config)
-        if saved_fp != fingerprint:
-            raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
-        params.assign(tree)
-        state = adam.from_tree(tree_state, params)
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
     sync = distributed.GradientSync(w, config.batch_size, params.layout)
@@ -209,6 +213,9 @@ def load_run(run_dir: str | Path, device: str | None = None):
     config = read_checkpoint_config(ckpt)
     if device:
         config = replace(config, device=device)
+    w = distributed.world()
+    if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
+        w.use_device()  # this rank's GPU, before the backend is made
     be = get_backend(config.device, config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
     params, _, step, _ = load_checkpoint(ckpt, be, template, config)
