@@ -27,8 +27,8 @@ MPI_ENV = "SLOTREF_MPI"              # 1: use MPI even for one rank; 0: never
 ALLREDUCE_ENV = "SLOTREF_ALLREDUCE"  # host | nccl: override the automatic choice
 
 
-class DistributedError(RuntimeError):
-    """Ranks disagree, or the run cannot be split across them; one line."""
+class DistributedError(ValueError):
+    """Ranks disagree, or the run cannot be split across them; one line (a ValueError: the commands print it)."""
 
 
 def launched_size() -> int:
