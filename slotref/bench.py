@@ -65,6 +65,20 @@ def matmul_peak(be, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / _time(lambda: a @ b, xp, repeats) / 1e9
 
 
+def _time_ranks(fn, xp, repeats: int, w) -> float:
+    """Best over ``repeats`` of the slowest rank's wall time, the ranks starting together (a barrier)."""
+    fn()
+    _sync(xp)
+    times = []
+    for _ in range(repeats):
+        w.barrier()
+        t0 = time.perf_counter()
+        fn()
+        _sync(xp)
+        times.append(time.perf_counter() - t0)
+    return min(max(column) for column in zip(*w.allgather(times)))
+
+
 def peak_memory_gb(be) -> float:
     """Peak resident memory of this process (CPU) or of CuPy's pool (GPU), in GB."""
     if be.xp is np:
@@ -248,19 +262,32 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
         configs = [(n, t, d, batch_size) for n, t, d, _ in configs]
     echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}{'PyTorch CPU':>13}{'ratio':>7}"
          f"{'peak GB':>9}")
+    from slotref import distributed
+    from slotref.flat import FlatTree
+
+    w = distributed.world()  # under mpiexec -n N: each rank steps on B / N examples plus the allreduce
+    if w.size > 1:
+        echo(f"{w.size} ranks, global batch = batch; each rank times its slice and the allreduce "
+             f"({w.allreduce_path()}), the slowest rank counts")
     rows = []
     for name, t, d, b in configs:
-        value_and_grad, params, adam, state, config = step_setup(be, t, d, b)
+        sync = distributed.GradientSync(w, b)
+        value_and_grad, tree, adam, _, config = step_setup(be, t, d, sync.slice.stop - sync.slice.start,
+                                                           seed=w.rank)
+        params = FlatTree.from_tree(tree)
+        state = adam.init(params)
+        sync.layout = params.layout
 
-        def train_step(p):
-            loss, grads = value_and_grad(p)
-            adam.update(p, grads, state, 1e-6)
+        def train_step(tree):
+            loss, grads = value_and_grad(tree)
+            loss, grads, _ = sync.reduce(loss, grads)
+            adam.update(params, grads, state, 1e-6)
             return loss
 
         def step():
-            return train_step(params)
+            return train_step(params.tree)
 
-        seconds = _time(step, be.xp, repeats)
+        seconds = _time(step, be.xp, repeats) if w.size == 1 else _time_ranks(step, be.xp, repeats, w)
         ips = b / seconds
         torch = PYTORCH_CPU_IMAGES_PER_S.get(name)
         ratio = f"{ips / torch:.2f}" if torch and be.device == "cpu" else "-"
@@ -270,7 +297,7 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
              f"{peak_memory_gb(be):>9.2f}")
         if profile:
             profile_step(step, echo)
-            launches_and_device_time(train_step, params, be.xp, echo)
+            launches_and_device_time(train_step, params.tree, be.xp, echo)
             sa = slot_attention_seconds(be, config, b, repeats)
             echo(f"    {'Slot Attention (timed alone)':<28}{sa:>8.3f} s {100 * sa / seconds:>5.1f}% of the step")
             loading = data_loading_seconds(be, config, b)

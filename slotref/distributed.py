@@ -4,8 +4,9 @@
 without mpiexec gets the single-process ``World`` and never imports mpi4py.
 Rank r trains on ``local_slice(B, r, N)`` of every global batch B, drawn as one
 process draws it; ``GradientSync`` sums the ranks' shares of the global mean
-loss and its gradient with one allreduce of a flat buffer (``Layout``) per
-step, so every rank applies the same Adam update to the same parameters.
+loss and its gradient with one allreduce per dtype of the gradient's flat
+buffer (``slotref.flat.FlatLayout``, the parameters' layout) per step, so
+every rank applies the same flat Adam update to the same parameters.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 
-from slotref.backend import is_host_array, to_float, to_host, tree_leaves, tree_map, xp_of
+from slotref.backend import is_host_array, to_float, to_host, tree_leaves, xp_of
+from slotref.flat import FlatLayout, FlatTree
 
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
@@ -26,8 +27,8 @@ MPI_ENV = "SLOTREF_MPI"              # 1: use MPI even for one rank; 0: never
 ALLREDUCE_ENV = "SLOTREF_ALLREDUCE"  # host | nccl: override the automatic choice
 
 
-class DistributedError(RuntimeError):
-    """Ranks disagree, or the run cannot be split across them; one line."""
+class DistributedError(ValueError):
+    """Ranks disagree, or the run cannot be split across them; one line (a ValueError: the commands print it)."""
 
 
 def launched_size() -> int:
@@ -53,45 +54,7 @@ def shard_range(n: int, rank: int, size: int, align: int = 1) -> tuple[int, int]
 
 
 # --------------------------------------------------------------------------
-# One contiguous buffer per dtype for a list of arrays (a parameter tree's leaves).
-
-@dataclass(frozen=True)
-class Layout:
-    """Where each leaf lives in the flat buffers: (dtype name, start, stop, shape) per leaf."""
-
-    entries: tuple[tuple[str, int, int, tuple[int, ...]], ...]
-    sizes: tuple[tuple[str, int], ...]   # (dtype name, elements) per buffer, in first-seen order
-
-    @staticmethod
-    def of(leaves) -> "Layout":
-        entries, sizes = [], {}
-        for leaf in leaves:
-            key, start = np.dtype(leaf.dtype).name, sizes.get(np.dtype(leaf.dtype).name, 0)
-            sizes[key] = start + int(np.prod(leaf.shape, dtype=np.int64))
-            entries.append((key, start, sizes[key], tuple(leaf.shape)))
-        return Layout(tuple(entries), tuple(sizes.items()))
-
-    def empty(self, xp=np) -> dict:
-        return {key: xp.empty(n, dtype=key) for key, n in self.sizes}
-
-    def flatten(self, leaves, out: dict | None = None) -> dict:
-        """Copy ``leaves`` into ``out`` (or new buffers on the leaves' device): {dtype name: 1-d array}."""
-        leaves = list(leaves)
-        out = out if out is not None else self.empty(xp_of(leaves[0]) if leaves else np)
-        for leaf, (key, start, stop, _) in zip(leaves, self.entries, strict=True):
-            out[key][start:stop] = leaf.reshape(-1)
-        return out
-
-    def unflatten(self, buffers: dict) -> list:
-        """Views into ``buffers``, one per leaf, shaped as the leaves were."""
-        return [buffers[key][start:stop].reshape(shape) for key, start, stop, shape in self.entries]
-
-
-def tree_from_leaves(template, leaves):
-    """A tree shaped like ``template`` holding ``leaves`` in ``backend.tree_leaves`` order."""
-    it = iter(leaves)
-    return tree_map(lambda _: next(it), template)
-
+# Parameter checksums.
 
 def checksum(buffers: dict) -> tuple[float, ...]:
     """Sum and sum of squares of each buffer, in float64: equal on every rank iff nothing diverged."""
@@ -136,9 +99,24 @@ class World:
         """Print one line naming this rank and end the whole job with exit status 1."""
         sys.exit(message)
 
+    def raise_together(self, err: BaseException | None) -> None:
+        """Collective: if any rank passes an error, every rank raises (its own, or the first rank's)."""
+        if err is not None:
+            raise err
+
+    def layout(self) -> list[dict]:
+        """Collective: {rank, host, local_rank} of every rank, in rank order."""
+        import platform
+
+        return [{"rank": 0, "host": platform.node(), "local_rank": 0}]
+
     @contextmanager
-    def fail_fast(self):
-        """Any exception in the block ends every rank (one process: it propagates unchanged)."""
+    def fail_fast(self, agreed: tuple = ()):
+        """Any exception in the block ends every rank (one process: it propagates unchanged).
+
+        ``agreed``: exception types that every rank raises at the same point (they are decided from
+        reduced or identical values, e.g. a NaN global loss); they propagate on every rank instead.
+        """
         yield
 
     def use_device(self) -> int:
@@ -215,15 +193,28 @@ class MPIWorld(World):
                                    f"({values[differ[0]]} vs {values[0]})")
 
     def abort(self, message: str):
-        print(f"rank {self.rank} of {self.size}: {message}", file=sys.stderr, flush=True)
+        # sys.__stderr__: the command line silences the other ranks' sys.stderr, never this line
+        print(f"rank {self.rank} of {self.size}: {message}", file=sys.__stderr__, flush=True)
         self.comm.Abort(1)
 
+    def raise_together(self, err: BaseException | None) -> None:
+        errors = self.comm.allgather(None if err is None else f"{type(err).__name__}: {err}")
+        first = next((r for r, e in enumerate(errors) if e is not None), None)
+        if err is not None:
+            raise err
+        if first is not None:
+            raise DistributedError(f"rank {first} of {self.size} could not start: {errors[first]}")
+
+    def layout(self) -> list[dict]:
+        return self.comm.allgather({"rank": self.rank, "host": self.MPI.Get_processor_name(),
+                                    "local_rank": self.local_rank})
+
     @contextmanager
-    def fail_fast(self):
+    def fail_fast(self, agreed: tuple = ()):
         try:
             yield
         except BaseException as err:  # noqa: BLE001 - every failure must end every rank
-            if isinstance(err, SystemExit) and err.code in (0, None):
+            if isinstance(err, agreed) or (isinstance(err, SystemExit) and err.code in (0, None)):
                 raise
             self.abort(f"{type(err).__name__}: {err}")
 
@@ -252,26 +243,37 @@ class MPIWorld(World):
 class GradientSync:
     """The training loop's seam: this rank's ``slice`` of each global batch; ``reduce(loss, grads, stop)``
     turns the slice's mean loss and gradient tree into the global batch's, and ``stop`` into the number of
-    ranks that asked to stop (0-d, on the loss's device: read it with the loss). One process: unchanged."""
+    ranks that asked to stop (0-d, on the loss's device: read it with the loss). One process: unchanged.
 
-    def __init__(self, w: World, global_batch: int):
-        self.world, self.slice = w, local_slice(global_batch, w.rank, w.size)
-        self.layout, self.buffers = None, None
+    Several ranks: the gradient comes back as a ``FlatTree`` in ``layout`` (the parameters' layout, as
+    flat Adam takes it). The loss and the stop vote ride in front of the gradient in the buffer of the
+    loss's dtype, so a step costs one allreduce (one per dtype of parameters).
+    """
+
+    def __init__(self, w: World, global_batch: int, layout: FlatLayout | None = None):
+        self.world, self.slice, self.layout = w, local_slice(global_batch, w.rank, w.size), layout
 
     def reduce(self, loss, grads, stop: bool = False):
         if self.world.size == 1:
             return loss, grads, stop
+        if isinstance(grads, FlatTree):
+            grads = grads.tree
+        layout = self.layout = self.layout or FlatLayout(grads)
         xp, n = xp_of(loss), self.world.size
-        leaves = [loss, xp.asarray(float(stop) * n, dtype=loss.dtype)] + [g for _, g in tree_leaves(grads)]
-        if self.layout is None:
-            self.layout = Layout.of(leaves)
-            self.buffers = self.layout.empty(xp)  # reused every step
-        self.layout.flatten(leaves, out=self.buffers)
-        for buf in self.buffers.values():
+        head_dtype = loss.dtype.name if loss.dtype.name in layout.sizes else next(iter(layout.sizes))
+        leaves = [leaf for _, leaf in tree_leaves(grads)]
+        buffers, head = {}, None
+        for dtype in layout.sizes:
+            parts = [leaf.reshape(-1) for leaf, s in zip(leaves, layout.slots, strict=True) if s.dtype == dtype]
+            if dtype == head_dtype:
+                head = xp.stack([xp.asarray(loss, dtype=dtype), xp.asarray(float(stop) * n, dtype=dtype)])
+                parts = [head] + parts
+            buf = xp.concatenate([p if p.dtype == dtype else p.astype(dtype) for p in parts])
             buf *= 1.0 / n    # this rank's share of the global mean: b / B
-            self.world.allreduce_sum_(buf)
-        total, stops, *summed = self.layout.unflatten(self.buffers)
-        return total, tree_from_leaves(grads, summed), stops
+            buffers[dtype] = self.world.allreduce_sum_(buf)
+        head = buffers[head_dtype][:2]
+        buffers[head_dtype] = buffers[head_dtype][2:]
+        return head[0].astype(loss.dtype), layout.wrap(buffers), head[1]
 
 
 _WORLD: World | None = None

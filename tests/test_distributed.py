@@ -10,12 +10,14 @@ the checksum compare, and a failing rank that ends the job with one line.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import autograd
@@ -26,9 +28,10 @@ from hypothesis import strategies as st
 
 import standin
 from slotref import bench_allreduce
-from slotref.backend import get_backend, host_rng, tree_leaves
-from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, Layout, World, checksum, launched_size,
-                                 local_slice, shard_range, tree_from_leaves)
+from slotref.backend import get_backend, host_rng
+from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, World, checksum, launched_size,
+                                 local_slice, shard_range)
+from slotref.flat import FlatLayout, FlatTree
 from slotref.models import discovery_config, init_model, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
 from slotref.training.config import TrainConfig
@@ -64,64 +67,24 @@ def test_shards_cover_the_items_once_in_whole_blocks(n, size, align):
 
 
 # --------------------------------------------------------------------------
-# Flat buffers.
+# Parameter checksums (flat buffers themselves: tests/test_flat.py).
 
 def leaves_of_two_dtypes(rng):
-    return [rng.standard_normal((2, 3)).astype(np.float32), rng.standard_normal(5),
-            np.asarray(rng.standard_normal(), dtype=np.float32), rng.standard_normal((4, 1, 2)).astype(np.float32)]
+    return {"a": rng.standard_normal((2, 3)).astype(np.float32), "b": rng.standard_normal(5),
+            "c": [np.asarray(rng.standard_normal(), dtype=np.float32), rng.standard_normal((4, 1, 2)).astype(np.float32)]}
 
 
-def test_flatten_then_unflatten_gives_the_leaves_back(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    layout = Layout.of(leaves)
-    buffers = layout.flatten(leaves)
-    assert dict(layout.sizes) == {"float32": 6 + 1 + 8, "float64": 5}
-    assert all(b.ndim == 1 and b.flags.c_contiguous for b in buffers.values())
-    for got, want in zip(layout.unflatten(buffers), leaves, strict=True):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        np.testing.assert_array_equal(got, want)
-
-
-def test_unflatten_gives_views_so_an_allreduce_of_the_buffer_updates_every_leaf(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    layout = Layout.of(leaves)
-    buffers = layout.flatten(leaves)
-    views = layout.unflatten(buffers)
-    for b in buffers.values():
-        b *= 2
-    for got, want in zip(views, leaves):
-        np.testing.assert_array_equal(got, 2 * want)
-
-
-def test_a_parameter_tree_round_trips_through_its_leaves_in_tree_leaves_order():
-    params = init_model(host_rng(0, 0), setpred_config(16, num_slots=3, encoder_channels=8, mlp_size=8,
-                                                          head_hidden=8, slot_attention=SA8))
-    leaves = [leaf for _, leaf in tree_leaves(params)]
-    layout = Layout.of(leaves)
-    rebuilt = tree_from_leaves(params, layout.unflatten(layout.flatten(leaves)))
-    assert [path for path, _ in tree_leaves(rebuilt)] == [path for path, _ in tree_leaves(params)]
-    for (_, a), (_, b) in zip(tree_leaves(rebuilt), tree_leaves(params)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_flat_buffers_of_device_leaves_stay_on_the_device(rng):
+def test_the_checksum_of_device_buffers_stays_on_the_device_and_equals_the_hosts(rng):
     host = leaves_of_two_dtypes(rng)
-    dev = [standin.standin_xp.asarray(x) for x in host]
-    layout = Layout.of(dev)
+    dev = FlatTree.from_tree(host, standin.standin_xp)
     with standin.watch() as stats:
-        buffers = layout.flatten(dev, out=layout.empty(standin.standin_xp))
-        views = layout.unflatten(buffers)
-        sums = checksum(buffers)
-    assert not stats.conversions and not stats.host_operands, stats.report()
-    assert all(isinstance(b, standin.StandinArray) for b in buffers.values())
-    for got, want in zip(views, host):
-        np.testing.assert_array_equal(got.get(), want)
-    assert sums == checksum(Layout.of(host).flatten(host))
+        sums = checksum(dev.buffers)
+    assert not stats.host_operands, stats.report()
+    assert sums == checksum(FlatTree.from_tree(host).buffers)
 
 
 def test_the_checksum_sees_a_change_of_one_element(rng):
-    leaves = leaves_of_two_dtypes(rng)
-    buffers = Layout.of(leaves).flatten(leaves)
+    buffers = FlatTree.from_tree(leaves_of_two_dtypes(rng)).buffers
     before = checksum(buffers)
     buffers["float32"][3] = np.nextafter(buffers["float32"][3], np.float32(np.inf))
     assert checksum(buffers) != before
@@ -200,21 +163,20 @@ def test_weighted_slice_gradients_sum_to_the_full_batch_gradient(task, rng):
     batch, size = 6, 2
     images, targets, noise = global_batch(be, config, batch, rng)
     loss, grads = autograd.value_and_grad(loss_fn)(params, images, targets, noise)
-    full = Layout.of([loss] + [g for _, g in tree_leaves(grads)])
+    layout = FlatLayout(params)
 
-    summed = None
+    got, got_loss = 0, 0
     for rank in range(size):
         s = local_slice(batch, rank, size)
         share = (s.stop - s.start) / batch
         part_loss, part = autograd.value_and_grad(loss_fn)(params, images[s], None if targets is None else targets[s],
                                                            noise[s])
-        buffers = full.flatten([part_loss * share] + [g * share for _, g in tree_leaves(part)])
-        summed = buffers if summed is None else {k: summed[k] + buffers[k] for k in summed}
+        got = got + layout.flatten(part).buffers["float64"] * share
+        got_loss = got_loss + float(part_loss) * share
 
-    want = full.flatten([loss] + [g for _, g in tree_leaves(grads)])["float64"]
-    got = summed["float64"]
+    want = layout.flatten(grads).buffers["float64"]
     assert np.max(np.abs(got - want)) <= 1e-12 * np.max(np.abs(want))
-    assert abs(got[0] - float(loss)) <= 1e-12 * abs(float(loss))
+    assert abs(got_loss - float(loss)) <= 1e-12 * abs(float(loss))
 
 
 # --------------------------------------------------------------------------
@@ -284,11 +246,12 @@ sys.excepthook = abort_on_uncaught
 """
 
 
-def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60) -> subprocess.CompletedProcess:
+def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60, args=()) -> subprocess.CompletedProcess:
     path = tmp_path / "ranks.py"
     path.write_text(ABORT_ON_UNCAUGHT + textwrap.dedent(script))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path)], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -297,17 +260,16 @@ def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_dive
     result = run_ranks(tmp_path, """
         import numpy as np
         import standin
-        from slotref.distributed import DistributedError, Layout, MPIWorld, local_slice, world
+        from slotref.distributed import DistributedError, MPIWorld, local_slice, world
+        from slotref.flat import FlatTree
 
         w = world()
         assert isinstance(w, MPIWorld) and w.size == 2 and w.local_size == 2
-        leaves = [np.full((2, 3), w.rank + 1, np.float32), np.arange(4.0) * (w.rank + 1),
-                  np.asarray(w.rank, np.float32)]
-        layout = Layout.of(leaves)
-        buffers = layout.flatten(leaves)
-        for b in buffers.values():
+        flat = FlatTree.from_tree([np.full((2, 3), w.rank + 1, np.float32), np.arange(4.0) * (w.rank + 1),
+                                   np.asarray(w.rank, np.float32)])
+        for b in flat.buffers.values():
             w.allreduce_sum_(b)
-        a, b, c = layout.unflatten(buffers)
+        a, b, c = flat.tree
         assert (a == 3).all() and (b == 3 * np.arange(4.0)).all() and c == 1, (a, b, c)
         device = standin.standin_xp.asarray(np.arange(5, dtype=np.float32) * (w.rank + 1))
         assert w.allreduce_sum_(device) is device and isinstance(device, standin.StandinArray)
@@ -356,38 +318,189 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         import autograd
         import numpy as np
         from slotref.backend import get_backend, host_rng, tree_leaves
-        from slotref.distributed import GradientSync, Layout, checksum, world
+        from slotref.distributed import GradientSync, checksum, world
+        from slotref.flat import FlatTree
         from slotref.models import init_model
         from slotref.optim import Adam
         from slotref.training.tasks import make_task
         from test_distributed import global_batch, tiny_task
 
         w, be, config, batch = world(), get_backend("cpu", "float64"), tiny_task("setpred"), 4
-        params = be.tree_asarray(init_model(host_rng(0, 0), config.model))
+        params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(0, 0), config.model)))
         task = make_task(config)
         images, targets, noise = global_batch(be, config, batch, np.random.default_rng(1))
-        sync = GradientSync(w, batch)
+        sync = GradientSync(w, batch, params.layout)
         s = sync.slice
-        loss, grads = autograd.value_and_grad(task.loss)(params, images[s], targets[s], noise[s])
+        loss, grads = autograd.value_and_grad(task.loss)(params.tree, images[s], targets[s], noise[s])
         total, summed, stops = sync.reduce(loss, grads, stop=w.rank == 1)
         assert stops == 1, stops
-        got = [total] + [g for _, g in tree_leaves(summed)]
-        buffers = Layout.of(got).flatten(got)["float64"]
+        assert isinstance(summed, FlatTree) and summed.layout is params.layout
         if w.is_root:  # the full batch in one process
-            ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params, images, targets, noise)
-            ref = [ref_loss] + [g for _, g in tree_leaves(ref_grads)]
-            want = Layout.of(ref).flatten(ref)["float64"]
-            worst = np.max(np.abs(buffers - want)) / np.max(np.abs(want))
+            ref_loss, ref_grads = autograd.value_and_grad(task.loss)(params.tree, images, targets, noise)
+            want = params.layout.flatten(ref_grads).buffers["float64"]
+            worst = np.max(np.abs(summed.buffers["float64"] - want)) / np.max(np.abs(want))
             print("largest difference from the full-batch gradient, relative", worst)
-            assert worst <= 1e-12
+            assert worst <= 1e-12 and abs(float(total) - float(ref_loss)) <= 1e-12 * abs(float(ref_loss))
         adam = Adam()
         state = adam.init(params)
         adam.update(params, summed, state, 1e-3)
-        leaves = [p for _, p in tree_leaves(params)]
-        flat = Layout.of(leaves).flatten(leaves)
-        w.check_same(checksum(flat))
-        print("parameters after Adam", checksum(flat))
+        w.check_same(checksum(params.buffers))
+        print("parameters after Adam", checksum(params.buffers))
         print("done", w.rank)
         """)
     assert result.returncode == 0, result.stderr
     assert "done 0" in result.stdout and "done 1" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# The training loop under mpiexec -n 2 against one process at the same global batch.
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """The tiny files of tests/test_train.py: CLEVR-like scenes at 32x32, Tetrominoes at 35x35."""
+    from slotref.data.hdf5 import write_dataset
+
+    d = tmp_path_factory.mktemp("data")
+    write_dataset("clevr-shapes", d / "clevr.h5", 96, 0, resolution=32, min_objects=2, max_objects=4,
+                  progress=False, workers=1)
+    write_dataset("tetrominoes", d / "tetrominoes.h5", 48, 0, progress=False, workers=1)
+    return d
+
+
+def checkpoint_params(path, group="params") -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f[group].visititems(lambda name, item: out.__setitem__(name, item[()]) if hasattr(item, "shape") else None)
+        return {"step": int(f.attrs["step"]), "params": out}
+
+
+def assert_close_checkpoints(a, b, rtol):
+    """Same step; every parameter within ``rtol`` of the largest parameter.
+
+    Except where the gradient is zero but for rounding (Adam's first moment below 1e-6 of its largest:
+    e.g. the offset of the slots' LayerNorm, a shift common to all slots that a softmax over slots
+    ignores). Adam divides such a gradient by its own size and steps by up to lr whichever its sign,
+    so there the ranks' and the process's rounding may differ by the sum of the learning rates.
+    """
+    ca, cb = checkpoint_params(a), checkpoint_params(b)
+    assert ca["step"] == cb["step"] and sorted(ca["params"]) == sorted(cb["params"])
+    m = checkpoint_params(b, "adam/m")["params"]
+    m_scale = max(np.max(np.abs(v)) for v in m.values())
+    scale = max(np.max(np.abs(v)) for v in cb["params"].values())
+    worst = 0.0
+    for k, want in cb["params"].items():
+        diff = np.abs(ca["params"][k] - want)
+        noise = np.abs(m[k]) <= 1e-6 * m_scale
+        assert np.all(diff[noise] <= 2 * 4e-4 * ca["step"]), k  # base learning rate 4e-4 or less
+        worst = max(worst, float(np.max(diff[~noise], initial=0.0)) / scale)
+    assert worst <= rtol, f"parameters differ by {worst:.2e} of the largest, more than {rtol:g}"
+    return worst
+
+
+TRAIN_ON_RANKS = """
+    import os, signal, sys
+    from dataclasses import replace
+    from pathlib import Path
+    from slotref.distributed import world
+    from slotref.training.loop import train
+    from slotref.training.tasks import DiscoveryTask, SetPredictionTask
+    from test_train import discovery_run, setpred_run
+
+    w = world()
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def on_rank(rank, task_cls, call, action):
+        # ``action()`` on one rank in its ``call``-th loss evaluation (step ``call`` + 1)
+        original, calls = task_cls.loss, []
+        def loss(task, *args):
+            calls.append(1)
+            if w.rank == rank and len(calls) == call + 1:
+                action()
+            return original(task, *args)
+        task_cls.loss = loss
+"""
+
+
+def train_on_ranks(tmp_path, data, body: str) -> subprocess.CompletedProcess:
+    """``body`` after TRAIN_ON_RANKS's preamble, under mpiexec -n 2, with ``data`` and ``out`` = tmp_path."""
+    return run_ranks(tmp_path, textwrap.dedent(TRAIN_ON_RANKS) + textwrap.dedent(body), args=[data, tmp_path],
+                     timeout=120)
+
+
+@needs_mpi
+def test_two_ranks_train_set_prediction_as_one_process_and_one_process_resumes_them(tmp_path, tiny_data):
+    from test_train import setpred_run
+    from slotref.training.loop import train
+
+    config = setpred_run(tiny_data, steps=4, eval_every=4)
+    result = train_on_ranks(tmp_path, tiny_data, """
+        config = setpred_run(data, steps=4, eval_every=4)
+        two = train(config, out / "two", progress=False)
+        train(replace(config, dtype="float64"), out / "two64", progress=False)
+        on_rank(1, SetPredictionTask, 2, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C in step 3
+        try:
+            train(config, out / "interrupted", progress=False)
+        except KeyboardInterrupt as err:
+            print(f"rank {w.rank}: {err}")
+        if w.is_root:
+            print("evaluation", two)
+        """)
+    assert result.returncode == 0, result.stderr
+    for rank in (0, 1):  # one rank's Ctrl-C stops both after the same step
+        assert f"rank {rank}: interrupted after step 3; checkpoint saved" in result.stdout
+    one = tmp_path / "one"
+    train(config, one, progress=False)
+    print("float32", assert_close_checkpoints(tmp_path / "two" / "checkpoint.h5", one / "checkpoint.h5", 1e-5))
+    train(replace(config, dtype="float64"), tmp_path / "one64", progress=False)
+    print("float64", assert_close_checkpoints(tmp_path / "two64" / "checkpoint.h5", tmp_path / "one64" / "checkpoint.h5",
+                                              1e-12))
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 4]  # rank 0 alone writes
+    assert metrics[-1]["eval"].keys() == json.loads((one / "metrics.jsonl").read_text().splitlines()[-1])["eval"].keys()
+
+    resumed = tmp_path / "interrupted"
+    assert checkpoint_params(resumed / "checkpoint.h5")["step"] == 3
+    train(config, resumed, resume=True, progress=False)  # one process continues the two ranks' run
+    assert_close_checkpoints(resumed / "checkpoint.h5", one / "checkpoint.h5", 1e-5)
+
+
+@needs_mpi
+def test_two_ranks_train_tetrominoes_discovery_as_one_process(tmp_path, tiny_data):
+    from test_train import discovery_run
+    from slotref.training.loop import train
+
+    result = train_on_ranks(tmp_path, tiny_data, """
+        print("evaluation", train(discovery_run(data), out / "two", progress=False))
+        """)
+    assert result.returncode == 0, result.stderr
+    one = train(discovery_run(tiny_data), tmp_path / "one", progress=False)
+    assert_close_checkpoints(tmp_path / "two" / "checkpoint.h5", tmp_path / "one" / "checkpoint.h5", 1e-5)
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])["eval"]
+    assert two.keys() == one.keys() and two["mse"] == pytest.approx(one["mse"], rel=1e-4)
+
+
+@needs_mpi
+def test_a_failing_rank_ends_training_with_one_line_and_keeps_the_last_checkpoint(tmp_path, tiny_data):
+    result = train_on_ranks(tmp_path, tiny_data, """
+        def fail():
+            raise RuntimeError("injected failure in step 3")
+        on_rank(1, SetPredictionTask, 2, fail)
+        train(setpred_run(data, steps=4), out / "run", progress=False)
+        print("rank", w.rank, "finished")
+        """)
+    assert result.returncode != 0 and "finished" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("rank 1 of 2:")]
+    assert lines == ["rank 1 of 2: RuntimeError: injected failure in step 3"], result.stderr
+    assert checkpoint_params(tmp_path / "run" / "checkpoint.h5")["step"] == 2  # checkpoint_every 2
+
+
+@needs_mpi
+def test_info_under_mpiexec_names_the_world_the_ranks_and_the_allreduce_path(tmp_path):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    result = subprocess.run([mpiexec(), "-n", "2", sys.executable, "cli.py", "info"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("world: 2 ranks on 1 host(s)") == 1  # rank 0 alone prints
+    assert "allreduce: host (MPI)" in result.stdout and "ranks 0 (local 0), 1 (local 1)" in result.stdout

@@ -28,6 +28,9 @@ from slotref.cli.viz import viz
 @click.version_option(__version__, prog_name="slotref")
 def main():
     """slotref: a readable, tested reference implementation of Slot Attention."""
+    from slotref.cli.common import quiet_unless_root
+
+    quiet_unless_root()
 
 
 for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment):

@@ -1,4 +1,4 @@
-"""``bench``: speed of the layers, the Slot Attention module, the training step, data generation."""
+"""``bench``: speed of the layers, the Slot Attention module, the training step, data generation, the allreduce."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from slotref.cli.common import kernels_option
 
 
 @click.command()
-@click.option("--what", type=click.Choice(["layers", "module", "step", "data", "all"]), default="step",
+@click.option("--what", type=click.Choice(["layers", "module", "step", "data", "allreduce", "all"]), default="step",
               show_default=True)
 @click.option("--task", type=click.Choice(["setpred", "discovery"]), default=None,
               help="Benchmark the training step of one task (default: both).")
@@ -20,8 +20,26 @@ from slotref.cli.common import kernels_option
 @click.option("--profile", is_flag=True, help="Per-layer time, FLOPs and GFLOP/s of the training step.")
 @kernels_option
 def bench(what, task, dataset, device, batch_size, resolution, repeats, profile):
-    """Speed: layers, the Slot Attention module, the full training step, data generation."""
+    """Speed: layers, the Slot Attention module, the full training step, data generation.
+
+    Under mpiexec -n N: --what step times the data-parallel step (global batch --batch-size, each rank its
+    slice plus the allreduce); --what allreduce times the gradient allreduce of the paper's models and prints
+    the projected scaling to 8/64/512 GPUs (docs/scale.md).
+    """
     from slotref import bench as bench_module
+
+    if what == "allreduce":
+        from slotref import bench_allreduce
+        from slotref.distributed import world
+
+        w = world()
+        with w.fail_fast():
+            rows = bench_allreduce.time_allreduce(w, repeats=max(repeats, 20), device=device or "cpu")
+        click.echo(w.describe())
+        click.echo(bench_allreduce.format_timing(rows))
+        click.echo("\nprojected scaling of the paper presets (python -m slotref.bench_allreduce project):")
+        click.echo(bench_allreduce.format_projection(bench_allreduce.project()))
+        return
 
     if task is not None or dataset is not None:
         what = "step"

@@ -27,8 +27,19 @@ kernels_option = click.option(
 
 
 def fail(err: Exception) -> None:
-    """Raise ``err`` as a one-line click error."""
+    """Raise ``err`` as a one-line click error (printed by rank 0 alone under mpiexec; every rank exits 1)."""
     raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
+def quiet_unless_root() -> None:
+    """Under ``mpiexec -n N`` (N > 1): ranks other than 0 print nothing (a failing rank's line still shows)."""
+    import os
+    import sys
+
+    from slotref import distributed
+
+    if distributed.launched_size() > 1 and not distributed.world().is_root:
+        sys.stdout = sys.stderr = open(os.devnull, "w")
 
 
 def result_table(task, config, result) -> str:

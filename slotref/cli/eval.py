@@ -28,6 +28,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     from slotref import metrics
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
+    from slotref.distributed import world  # under mpiexec -n N the examples are shared out among the ranks
     from slotref.training import TrainingError, load_file, load_run, threshold_name
 
     try:
@@ -39,13 +40,13 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
         result = {"step": step, "num_slots": num_slots or config.model.num_slots,
                   "num_iters": num_iters or config.model.num_iterations, "examples": len(val)}
         if config.task == "setpred":
-            preds, attn = task.predict(be, params, val, num_slots, num_iters)
+            preds, attn = task.predict(be, params, val, num_slots, num_iters, world=world())
             result.update(task.scores(preds, val.targets))
             by_n = metrics.ap_by_num_objects(preds, val.targets)
             result["ap_by_num_objects"] = {str(n): {threshold_name(t): a for t, a in row.items()}
                                            for n, row in by_n.items()}
         else:
-            result.update(task.evaluate(be, params, val, num_slots, num_iters))
+            result.update(task.evaluate(be, params, val, num_slots, num_iters, world=world()))
     except (TrainingError, DatasetError, BackendError, ValueError) as err:
         fail(err)
     if as_json:

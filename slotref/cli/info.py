@@ -1,4 +1,4 @@
-"""``info``: versions, BLAS, the default device and CuPy/GPU status."""
+"""``info``: versions, BLAS, the default device, CuPy/GPU status, and the MPI world."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 @click.command()
 def info():
-    """Versions, BLAS, the default device and CuPy/GPU status."""
+    """Versions, BLAS, the default device, CuPy/GPU status, and (under mpiexec) the ranks and allreduce path."""
     import importlib.metadata
     import platform
 
@@ -32,3 +32,12 @@ def info():
     from slotref import kernels
 
     click.echo(kernels.status())
+    from slotref.distributed import world
+
+    w = world()
+    click.echo(w.describe())
+    ranks = w.layout()  # collective: every rank answers
+    if w.size > 1:
+        for host in sorted({r["host"] for r in ranks}):
+            on_host = [r for r in ranks if r["host"] == host]
+            click.echo(f"  {host}: ranks " + ", ".join(f"{r['rank']} (local {r['local_rank']})" for r in on_host))

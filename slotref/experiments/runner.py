@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 
 from slotref.data import generators
+from slotref.distributed import world
 from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, configurations
 from slotref.experiments.report import json_safe, render_markdown, summarise
 from slotref.training import data as run_data
@@ -146,8 +147,10 @@ def ensure_trained(config: TrainConfig, run_dir: Path, progress: bool = True, ec
         metrics = loop.train(config, run_dir, resume=resume, progress=progress)
     except DivergenceError as err:
         message = str(err)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        failed.write_text(message + "\n")
+        if world().is_root:  # under mpiexec every rank trains and evaluates; rank 0 alone writes
+            run_dir.mkdir(parents=True, exist_ok=True)
+            failed.write_text(message + "\n")
+        world().barrier()
         echo(f"{prefix}: diverged: {message}")
         return {"status": "diverged", "step": _checkpoint_step(run_dir), "error": message}
     return {"status": "trained", "step": config.steps, "metrics": metrics}
@@ -178,7 +181,9 @@ class RunEvaluations:
 
     def remember(self, key: str, metrics: dict) -> None:
         self.cache[key] = metrics
-        self.path.write_text(json.dumps({"step": self.step, "results": self.cache}, indent=1))
+        if world().is_root:
+            self.path.write_text(json.dumps({"step": self.step, "results": self.cache}, indent=1))
+        world().barrier()
 
     def __call__(self, data: EvalData | None = None, num_slots: int | None = None,
                  num_iterations: int | None = None) -> dict:
@@ -190,7 +195,7 @@ class RunEvaluations:
             config, be, params, task, val = self._loaded
             split = val if data is None else run_data.load_file(held_out_file(config, data), config,
                                                                 any_object_count=True)[0]
-            self.remember(key, task.evaluate(be, params, split, num_slots, num_iterations))
+            self.remember(key, task.evaluate(be, params, split, num_slots, num_iterations, world=world()))
         return self.cache[key]
 
 
@@ -249,9 +254,10 @@ def run_experiment(name: str, opts: Options, out: str | Path | None = None, only
         record["budget"] = describe_budget(configuration, config)
         runs.append(record)
     result = summarise(name, opts, configs, tables, runs, command)
-    (out / "results.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     markdown = render_markdown(result)
-    (out / "results.md").write_text(markdown)
+    if world().is_root:
+        (out / "results.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        (out / "results.md").write_text(markdown)
     echo(markdown)
     echo(f"wrote {out / 'results.md'} and {out / 'results.json'}")
     return result

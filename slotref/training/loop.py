@@ -4,12 +4,18 @@ A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per
 line), ``checkpoint.h5`` (``slotref.training.checkpoint``) and pictures.
 ``resume=True`` continues exactly: the data order and the slot noise of step s
 depend only on (seed, s).
+
+Under ``mpiexec -n N`` the same loop runs on N ranks (docs/scale.md): each
+rank computes the gradient of its slice of every global batch, one allreduce
+per step sums them, every rank applies the same flat Adam update; rank 0
+alone prints and writes. A single process never touches MPI.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -19,8 +25,9 @@ from pathlib import Path
 import autograd
 from tqdm import tqdm
 
-from slotref import backend
+from slotref import backend, distributed
 from slotref.backend import get_backend, host_rng, to_float, tree_leaves
+from slotref.flat import FlatTree
 from slotref.models import init_model
 from slotref.optim import Adam, Schedule
 from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
@@ -53,36 +60,54 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
         config = replace(saved, steps=config.steps, device=config.device)
     elif ckpt_path.exists():
         raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
-    be = get_backend(config.device, config.dtype)
-    config = replace(config, device=be.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(config.to_json())
-    task = make_task(config)
-    data_path = resolve_dataset(config)
-    train_split, val_split, fingerprint = load_splits(data_path, config)
-
-    params = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
-    adam = Adam()
-    state = adam.init(params)
-    start = 0
-    if resume and ckpt_path.exists():
-        params, state, start, saved_fp = load_checkpoint(ckpt_path, be, params, config)
-        if saved_fp != fingerprint:
-            raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
+    w = distributed.world()
+    local_slice = distributed.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
+    data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
+    failure = None
+    try:  # what may fail on one rank alone (its GPU, its copy of the file) fails on every rank
+        if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
+            w.use_device()  # this rank's GPU, before the backend is made
+        be = get_backend(config.device, config.dtype)
+        config = replace(config, device=be.device)
+        task = make_task(config)
+        train_split, val_split, fingerprint = load_splits(data_path, config)
+        params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(config.seed, 0), config.model)))
+        adam = Adam()
+        state = adam.init(params)
+        start = 0
+        if resume and ckpt_path.exists():
+            tree, tree_state, start, saved_fp = load_checkpoint(ckpt_path, be, params.tree, config)
+            if saved_fp != fingerprint:
+                raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
+            params.assign(tree)
+            state = adam.from_tree(tree_state, params)
+    except Exception as err:  # noqa: BLE001 - raised again on every rank
+        failure = err
+    w.raise_together(failure)
+    if w.is_root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(config.to_json())
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
+    sync = distributed.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
     metrics_path = run_dir / "metrics.jsonl"
     last_eval: dict = {}
+    say = tqdm.write if w.is_root else (lambda _: None)
 
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and w.is_root), unit="step",
+               dynamic_ncols=True)
     t_log, step_log = time.perf_counter(), start
     stop = _StopRequest()
-    with stop:
+    interrupted = False
+    with stop, w.fail_fast(agreed=(DivergenceError,)):
         for step in range(start, config.steps):
-            images, targets = task.batch(be, train_split, order(step))
-            noise = train_noise(be, config, step)
-            loss, grads = value_and_grad(params, images, targets, noise)
+            # Step s's examples and slot noise are drawn for the global batch; this rank keeps its slice.
+            images, targets = task.batch(be, train_split, order(step)[local_slice])
+            noise = train_noise(be, config, step)[local_slice]
+            loss, grads = value_and_grad(params.tree, images, targets, noise)
+            # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
+            loss, grads, stops = sync.reduce(loss, grads, stop.requested)
             lr = schedule(step)
             # The only host sync of a step, and only every log_every steps: the
             # finiteness check guards the checkpoints, the metrics log records it.
@@ -94,32 +119,56 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 now = time.perf_counter()
                 rate = (step + 1 - step_log) * config.batch_size / max(now - t_log, 1e-9)
                 t_log, step_log = now, step + 1
-                _append_jsonl(metrics_path, {"step": step + 1, "loss": loss_value, "lr": lr,
-                                             "images_per_s": round(rate, 2), "time": time.time()})
+                if w.is_root:
+                    _append_jsonl(metrics_path, {"step": step + 1, "loss": loss_value, "lr": lr,
+                                                 "images_per_s": round(rate, 2), "time": time.time()})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             adam.update(params, grads, state, lr)
+            if w.size > 1 and (step + 1) % config.log_every == 0:
+                w.check_same(distributed.checksum(params.buffers), f"parameters after step {step + 1}")
             bar.update(1)
             done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps or stop.requested:
-                _check_finite_params(params, done, ckpt_path)
-                save_checkpoint(ckpt_path, params, state, done, config, fingerprint)
-            if stop.requested:
-                bar.close()
-                raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
+            stopping = stop.requested if w.size == 1 else to_float(stops) > 0
+            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
+                _check_finite_params(params.tree, done, ckpt_path)
+                if w.is_root:
+                    save_checkpoint(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint)
+                w.barrier()  # on disk before any rank goes on: a rank failing later leaves it whole
+            if stopping:
+                interrupted = True
+                break
             if done % config.eval_every == 0 or done == config.steps:
-                _check_finite_params(params, done, ckpt_path)
-                last_eval = task.evaluate(be, params, val_split)
-                _append_jsonl(metrics_path, {"step": done, "eval": last_eval, "time": time.time()})
-                bar.write(f"step {done}: " + _format_eval(last_eval))
+                _check_finite_params(params.tree, done, ckpt_path)
+                last_eval = task.evaluate(be, params.tree, val_split, world=w)
+                if w.is_root:
+                    _append_jsonl(metrics_path, {"step": done, "eval": last_eval, "time": time.time()})
+                say(f"step {done}: " + _format_eval(last_eval))
                 if config.task == "discovery" and looks_collapsed(last_eval):
-                    bar.write(f"warning: slots look collapsed at step {done} (even attention or near-identical "
-                              "slots, the 'stripes' of section 4.1). Usual early on: the Tetrominoes preset's "
-                              "slots split the image after 1,000-3,000 steps. If it persists, try another "
-                              "seed or more warm-up.")
+                    say(f"warning: slots look collapsed at step {done} (even attention or near-identical "
+                        "slots, the 'stripes' of section 4.1). Usual early on: the Tetrominoes preset's "
+                        "slots split the image after 1,000-3,000 steps. If it persists, try another "
+                        "seed or more warm-up.")
                 if on_eval is not None:
                     on_eval(done, last_eval)
     bar.close()
+    w.barrier()  # the checkpoint is on disk before any rank returns
+    if interrupted:
+        raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
     return last_eval
+
+
+def root_first(w, make):
+    """``make()`` on rank 0 alone, its result (or its error, raised again) on every rank."""
+    outcome = None
+    if w.is_root:
+        try:
+            outcome = (make(), None)
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            outcome = (None, err)
+    value, err = w.broadcast(outcome)
+    if err is not None:
+        raise err
+    return value
 
 
 class _StopRequest:
@@ -164,6 +213,9 @@ def load_run(run_dir: str | Path, device: str | None = None):
     config = read_checkpoint_config(ckpt)
     if device:
         config = replace(config, device=device)
+    w = distributed.world()
+    if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
+        w.use_device()  # this rank's GPU, before the backend is made
     be = get_backend(config.device, config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
     params, _, step, _ = load_checkpoint(ckpt, be, template, config)

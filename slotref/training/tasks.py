@@ -3,6 +3,12 @@
 - ``SetPredictionTask``: Hungarian-matched Huber loss, AP at five thresholds (Table 3).
 - ``DiscoveryTask``: reconstruction MSE, FG-ARI (Table 1), and the collapse
   diagnostics that tell the 'stripes' failure of section 4.1.
+
+Evaluation takes a ``slotref.distributed.World`` (default: this process
+alone): each rank evaluates its share of the examples in whole evaluation
+batches (so every example keeps the slot noise it has in one process), the
+per-example results (predictions; ARI, MSE and diagnostics per image) are
+gathered, and every rank returns the same metrics.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import numpy as np
 
 from slotref import metrics
 from slotref.backend import to_host
+from slotref.distributed import World, shard_range
 from slotref.losses import hungarian_huber_loss, mse
 from slotref.models import autoencoder, set_prediction
 from slotref.training.config import TrainConfig
@@ -31,17 +38,27 @@ class SetPredictionTask:
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), be.asarray(split.targets[idx])
 
-    def predict(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=64):
-        """Predictions (N, K, 19) and attention (N, T, N_in, K) on the host."""
+    def predict(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=64,
+                world: World | None = None):
+        """Predictions (N, K, 19) and attention (N, T, N_in, K) on the host.
+
+        With a world of several ranks each rank predicts its share and every rank
+        gets all the predictions (the attention is not gathered: None).
+        """
+        w = world or World()
+        start, stop = shard_range(len(split), w.rank, w.size, batch_size)
         k = num_slots or self.config.model.num_slots
         preds, attns = [], []
-        for start in range(0, len(split), batch_size):
-            images = preprocess(be, split.images[start:start + batch_size])
-            noise = eval_noise(be, self.config, images.shape[0], k, start)
+        for lo in range(start, stop, batch_size):
+            images = preprocess(be, split.images[lo:min(lo + batch_size, stop)])
+            noise = eval_noise(be, self.config, images.shape[0], k, lo)
             p, a = set_prediction(params, images, noise, self.config.model, num_iterations, return_attention=True)
             preds.append(to_host(p))
-            attns.append(None if a is None else to_host(a[:, -1]))
-        return np.concatenate(preds), (None if attns[0] is None else np.concatenate(attns))
+            attns.append(None if a is None or w.size > 1 else to_host(a[:, -1]))
+        preds = np.concatenate(preds) if preds else np.zeros((0, k, self.config.model.output_size), np.float32)
+        if w.size > 1:
+            return np.concatenate(w.allgather(preds)), None
+        return preds, (None if not attns or attns[0] is None else np.concatenate(attns))
 
     @staticmethod
     def scores(predictions, targets) -> dict:
@@ -51,8 +68,9 @@ class SetPredictionTask:
         result.update(metrics.attribute_accuracy(predictions, targets))
         return result
 
-    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
-        preds, _ = self.predict(be, params, split, num_slots, num_iterations)
+    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None,
+                 world: World | None = None) -> dict:
+        preds, _ = self.predict(be, params, split, num_slots, num_iterations, world=world)
         return self.scores(preds, split.targets)
 
 
@@ -69,16 +87,18 @@ class DiscoveryTask:
         return preprocess(be, split.images[idx]), None
 
     def outputs(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=32,
-                with_recons=False):
+                with_recons=False, offset=0):
         """Host arrays: masks (N, K, H, W), recon_combined (N, H, W, 3), slots (N, K, D), attention
-        (N, T, N_in, K), and with ``with_recons`` the per-slot reconstructions (N, K, H, W, 3)."""
+        (N, T, N_in, K), and with ``with_recons`` the per-slot reconstructions (N, K, H, W, 3).
+
+        ``offset``: the index of ``split``'s first example in the split it was taken from (its noise)."""
         k = num_slots or self.config.model.num_slots
         out = {"masks": [], "recon_combined": [], "slots": [], "attention": []}
         if with_recons:
             out["recons"] = []
         for start in range(0, len(split), batch_size):
             images = preprocess(be, split.images[start:start + batch_size])
-            noise = eval_noise(be, self.config, images.shape[0], k, start)
+            noise = eval_noise(be, self.config, images.shape[0], k, offset + start)
             o = autoencoder(params, images, noise, self.config.model, num_iterations)
             out["masks"].append(to_host(o["masks"])[..., 0])
             out["recon_combined"].append(to_host(o["recon_combined"]))
@@ -88,17 +108,32 @@ class DiscoveryTask:
                 out["recons"].append(to_host(o["recons"]))
         return {k: (None if v[0] is None else np.concatenate(v)) for k, v in out.items()}
 
-    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None) -> dict:
+    def per_example(self, be, params, split: Split, num_slots=None, num_iterations=None, batch_size=32,
+                    offset=0) -> dict:
+        """Host arrays, one row per image of ``split``: ARI, MSE and the collapse diagnostics (no masks)."""
         from slotref.data.hdf5 import images_to_float
 
-        o = self.outputs(be, params, split, num_slots, num_iterations)
+        o = self.outputs(be, params, split, num_slots, num_iterations, batch_size, offset=offset)
         masks = o["masks"]                                                     # (N, K, H, W)
         pred = np.argmax(masks, axis=1)                                        # (N, H, W)
         ari = metrics.adjusted_rand_index(split.masks.astype(np.int64), pred.astype(np.int64))
-        images = images_to_float(split.images)
-        result = {"fg_ari": float(np.nanmean(ari)),
-                  "mse": float(np.mean((o["recon_combined"] - images) ** 2))}
-        result.update(collapse_diagnostics(masks, o["slots"], o["attention"]))
+        squared = (o["recon_combined"] - images_to_float(split.images)) ** 2
+        return {"ari": np.asarray(ari, np.float64), "mse": squared.reshape(len(split), -1).mean(axis=1),
+                **collapse_per_example(masks, o["slots"], o["attention"])}
+
+    def evaluate(self, be, params, split: Split, num_slots=None, num_iterations=None,
+                 world: World | None = None, batch_size=32) -> dict:
+        w = world or World()
+        start, stop = shard_range(len(split), w.rank, w.size, batch_size)
+        rows = None
+        if stop > start:
+            rows = self.per_example(be, params, split.take(slice(start, stop)), num_slots, num_iterations,
+                                    batch_size, offset=start)
+        if w.size > 1:
+            parts = [p for p in w.allgather(rows) if p is not None]
+            rows = {k: None if parts[0][k] is None else np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        result = {"fg_ari": float(np.nanmean(rows["ari"])), "mse": float(np.mean(rows["mse"]))}
+        result.update(summarise_collapse(rows))
         return result
 
 
@@ -110,17 +145,31 @@ def collapse_diagnostics(masks: np.ndarray, slots: np.ndarray, attention: np.nda
       (1: every input split evenly between slots; 0: each input to one slot);
     - mean pairwise cosine similarity of the slots of an image.
     """
+    return summarise_collapse(collapse_per_example(masks, slots, attention))
+
+
+def collapse_per_example(masks: np.ndarray, slots: np.ndarray, attention: np.ndarray | None) -> dict:
+    """The diagnostics of each image: sorted areas (N, K), attention entropy (N,) or None, slot cosine (N,)."""
     n, k = masks.shape[:2]
     winners = np.argmax(masks, axis=1).reshape(n, -1)
     areas = np.stack([(winners == j).mean(axis=1) for j in range(k)], axis=1)   # (N, K)
-    result = {"slot_area_sorted": [round(float(a), 4) for a in np.sort(areas, axis=1)[:, ::-1].mean(axis=0)]}
+    entropy = None
     if attention is not None:
         a = np.clip(attention[:, -1], 1e-12, 1.0)                              # (N, N_in, K)
-        result["attention_entropy"] = float(np.mean(-(a * np.log(a)).sum(-1)) / np.log(max(k, 2)))
+        entropy = (-(a * np.log(a)).sum(-1)).mean(axis=1) / np.log(max(k, 2))
     unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + 1e-12)
     cos = unit @ unit.transpose(0, 2, 1)
     off = ~np.eye(k, dtype=bool)
-    result["slot_cosine"] = float(cos[:, off].mean()) if k > 1 else 1.0
+    cosine = cos[:, off].mean(axis=1) if k > 1 else np.ones(n)
+    return {"areas": np.sort(areas, axis=1)[:, ::-1], "entropy": entropy, "cosine": cosine}
+
+
+def summarise_collapse(rows: dict) -> dict:
+    """Means over images of ``collapse_per_example``'s rows."""
+    result = {"slot_area_sorted": [round(float(a), 4) for a in rows["areas"].mean(axis=0)]}
+    if rows["entropy"] is not None:
+        result["attention_entropy"] = float(np.mean(rows["entropy"]))
+    result["slot_cosine"] = float(np.mean(rows["cosine"]))
     return result
 
 
