@@ -32,6 +32,13 @@ def dataset_name(ctx, param, value):
     return canonical_dataset(value)
 
 
+class DatasetChoice(click.Choice):
+    """A Choice of dataset names that also accepts other spellings (``canonical_dataset``)."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(canonical_dataset(value) if isinstance(value, str) else value, param, ctx)
+
+
 def fail(err: Exception) -> None:
     """Raise ``err`` as a one-line click error."""
     raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
