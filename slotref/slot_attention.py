@@ -88,8 +88,10 @@ class SlotAttentionConfig:
         return replace(SlotAttentionConfig(projections="identity", update="none", layer_norms=False), **overrides)
 
 
-def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = SlotAttentionConfig()) -> dict:
-    """Parameters of the module (host NumPy, float64). Keys follow Algorithm 1."""
+def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = SlotAttentionConfig(),
+                        dtype=None) -> dict:
+    """Parameters of the module (host NumPy; float64, or ``dtype`` such as np.float32 to match
+    float32 inputs). Keys follow Algorithm 1."""
     d_in, d = config.input_size, config.slot_size
     init_shape = (config.num_train_slots, d) if config.slot_init == "per_slot" else (d,)
     # Slot initialisation as the official code: mu and log_sigma Glorot-uniform.
@@ -112,7 +114,7 @@ def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = 
         params["gru"] = init_gru(rng, d, d)
     if config.residual_mlp:
         params["mlp"] = init_mlp(rng, [d, config.mlp_hidden_size, d])
-    return params
+    return backend.tree_astype(params, dtype)
 
 
 def sample_initial_slots(params: dict, noise):
