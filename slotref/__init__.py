@@ -10,7 +10,7 @@ The names below are importable from ``slotref`` directly (docs/api.md)::
     params = slotref.init_slot_attention(rng, slotref.SlotAttentionConfig(input_size=32), dtype="float32")
     slots, attention = slotref.slot_attention(params, features, slotref.sample_initial_slots(params, noise))
 
-The others load on first use, so ``import slotref`` (and the command line's ``--help``) stays quick.
+They load on first use, so ``import slotref`` (and the command line's ``--help``) stays quick.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # Slot Attention (Algorithm 1)
-    "slot_attention": ["SlotAttentionConfig", "init_slot_attention", "slot_attention", "sample_initial_slots",
-                       "slot_noise"],
+    # (``slotref.slot_attention`` is the module, callable as its function ``slot_attention``)
+    "slot_attention": ["SlotAttentionConfig", "init_slot_attention", "sample_initial_slots", "slot_noise"],
     # the two models (Tables 4-8) and the Slot MLP baseline
     "models": ["ModelConfig", "setpred_config", "discovery_config", "init_model", "encoder", "infer_slots",
                "set_prediction", "autoencoder"],
@@ -42,17 +42,12 @@ _EXPORTS = {
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["__version__", *_WHERE]
-
-
-# The function ``slot_attention`` shares its name with its module: import the module now, so that
-# no later import of it rebinds ``slotref.slot_attention`` to the module, and bind the function.
-import slotref.slot_attention as _slot_attention_module  # noqa: E402
-
-slot_attention = _slot_attention_module.slot_attention
+__all__ = ["__version__", "slot_attention", *_WHERE]
 
 
 def __getattr__(name):
+    if name == "slot_attention":
+        return importlib.import_module("slotref.slot_attention")
     if name in _WHERE:
         value = getattr(importlib.import_module(f"slotref.{_WHERE[name]}"), name)
         globals()[name] = value

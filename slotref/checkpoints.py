@@ -14,12 +14,13 @@ from slotref.training.config import TrainConfig, TrainingError
 
 
 def _checkpoint_path(path) -> Path:
+    """A .h5/.hdf5 file as given; anything else is a run directory holding checkpoint.h5."""
     path = Path(path)
-    return path / "checkpoint.h5" if path.is_dir() else path
+    return path if path.suffix in (".h5", ".hdf5") and not path.is_dir() else path / "checkpoint.h5"
 
 
 def load_checkpoint(path, device: str | None = None, dtype=None) -> tuple[TrainConfig, dict]:
-    """(config, params) of a checkpoint file or a run directory.
+    """(config, params) of a checkpoint file (.h5) or a run directory.
 
     ``params`` are on ``device`` ('cpu': NumPy, 'gpu': CuPy; default $SLOTREF_DEVICE or cpu) in
     ``dtype`` (default: the run's, float32). ``config.model`` is what the model functions take.
@@ -40,7 +41,8 @@ def load_checkpoint(path, device: str | None = None, dtype=None) -> tuple[TrainC
 
 
 def save_checkpoint(path, config: TrainConfig, params: dict, step: int = 0, adam_state: dict | None = None) -> None:
-    """Write ``params`` (and Adam's state, zeros when None) as a checkpoint ``load_checkpoint``,
+    """Write ``params`` (and Adam's state, zeros when None) to ``path`` (a .h5 file, or a run directory's
+    checkpoint.h5) as a checkpoint ``load_checkpoint``,
     ``slotref eval`` and ``slotref viz`` read. ``config``: a ``TrainConfig`` whose ``model`` built ``params``
     (``slotref.TrainConfig(task=..., model=...)``)."""
     from slotref.optim import Adam

@@ -29,6 +29,8 @@ defaults are the paper's.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, replace
 
 import autograd.numpy as anp
@@ -212,3 +214,14 @@ def _check_call(params, inputs, slots, num_iterations, config):
         raise ValueError(f"slot_attention needs K >= 1 slots, got {slots.shape[1]}")
     if not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
         raise ValueError(f"slot_attention needs num_iterations T >= 0, got {num_iterations!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """``slotref.slot_attention(...)`` runs the function: the module is named after it, and
+    ``import slotref`` users reach the function by that name (docs/api.md)."""
+
+    def __call__(self, *args, **kwargs):
+        return slot_attention(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
