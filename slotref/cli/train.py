@@ -155,7 +155,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
             config = replace(config, steps=json.loads((run_dir / "config.json").read_text())["steps"])
         click.echo(f"run directory: {run_dir}")
         result = run_training(config, run_dir, resume=resume, progress=not quiet,
-                              tensorboard=logger == "tensorboard", echo=click.echo)
+                              tensorboard=logger == "tensorboard", echo=click.echo, command=_command_line(ctx))
         if not result:  # resumed a finished run
             from slotref.training import load_run
             cfg, be, params, task_obj, val, _ = load_run(run_dir)
@@ -170,6 +170,13 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
     if fast_dev_run:
         click.echo("(fast dev run: a tiny model for a few steps; the numbers mean nothing)")
     click.echo(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})")
+
+
+def _command_line(ctx) -> list[str]:
+    """The command as typed: ``python cli.py ...`` from a checkout, else ``slotref ...``."""
+    root = ctx.find_root().info_name
+    prog = ["python", "cli.py"] if root == "cli.py" else ["slotref"]
+    return prog + ctx.meta.get("slotref.argv", sys.argv[1:])
 
 
 def _fresh(path: Path, numbered: bool) -> Path:

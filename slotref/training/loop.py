@@ -30,14 +30,15 @@ from slotref.training.data import BatchOrder, load_file, load_splits, resolve_da
 from slotref.training.tasks import looks_collapsed, make_task
 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          on_eval=None, tensorboard: bool = False, echo=None) -> dict:
+          on_eval=None, tensorboard: bool = False, echo=None, command: list[str] | None = None) -> dict:
     """Train ``config`` in ``run_dir`` (resuming from its checkpoint with ``resume``).
 
     Returns the last evaluation's metrics. Raises DivergenceError (a
     TrainingError) on a NaN loss or parameter, TrainingError with a one-line
     message on an incompatible run directory; KeyboardInterrupt
     saves a checkpoint first. ``tensorboard``: also write TensorBoard event files (``training.logs``);
-    ``echo``: where notes go (default: tqdm.write).
+    ``echo``: where notes go (default: tqdm.write); ``command``: the command line for command.txt
+    (default: sys.argv).
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.h5"
@@ -54,7 +55,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     config = replace(config, device=be.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())
-    write_command(run_dir)
+    write_command(run_dir, command)
     task = make_task(config)
     data_path = resolve_dataset(config)
     train_split, val_split, fingerprint = load_splits(data_path, config)
