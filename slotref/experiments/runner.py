@@ -69,7 +69,7 @@ def held_out_file(config: TrainConfig, data: EvalData) -> Path:
 
 def smoke_overrides(config: TrainConfig, steps: int = 2) -> TrainConfig:
     """A tiny model on tiny data (``train --fast-dev-run``'s: 48 scenes, ``steps`` steps); numbers mean nothing."""
-    return fast_dev_run(config, steps=steps, data_size=48)
+    return replace(fast_dev_run(config, steps=steps, data_size=48), eval_size=8)
 
 
 # --------------------------------------------------------------------------
