@@ -82,7 +82,7 @@ def _explicit(ctx, name) -> bool:
 @click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
               help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--data-size", type=int, default=None,
+@click.option("--data-size", type=click.IntRange(min=1), default=None,
               help="Built-in data: number of scenes of the generated file (default: the preset's).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default="data", show_default=True,
               envvar="SLOTREF_DATA_DIR", show_envvar=True, help="Where built-in data is made and cached.")
