@@ -3,6 +3,57 @@
 Locatello et al., "Object-Centric Learning with Slot Attention", NeurIPS 2020.
 Every layer is a pure function over a nested dict of parameters; gradients come
 from autograd; ``slotref.backend`` is the only module that knows NumPy from CuPy.
+
+The names below are importable from ``slotref`` directly (docs/api.md)::
+
+    import slotref
+    params = slotref.init_slot_attention(rng, slotref.SlotAttentionConfig(input_size=32), dtype="float32")
+    slots, attention = slotref.slot_attention(params, features, slotref.sample_initial_slots(params, noise))
+
+They load on first use, so ``import slotref`` (and the command line's ``--help``) stays quick.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # Slot Attention (Algorithm 1)
+    # (``slotref.slot_attention`` is the module, callable as its function ``slot_attention``)
+    "slot_attention": ["SlotAttentionConfig", "init_slot_attention", "sample_initial_slots", "slot_noise"],
+    # the two models (Tables 4-8) and the Slot MLP baseline
+    "models": ["ModelConfig", "setpred_config", "discovery_config", "init_model", "encoder", "infer_slots",
+               "set_prediction", "autoencoder"],
+    # losses and metrics
+    "losses": ["hungarian_huber_loss", "mse"],
+    "metrics": ["ap_table", "average_precision", "ap_by_num_objects", "adjusted_rand_index", "fg_ari",
+                "attribute_accuracy"],
+    # optimiser
+    "optim": ["Adam", "Schedule"],
+    # arrays on a device
+    "backend": ["get_backend", "host_rng", "to_host", "tree_astype"],
+    # data
+    "data.hdf5": ["load_dataset", "write_dataset", "set_prediction_targets", "images_to_float"],
+    # runs and checkpoints
+    "training": ["TrainConfig", "preset_config", "train", "load_run"],
+    "checkpoints": ["load_checkpoint", "save_checkpoint"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = ["__version__", "slot_attention", *_WHERE]
+
+
+def __getattr__(name):
+    if name == "slot_attention":
+        return importlib.import_module("slotref.slot_attention")
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"slotref.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'slotref' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

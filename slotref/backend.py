@@ -212,6 +212,15 @@ def gpu_status() -> str:
 # --------------------------------------------------------------------------
 # Parameter trees (nested dicts/lists of arrays).
 
+def tree_astype(tree: Any, dtype: Any = None) -> Any:
+    """Every leaf of a host parameter tree as ``dtype`` (None: unchanged): what the ``dtype``
+    argument of the init functions does."""
+    if dtype is None:
+        return tree
+    dtype = np.dtype(dtype)
+    return tree_map(lambda x: np.asarray(x, dtype=dtype), tree)
+
+
 def tree_map(fn, tree: Any) -> Any:
     if isinstance(tree, dict):
         return {k: tree_map(fn, v) for k, v in tree.items()}

@@ -4,9 +4,10 @@
   in GFLOP/s next to this machine's float32 matrix-multiply throughput;
 - ``module``: the Slot Attention module alone (``slotref.bench_module``);
 - ``step``: images/s of a full training step (forward, loss, backward, Adam)
-  of each task configuration, beside PyTorch eager CPU on the same
-  architecture (``PYTORCH_CPU_IMAGES_PER_S``), with peak memory; ``--profile``
-  breaks the step down by function;
+  of each task configuration, with peak memory; on the CPU with PyTorch
+  installed, also PyTorch eager's images/s on the same architecture and batch
+  (``slotref.bench_torch``), measured in the same run, and the ratio;
+  ``--profile`` breaks the step down by function;
 - ``data``: images/s of the built-in generators.
 """
 
@@ -25,11 +26,7 @@ from slotref import layers
 from slotref.kernels import conv
 from slotref.backend import get_backend, host_rng
 
-# PyTorch 2.13 eager CPU, images/s of a training step on a 2-core CPU, same architectures and batches.
-PYTORCH_CPU_IMAGES_PER_S = {
-    "setpred-64": 78.0, "setpred-128": 19.4, "tetrominoes": 31.8, "multi-dsprites": 6.9, "clevr6-shapes": 1.1,
-}
-# (name, task, dataset/resolution, batch size), the settings of PYTORCH_CPU_IMAGES_PER_S.
+# (name, task, dataset/resolution, batch size): the configurations of ``bench --what step``.
 STEP_CONFIGS = [
     ("setpred-64", "setpred", 64, 32),
     ("setpred-128", "setpred", 128, 8),
@@ -260,8 +257,11 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
         configs = [c for c in configs if c[1] == "discovery" and (dataset is None or c[2] == dataset)]
     if batch_size:
         configs = [(n, t, d, batch_size) for n, t, d, _ in configs]
-    echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}{'PyTorch CPU':>13}{'ratio':>7}"
-         f"{'peak GB':>9}")
+    from slotref import bench_torch
+
+    with_torch = be.device == "cpu" and bench_torch.available()
+    echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+         + (f"{'PyTorch CPU':>13}{'ratio':>7}" if with_torch else "") + f"{'peak GB':>9}")
     from slotref import distributed
     from slotref.flat import FlatTree
 
@@ -289,12 +289,13 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
 
         seconds = _time(step, be.xp, repeats) if w.size == 1 else _time_ranks(step, be.xp, repeats, w)
         ips = b / seconds
-        torch = PYTORCH_CPU_IMAGES_PER_S.get(name)
-        ratio = f"{ips / torch:.2f}" if torch and be.device == "cpu" else "-"
-        rows.append({"config": name, "batch": b, "seconds": seconds, "images_per_s": ips,
-                     "peak_gb": peak_memory_gb(be)})
-        echo(f"{name:<16}{b:>6}{seconds:>9.3f}{ips:>10.1f}{torch or float('nan'):>13.1f}{ratio:>7}"
-             f"{peak_memory_gb(be):>9.2f}")
+        row = {"config": name, "batch": b, "seconds": seconds, "images_per_s": ips, "peak_gb": peak_memory_gb(be)}
+        torch_columns = ""
+        if with_torch:  # PyTorch eager on the same architecture and batch, measured now
+            row["torch_images_per_s"] = b / bench_torch.step_seconds(config, b, repeats)
+            torch_columns = f"{row['torch_images_per_s']:>13.1f}{ips / row['torch_images_per_s']:>7.2f}"
+        rows.append(row)
+        echo(f"{name:<16}{b:>6}{seconds:>9.3f}{ips:>10.1f}{torch_columns}{row['peak_gb']:>9.2f}")
         if profile:
             profile_step(step, echo)
             launches_and_device_time(train_step, params.tree, be.xp, echo)

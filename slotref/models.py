@@ -237,8 +237,8 @@ def torch_default_init(rng: np.random.Generator, params):
     return {k: torch_default_init(rng, v) for k, v in params.items()}
 
 
-def init_model(rng, config: ModelConfig) -> dict:
-    """All parameters of the model described by ``config`` (host NumPy, float64)."""
+def init_model(rng, config: ModelConfig, dtype=None) -> dict:
+    """All parameters of the model described by ``config`` (host NumPy; float64, or ``dtype``)."""
     params = {}
     if config.model == "slot-attention":
         params["encoder"] = init_encoder(rng, config)
@@ -253,7 +253,7 @@ def init_model(rng, config: ModelConfig) -> dict:
         params["decoder"] = init_decoder(rng, config)
     if config.init == "torch":
         params = torch_default_init(rng, params)
-    return params
+    return backend.tree_astype(params, dtype)
 
 
 def infer_slots(params: dict, images, noise, config: ModelConfig, num_iterations: int | None = None,

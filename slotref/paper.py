@@ -74,6 +74,13 @@ DISCOVERY_ARCHITECTURES = {
 }
 DISCOVERY_DATASETS = tuple(DISCOVERY_ARCHITECTURES)
 
+
+def paper_num_slots(dataset: str) -> int:
+    """K the paper uses on a dataset: its discovery architecture's (Tetrominoes 4, Multi-dSprites 6,
+    CLEVR6 7), else set prediction's on CLEVR10 (10)."""
+    arch = discovery_architecture(dataset)
+    return (DISCOVERY_ARCHITECTURES[arch] if arch else SETPRED_ARCHITECTURE).num_slots
+
 # Tables 9 and 10: hidden widths of the Slot MLP baseline (then slot size x num slots).
 SLOT_MLP_HIDDEN = {"setpred": (512, 512), "discovery": (512, 1024, 1024)}
 SLOT_MLP_PER_SLOT_HIDDEN = 64    # Table 10's per-slot MLP

@@ -29,6 +29,8 @@ defaults are the paper's.
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass, replace
 
 import autograd.numpy as anp
@@ -88,8 +90,10 @@ class SlotAttentionConfig:
         return replace(SlotAttentionConfig(projections="identity", update="none", layer_norms=False), **overrides)
 
 
-def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = SlotAttentionConfig()) -> dict:
-    """Parameters of the module (host NumPy, float64). Keys follow Algorithm 1."""
+def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = SlotAttentionConfig(),
+                        dtype=None) -> dict:
+    """Parameters of the module (host NumPy; float64, or ``dtype`` such as np.float32 to match
+    float32 inputs). Keys follow Algorithm 1."""
     d_in, d = config.input_size, config.slot_size
     init_shape = (config.num_train_slots, d) if config.slot_init == "per_slot" else (d,)
     # Slot initialisation as the official code: mu and log_sigma Glorot-uniform.
@@ -112,7 +116,7 @@ def init_slot_attention(rng: np.random.Generator, config: SlotAttentionConfig = 
         params["gru"] = init_gru(rng, d, d)
     if config.residual_mlp:
         params["mlp"] = init_mlp(rng, [d, config.mlp_hidden_size, d])
-    return params
+    return backend.tree_astype(params, dtype)
 
 
 def sample_initial_slots(params: dict, noise):
@@ -236,3 +240,14 @@ def _check_call(params, inputs, slots, num_iterations, config):
         raise ValueError(f"slot_attention needs K >= 1 slots, got {slots.shape[1]}")
     if not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
         raise ValueError(f"slot_attention needs num_iterations T >= 0, got {num_iterations!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """``slotref.slot_attention(...)`` runs the function: the module is named after it, and
+    ``import slotref`` users reach the function by that name (docs/api.md)."""
+
+    def __call__(self, *args, **kwargs):
+        return slot_attention(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -24,7 +24,15 @@ from slotref.cli.train import train
 from slotref.cli.viz import viz
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group; remembers the arguments it was given (``command.txt`` of a run)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["slotref.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="slotref")
 def main():
     """slotref: a readable, tested reference implementation of Slot Attention."""

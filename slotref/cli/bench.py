@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from slotref.cli.common import kernels_option
+from slotref.cli.common import DatasetChoice, kernels_option
 
 
 @click.command()
@@ -12,7 +12,8 @@ from slotref.cli.common import kernels_option
               show_default=True)
 @click.option("--task", type=click.Choice(["setpred", "discovery"]), default=None,
               help="Benchmark the training step of one task (default: both).")
-@click.option("--dataset", default=None, help="Discovery dataset: tetrominoes, multi-dsprites, clevr6-shapes.")
+@click.option("--dataset", type=DatasetChoice(["tetrominoes", "multi-dsprites", "clevr6-shapes"]), default=None,
+              help="Discovery dataset of --what step (default: all three).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--resolution", type=int, default=None)
@@ -41,7 +42,8 @@ def bench(what, task, dataset, device, batch_size, resolution, repeats, profile)
         click.echo(bench_allreduce.format_projection(bench_allreduce.project()))
         return
 
-    if task is not None or dataset is not None:
-        what = "step"
+    if (task is not None or dataset is not None) and what != "step":
+        raise click.UsageError(f"--task and --dataset choose configurations of --what step, not of --what {what}; "
+                               "leave them out or pass --what step")
     bench_module.run(what=what, task=task, dataset=dataset, device=device, batch_size=batch_size,
                      resolution=resolution, repeats=repeats, profile=profile, echo=click.echo)

@@ -26,6 +26,36 @@ kernels_option = click.option(
          "(slower; the same results to rounding). Default: $SLOTREF_KERNELS or fast.")
 
 
+# What each preset costs (docs/performance.md has the step times behind these figures).
+PRESET_COSTS = (
+    "cpu: set prediction ~25 min on 2 CPU cores; discovery on Tetrominoes ~57 min, Multi-dSprites ~3.5 h "
+    "(2.3 s/step), CLEVR6 about a day (~18 s/step at 128x128); paper: Table 11's 150k-500k steps, "
+    "for a GPU (hours to days)")
+
+BUILT_IN = ("clevr-shapes", "clevr6-shapes", "tetrominoes", "multi-dsprites")
+
+
+def canonical_dataset(value: str | None) -> str | None:
+    """A built-in dataset's name as slotref spells it: multi_dsprites, Multi-dSprites -> multi-dsprites;
+    file names and other values unchanged."""
+    if value is None or value.endswith((".h5", ".hdf5")):
+        return value
+    name = value.lower().replace("_", "-")
+    return name if name in BUILT_IN else value
+
+
+def dataset_name(ctx, param, value):
+    """click callback: ``canonical_dataset``."""
+    return canonical_dataset(value)
+
+
+class DatasetChoice(click.Choice):
+    """A Choice of dataset names that also accepts other spellings (``canonical_dataset``)."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(canonical_dataset(value) if isinstance(value, str) else value, param, ctx)
+
+
 def fail(err: Exception) -> None:
     """Raise ``err`` as a one-line click error (printed by rank 0 alone under mpiexec; every rank exits 1)."""
     raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -7,6 +7,7 @@ import time
 import click
 
 from slotref.data import generators
+from slotref.cli.common import DatasetChoice
 from slotref.data.convert import MULTI_OBJECT
 
 
@@ -16,7 +17,7 @@ def data():
 
 
 @data.command()
-@click.argument("name", type=click.Choice(list(generators.GENERATORS)))
+@click.argument("name", type=DatasetChoice(list(generators.GENERATORS)))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .h5 file.")
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of examples.")
 @click.option("--resolution", type=click.IntRange(8, 1024), default=None,
@@ -31,9 +32,9 @@ def data():
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, workers, progress):
     """Generate dataset NAME into --out (resumes an interrupted run with the same options)."""
+    from slotref import paper
     from slotref.data import hdf5
 
-    spec = generators.GENERATORS[name]
     try:
         options = dict(min_objects=min_objects, max_objects=max_objects, zoom=zoom)
         config = hdf5.generator_config(name, seed, resolution, **options)
@@ -44,7 +45,7 @@ def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, wo
     seconds = time.perf_counter() - start
     res = config["resolution"]
     click.echo(f"wrote {out_path}: {n} x {res}x{res} {name} in {seconds:.1f} s ({n / seconds:.0f} images/s); "
-               f"{config['min_objects']}-{config['max_objects']} objects, paper uses K={spec.num_slots} slots")
+               f"{config['min_objects']}-{config['max_objects']} objects, the paper uses K={paper.paper_num_slots(name)} slots on it")
 
 
 @data.command()

@@ -15,7 +15,9 @@ from slotref.cli.common import fail, kernels_option, result_table
 @click.option("--num-slots", type=int, default=None, help="K at test time (default: as trained).")
 @click.option("--num-iters", type=int, default=None, help="T at test time (default: as trained).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
-@click.option("--dataset", default=None, help="Evaluate on this HDF5 file instead of the run's validation split.")
+@click.option("--dataset", type=click.Path(dir_okay=False), default=None,
+              help="Evaluate on every example of this HDF5 file (default: the run's validation split, "
+                   "from its training file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
 @kernels_option
@@ -29,12 +31,11 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
     from slotref.distributed import world  # under mpiexec -n N the examples are shared out among the ranks
-    from slotref.training import TrainingError, load_file, load_run, threshold_name
+    from slotref.training import TrainingError, load_run, threshold_name
+    from slotref.training.logs import format_metric
 
     try:
-        config, be, params, task, val, step = load_run(run_dir, device)
-        if dataset:
-            val, _ = load_file(Path(dataset), config, any_object_count=True)
+        config, be, params, task, val, step = load_run(run_dir, device, dataset)
         if config.model.model == "slot-mlp" and num_slots not in (None, config.model.num_slots):
             raise click.ClickException("the Slot MLP baseline has a fixed number of slots")
         result = {"step": step, "num_slots": num_slots or config.model.num_slots,
@@ -47,7 +48,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
                                            for n, row in by_n.items()}
         else:
             result.update(task.evaluate(be, params, val, num_slots, num_iters, world=world()))
-    except (TrainingError, DatasetError, BackendError, ValueError) as err:
+    except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
         fail(err)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -59,13 +60,14 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
         click.echo("matched objects: " + ", ".join(
             f"{k[4:]} accuracy {100 * result[k]:.1f}%" for k in result if k.startswith("acc_"))
             + f", median position error {result['median_distance']:.2f}")
-        click.echo("AP (%) by number of objects (Figures 21/22):")
+        click.echo("AP by number of objects (Figures 21/22):")
         for n, row in result["ap_by_num_objects"].items():
-            click.echo(f"  {n:>2} objects: " + "  ".join(f"AP_{t}={100 * a:5.1f}" for t, a in row.items()))
+            click.echo(f"  {n:>2} objects: " + "  ".join(f"AP_{t}={100 * a:5.1f}%" for t, a in row.items()))
     else:
+        click.echo(result_table("discovery", config, result))
         for k, v in result.items():
-            if k not in ("step", "num_slots", "num_iters", "examples"):
-                click.echo(f"  {k}: {v}")
+            if k not in ("step", "num_slots", "num_iters", "examples", "fg_ari"):
+                click.echo(f"  {k}: {format_metric(k, v)}")
 
 
 def _curve_table(run_dir: Path) -> str:

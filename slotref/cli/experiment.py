@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from slotref.experiments.plans import EXPERIMENTS, SEEDS, ExperimentError, Options
-from slotref.cli.common import fail
+from slotref.cli.common import DatasetChoice, fail
 from slotref.paper import DISCOVERY_DATASETS
 
 
@@ -27,7 +27,7 @@ from slotref.paper import DISCOVERY_DATASETS
               help="Directory of the runs and results.{md,json} (default runs/experiments/NAME).")
 @click.option("--task", "tasks", type=click.Choice(["setpred", "discovery"]), multiple=True,
               help="iterations, more-objects, ablations: only this task (default both).")
-@click.option("--dataset", type=click.Choice(DISCOVERY_DATASETS), default=None,
+@click.option("--dataset", type=DatasetChoice(DISCOVERY_DATASETS), default=None,
               help="Discovery dataset of iterations and ablations (default tetrominoes); table1: only this one.")
 @click.option("--config", "only", multiple=True,
               help="Run only these configurations (repeatable; --list shows them, with the optional ablations).")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from slotref.cli.common import fail, kernels_option, result_table
+from slotref.cli.common import PRESET_COSTS, dataset_name, fail, kernels_option, result_table
 
 
 def _ablation_options(fn):
@@ -50,15 +50,30 @@ def _apply_ablations(config, kw):
     return replace(config, model=model)
 
 
+def _explicit(ctx, name) -> bool:
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
 @click.command()
 @click.option("--task", type=click.Choice(["setpred", "discovery"]), default="setpred", show_default=True)
-@click.option("--dataset", default=None,
+@click.option("--dataset", default=None, callback=dataset_name,
               help="Built-in generator (clevr-shapes; tetrominoes, multi-dsprites, clevr6-shapes) or an HDF5 file.")
 @click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: minutes on a laptop; paper: Table 11 (for GPUs).")
+              help=PRESET_COSTS + ".")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Start from a saved configuration (a run's config.json, or any JSON in that shape, "
+                   "keys left out taking the preset's values); the flags given override it.")
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration (JSON) and exit.")
+@click.option("--fast-dev-run", is_flag=True,
+              help="A tiny model on 64 built-in scenes for 4 steps, one evaluation, a checkpoint and the "
+                   "result table, in seconds: checks the pipeline, the numbers mean nothing.")
 @click.option("--model", "model_name", type=click.Choice(["slot-attention", "slot-mlp"]), default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: $SLOTREF_DEVICE or cpu.")
-@click.option("--steps", type=int, default=None)
+@click.option("--steps", type=int, default=None,
+              help="Training steps; warm-up, decay, evaluation and checkpoint intervals scale with it "
+                   "(as experiment --steps).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--num-slots", type=int, default=None, help="K at training time.")
 @click.option("--num-iters", type=int, default=None, help="T at training time.")
@@ -67,25 +82,53 @@ def _apply_ablations(config, kw):
 @click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
               help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (default runs/<task>-...).")
+@click.option("--data-size", type=click.IntRange(min=1), default=None,
+              help="Built-in data: number of scenes of the generated file (default: the preset's).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default="data", show_default=True,
+              envvar="SLOTREF_DATA_DIR", show_envvar=True, help="Where built-in data is made and cached.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default runs/<task>-<dataset>-<preset>-seed<seed> in the current directory).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--logger", type=click.Choice(["csv", "tensorboard"]), default="csv", show_default=True,
+              help="csv: metrics.jsonl, train.csv, eval.csv in the run directory; tensorboard: also "
+                   "TensorBoard event files (needs tensorboardX).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_ablation_options
 @kernels_option
-def train(task, dataset, preset, model_name, device, steps, batch_size, num_slots, num_iters, lr, init_scheme, seed,
-          out, resume, quiet, **ablations):
-    """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table."""
+@click.pass_context
+def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, model_name, device, steps,
+          batch_size, num_slots, num_iters, lr, init_scheme, seed, data_size, data_dir, out, resume, logger,
+          quiet, **ablations):
+    """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table.
+
+    \b
+    slotref train --task setpred --fast-dev-run     # the whole pipeline in seconds
+    slotref train --task setpred                    # the cpu preset, ~25 min on 2 cores
+    slotref train --config runs/RUN/config.json --seed 1
+    """
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
     from slotref.training import TrainingError, fit_to_file, preset_config, train as run_training
+    from slotref.training.presets import fast_dev_run as tiny, scale_budget
 
     run_dir = Path(out) if out else "RUN_DIR"
     try:
-        config = preset_config(task, dataset, preset)
-        if not resume:
+        if config_file:
+            config = _config_from_file(ctx, config_file, task, dataset, preset)
+            task, preset = config.task, config.preset
+        else:
+            config = preset_config(task, dataset, preset)
+        if not resume and (dataset is not None or not config_file):
             config, notes = fit_to_file(config, keep_slots=num_slots is not None)
             for note in notes:
                 click.echo(f"note: {note}")
+        is_file = config.dataset.endswith((".h5", ".hdf5"))
+        if data_size is not None and is_file:
+            raise click.BadParameter("only for built-in data, not for an HDF5 file", param_hint="--data-size")
+        if fast_dev_run:
+            config = tiny(config, steps=steps, data_size=data_size)
+        else:
+            config = scale_budget(config, steps)
         model = config.model
         if num_slots is not None:
             model = replace(model, num_slots=num_slots)
@@ -95,24 +138,87 @@ def train(task, dataset, preset, model_name, device, steps, batch_size, num_slot
             model = replace(model, model=model_name)
         if init_scheme is not None:
             model = replace(model, init=init_scheme)
-        run_dir = Path(out) if out else Path("runs") / f"{task}-{Path(config.dataset).stem}-{preset}-seed{seed}"
-        if resume and steps is None and (run_dir / "config.json").exists():
-            steps = json.loads((run_dir / "config.json").read_text())["steps"]  # continue to the saved goal
-        config = replace(config, model=model, seed=seed,
-                         **{k: v for k, v in (("steps", steps), ("batch_size", batch_size),
-                                              ("learning_rate", lr), ("device", device)) if v is not None})
+        changes = {k: v for k, v in (("batch_size", batch_size), ("learning_rate", lr), ("device", device),
+                                     ("data_size", data_size)) if v is not None}
+        if not config_file or _explicit(ctx, "seed"):
+            changes["seed"] = seed
+        if not config_file or _explicit(ctx, "data_dir"):
+            changes["data_dir"] = data_dir
+        config = replace(config, model=model, **changes)
         config = _apply_ablations(config, ablations)
+        if print_config:
+            click.echo(config.to_json())
+            return
+        label = "fast-dev-run" if fast_dev_run else config.preset
+        run_dir = Path(out) if out else _fresh(Path("runs") / f"{task}-{Path(config.dataset).stem}-{label}"
+                                                                  f"-seed{config.seed}", fast_dev_run)
+        if resume and steps is None and (run_dir / "config.json").exists():
+            config = replace(config, steps=json.loads((run_dir / "config.json").read_text())["steps"])
         click.echo(f"run directory: {run_dir}")
-        result = run_training(config, run_dir, resume=resume, progress=not quiet)
+        result = run_training(config, run_dir, resume=resume, progress=not quiet,
+                              tensorboard=logger == "tensorboard", echo=click.echo, command=_command_line(ctx))
         if not result:  # resumed a finished run
             from slotref.training import load_run
             cfg, be, params, task_obj, val, _ = load_run(run_dir)
             result = task_obj.evaluate(be, params, val)
     except KeyboardInterrupt as err:
-        click.echo(f"\n{err or 'interrupted'}; continue with: python cli.py train --task {task} --out "
+        click.echo(f"\n{err or 'interrupted'}; continue with: slotref train --task {task} --out "
                    f"{run_dir} --resume\n", err=True)
         sys.exit(130)
     except (TrainingError, DatasetError, BackendError, ValueError) as err:
         fail(err)
     click.echo(result_table(task, config, result))
-    click.echo(f"run directory: {run_dir}  (python cli.py eval {run_dir}; python cli.py viz {run_dir})")
+    if fast_dev_run:
+        click.echo("(fast dev run: a tiny model for a few steps; the numbers mean nothing)")
+    click.echo(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})")
+
+
+def _command_line(ctx) -> list[str]:
+    """The command as typed: ``python cli.py ...`` from a checkout, else ``slotref ...``."""
+    root = ctx.find_root().info_name
+    prog = ["python", "cli.py"] if root == "cli.py" else ["slotref"]
+    return prog + ctx.meta.get("slotref.argv", sys.argv[1:])
+
+
+def _fresh(path: Path, numbered: bool) -> Path:
+    """``path``, or with ``numbered`` the first of path, path-2, path-3, ... that holds no run."""
+    if not numbered:
+        return path
+    candidate, i = path, 1
+    while (candidate / "checkpoint.h5").exists() or (candidate / "config.json").exists():
+        i += 1
+        candidate = path.with_name(f"{path.name}-{i}")
+    return candidate
+
+
+def _config_from_file(ctx, path, task, dataset, preset):
+    """A TrainConfig from JSON: the preset of its task/preset/dataset, updated with the file's keys."""
+    import dataclasses
+
+    from slotref.training import TrainConfig, preset_config
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise click.BadParameter(f"{path}: not a JSON file ({str(err).splitlines()[0]})", param_hint="--config")
+    if not isinstance(saved, dict):
+        raise click.BadParameter(f"{path}: expected a JSON object", param_hint="--config")
+    for flag, value in (("task", task), ("preset", preset)):
+        if _explicit(ctx, flag) and saved.get(flag, value) != value:
+            raise click.BadParameter(f"{path} has {flag} {saved[flag]!r}; leave --{flag} out or edit the file",
+                                     param_hint=f"--{flag}")
+        saved.setdefault(flag, value)
+    base = dataclasses.asdict(preset_config(saved["task"], saved.get("dataset"), saved["preset"]))
+    unknown = sorted(set(saved) - set(base)) + sorted(f"model.{k}" for k in set(saved.get("model", {})) -
+                                                       set(base["model"]))
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown key {unknown[0]}", param_hint="--config")
+    model = {**base["model"], **saved.get("model", {})}
+    model["slot_attention"] = {**base["model"]["slot_attention"], **saved.get("model", {}).get("slot_attention", {})}
+    merged = {**base, **saved, "model": model}
+    if dataset is not None:
+        merged["dataset"] = dataset
+    try:
+        return TrainConfig.from_dict(merged)
+    except TypeError as err:
+        raise click.BadParameter(f"{path}: {err}", param_hint="--config")

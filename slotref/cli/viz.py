@@ -16,15 +16,21 @@ from slotref.cli.common import fail
 @click.option("--num-slots", type=int, default=None)
 @click.option("--num-iters", type=int, default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
-def viz(run_dir, out, num_images, num_slots, num_iters, device):
+@click.option("--dataset", type=click.Path(dir_okay=False), default=None,
+              help="Draw the first images of this HDF5 file (default: the run's validation split, "
+                   "from its training file).")
+def viz(run_dir, out, num_images, num_slots, num_iters, device, dataset):
     """Draw a run's validation images with attention, masks and predictions (Figure 3 / Table 2 style)."""
     from slotref import viz as viz_module
+    from slotref.backend import BackendError
+    from slotref.data.hdf5 import DatasetError
     from slotref.training import TrainingError, load_run
 
     try:
-        config, be, params, task, val, step = load_run(run_dir, device)
+        config, be, params, task, val, step = load_run(run_dir, device, dataset)
         path = Path(out) if out else Path(run_dir) / "viz.png"
-        viz_module.draw_run(path, config, be, params, task, val.take(slice(0, num_images)), num_slots, num_iters)
-    except (TrainingError, ValueError) as err:
+        viz_module.draw_run(path, config, be, params, task, val.take(slice(0, num_images)), num_slots, num_iters,
+                            title=f"{Path(run_dir).resolve().name}, step {step}")
+    except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
         fail(err)
     click.echo(f"wrote {path}")

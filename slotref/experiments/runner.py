@@ -33,7 +33,7 @@ from slotref.experiments.report import json_safe, render_markdown, summarise
 from slotref.training import data as run_data
 from slotref.training import loop
 from slotref.training.config import DivergenceError, TrainConfig
-from slotref.training.presets import preset_config
+from slotref.training.presets import fast_dev_run, preset_config, scale_budget  # noqa: F401 (scale_budget: re-exported)
 
 DATA_SEED = 0
 TEST_DATA_SEED = 1000
@@ -42,17 +42,6 @@ EVALUATIONS_FILE = "evaluations.json"
 
 # --------------------------------------------------------------------------
 # Budgets and run configurations.
-
-def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
-    """``config`` trained for ``steps``: warm-up, decay, evaluation and checkpoint intervals scale with it."""
-    if steps is None or steps == config.steps:
-        return config
-    f = steps / config.steps
-    at_least_one = lambda n: max(1, round(n * f))  # noqa: E731
-    return replace(config, steps=steps, warmup_steps=round(config.warmup_steps * f),
-                   decay_steps=at_least_one(config.decay_steps), eval_every=at_least_one(config.eval_every),
-                   checkpoint_every=at_least_one(config.checkpoint_every))
-
 
 def run_config(configuration: Configuration, opts: Options, seed: int) -> TrainConfig:
     """The TrainConfig of one run: preset -> budget -> overrides -> the configuration's transform -> seed."""
@@ -80,17 +69,8 @@ def held_out_file(config: TrainConfig, data: EvalData) -> Path:
 
 
 def smoke_overrides(config: TrainConfig, steps: int = 2) -> TrainConfig:
-    """A tiny model on tiny data (32x32 or 35x35, 8 channels, 48 scenes, batch 4, ``steps`` steps).
-
-    Checks an experiment end to end in seconds; its numbers mean nothing.
-    """
-    m = config.model
-    res = 35 if config.dataset == "tetrominoes" else 32   # Tetrominoes: 5-pixel blocks at 35x35
-    sa = replace(m.slot_attention, input_size=8, slot_size=8, mlp_hidden_size=16)
-    model = replace(m, resolution=(res, res), encoder_channels=8, mlp_size=8, head_hidden=8, decoder_channels=8,
-                    decoder_init_resolution=(2, 2), slot_attention=sa)
-    return replace(config, model=model, data_resolution=res, data_size=48, eval_size=8, batch_size=4, steps=steps,
-                   warmup_steps=1, decay_steps=100, eval_every=steps, checkpoint_every=steps, log_every=1)
+    """A tiny model on tiny data (``train --fast-dev-run``'s: 48 scenes, ``steps`` steps); numbers mean nothing."""
+    return replace(fast_dev_run(config, steps=steps, data_size=48), eval_size=8)
 
 
 # --------------------------------------------------------------------------

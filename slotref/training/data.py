@@ -21,13 +21,14 @@ from slotref.training.config import TrainConfig, TrainingError
 TRAIN_NOISE_STREAM = 2     # be.rng(seed, TRAIN_NOISE_STREAM, step): the slot noise of training step ``step``
 EVAL_NOISE_STREAM = 999_999  # the slot noise of evaluation: fixed, independent of the step
 
-def resolve_dataset(config: TrainConfig) -> Path:
-    """The HDF5 file of the run: the user's file, or the built-in data made once and cached."""
+def resolve_dataset(config: TrainConfig, make: bool = True) -> Path:
+    """The HDF5 file of the run: the user's file, or the built-in data made once and cached
+    (``make=False``: only the path, made or not)."""
     from slotref.data import hdf5
 
     if config.dataset.endswith((".h5", ".hdf5")):
         path = Path(config.dataset)
-        if not path.exists():
+        if make and not path.exists():
             raise TrainingError(f"dataset file {path} does not exist")
         return path
     opts = {k: v for k, v in (("min_objects", config.data_min_objects),
@@ -37,6 +38,8 @@ def resolve_dataset(config: TrainConfig) -> Path:
         opts["zoom"] = config.data_zoom
         suffix += f"-zoom{config.data_zoom:g}"
     path = Path(config.data_dir) / f"{config.dataset}-{config.data_resolution}px-n{config.data_size}{suffix}-s{config.seed}.h5"
+    if not make:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(hdf5.ensure_dataset(config.dataset, str(path), config.data_size, config.seed,
                                     resolution=config.data_resolution, **opts))
@@ -68,7 +71,7 @@ def load_file(path: Path, config: TrainConfig, any_object_count: bool = False) -
     h, w = ds.images.shape[1:3]
     if (h, w) != tuple(config.model.resolution):
         raise TrainingError(f"{path}: images are {h}x{w} but the model expects "
-                            f"{config.model.resolution[0]}x{config.model.resolution[1]} (use --preset or a matching file)")
+                            f"{config.model.resolution[0]}x{config.model.resolution[1]} (use a file of that size)")
     targets = None
     if config.task == "setpred":
         if ds.objects is None:

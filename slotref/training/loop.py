@@ -32,22 +32,20 @@ from slotref.models import init_model
 from slotref.optim import Adam, Schedule
 from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError
-from slotref.training.data import BatchOrder, load_splits, resolve_dataset, train_noise
+from slotref.training.logs import RunLog, format_metrics, write_command
+from slotref.training.data import BatchOrder, load_file, load_splits, resolve_dataset, train_noise
 from slotref.training.tasks import looks_collapsed, make_task
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          on_eval=None) -> dict:
+          on_eval=None, tensorboard: bool = False, echo=None, command: list[str] | None = None) -> dict:
     """Train ``config`` in ``run_dir`` (resuming from its checkpoint with ``resume``).
 
     Returns the last evaluation's metrics. Raises DivergenceError (a
     TrainingError) on a NaN loss or parameter, TrainingError with a one-line
     message on an incompatible run directory; KeyboardInterrupt
-    saves a checkpoint first.
+    saves a checkpoint first. ``tensorboard``: also write TensorBoard event files (``training.logs``);
+    ``echo``: where notes go (default: tqdm.write); ``command``: the command line for command.txt
+    (default: sys.argv).
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.h5"
@@ -87,11 +85,16 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     if w.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(config.to_json())
+        write_command(run_dir, command)
+        if len(val_split) < config.eval_size:
+            (echo or tqdm.write)(f"note: validation holds the first {len(val_split)} of the "
+                                 f"{len(val_split) + len(train_split)} examples of {data_path} (at most a tenth "
+                                 f"of the file; eval_size is {config.eval_size})")
+    log = RunLog(run_dir, tensorboard=tensorboard) if w.is_root else None
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
     sync = distributed.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
-    metrics_path = run_dir / "metrics.jsonl"
     last_eval: dict = {}
     say = tqdm.write if w.is_root else (lambda _: None)
 
@@ -120,8 +123,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 rate = (step + 1 - step_log) * config.batch_size / max(now - t_log, 1e-9)
                 t_log, step_log = now, step + 1
                 if w.is_root:
-                    _append_jsonl(metrics_path, {"step": step + 1, "loss": loss_value, "lr": lr,
-                                                 "images_per_s": round(rate, 2), "time": time.time()})
+                    log.train({"step": step + 1, "loss": loss_value, "lr": lr, "images_per_s": round(rate, 2),
+                               "time": time.time()})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             adam.update(params, grads, state, lr)
             if w.size > 1 and (step + 1) % config.log_every == 0:
@@ -141,8 +144,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                 _check_finite_params(params.tree, done, ckpt_path)
                 last_eval = task.evaluate(be, params.tree, val_split, world=w)
                 if w.is_root:
-                    _append_jsonl(metrics_path, {"step": done, "eval": last_eval, "time": time.time()})
-                say(f"step {done}: " + _format_eval(last_eval))
+                    log.eval(done, last_eval)
+                say(f"step {done}: " + format_metrics(last_eval))
                 if config.task == "discovery" and looks_collapsed(last_eval):
                     say(f"warning: slots look collapsed at step {done} (even attention or near-identical "
                         "slots, the 'stripes' of section 4.1). Usual early on: the Tetrominoes preset's "
@@ -152,6 +155,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
                     on_eval(done, last_eval)
     bar.close()
     w.barrier()  # the checkpoint is on disk before any rank returns
+    if log is not None:
+        log.close()
     if interrupted:
         raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
     return last_eval
@@ -200,12 +205,12 @@ def _check_finite_params(params, step, ckpt_path):
                                 f"({ckpt_path if ckpt_path.exists() else 'none'}) is kept")
 
 
-def _format_eval(result: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path | None = None):
+    """(config, backend, params, task, split, step) of a finished or interrupted run.
 
-
-def load_run(run_dir: str | Path, device: str | None = None):
-    """(config, backend, params, task, val_split, step) of a finished or interrupted run."""
+    ``split``: every example of ``dataset`` (an HDF5 file) when given; otherwise the run's validation
+    split, read from its training file if that is still where it was (nothing is generated here).
+    """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint.h5"
     if not ckpt.exists():
@@ -219,5 +224,15 @@ def load_run(run_dir: str | Path, device: str | None = None):
     be = get_backend(config.device, config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
     params, _, step, _ = load_checkpoint(ckpt, be, template, config)
-    _, val_split, _ = load_splits(resolve_dataset(config), config)
-    return config, be, params, make_task(config), val_split, step
+    if dataset is not None:
+        if not Path(dataset).is_file():
+            raise TrainingError(f"dataset file {dataset} does not exist")
+        split, _ = load_file(Path(dataset), config, any_object_count=True)
+    else:
+        path = resolve_dataset(config, make=False)
+        if not path.is_file():
+            height, width = config.model.resolution
+            raise TrainingError(f"the run's training file {path} is not there: pass --dataset FILE.h5 "
+                                f"({height}x{width} {config.task} data, e.g. from `slotref data make`)")
+        _, split, _ = load_splits(path, config)
+    return config, be, params, make_task(config), split, step

@@ -107,3 +107,38 @@ def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainCon
                      + ("" if keep_slots else f", K = {k} slots"))
         config = replace(config, max_objects=most, model=replace(config.model, num_slots=k))
     return config, notes
+
+
+def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
+    """``config`` trained for ``steps``: warm-up, decay, evaluation and checkpoint intervals scale with it
+    (``train --steps`` and ``experiment --steps``)."""
+    if steps is None or steps == config.steps:
+        return config
+    f = steps / config.steps
+    at_least_one = lambda n: max(1, round(n * f))  # noqa: E731
+    return replace(config, steps=steps, warmup_steps=round(config.warmup_steps * f),
+                   decay_steps=at_least_one(config.decay_steps), eval_every=at_least_one(config.eval_every),
+                   checkpoint_every=at_least_one(config.checkpoint_every))
+
+
+FAST_DEV_RUN_STEPS = 4
+FAST_DEV_RUN_DATA_SIZE = 64
+
+
+def fast_dev_run(config: TrainConfig, steps: int | None = None, data_size: int | None = None) -> TrainConfig:
+    """A tiny version of ``config``: a narrow model (8 channels) at 32x32 (Tetrominoes 35x35) on
+    ``data_size`` built-in scenes (default 64), batch 4, ``steps`` steps (default 4), one evaluation on
+    8 held-out scenes and one checkpoint. It checks the whole pipeline in seconds; its numbers mean nothing.
+    A user's HDF5 file keeps the preset's architecture fitted to the file."""
+    steps = steps or FAST_DEV_RUN_STEPS
+    budget = dict(steps=steps, warmup_steps=1, decay_steps=100, eval_every=steps, checkpoint_every=steps,
+                  log_every=1, batch_size=4, eval_size=max(1, min(8, (data_size or FAST_DEV_RUN_DATA_SIZE) // 10)))
+    if config.dataset.endswith((".h5", ".hdf5")):
+        return replace(config, **budget)
+    m = config.model
+    res = 35 if paper.discovery_architecture(config.dataset) == "tetrominoes" else 32
+    sa = replace(m.slot_attention, input_size=8, slot_size=8, mlp_hidden_size=16)
+    model = replace(m, resolution=(res, res), encoder_channels=8, mlp_size=8, head_hidden=8, decoder_channels=8,
+                    decoder_init_resolution=(2, 2), slot_attention=sa)
+    return replace(config, model=model, data_resolution=res, data_size=data_size or FAST_DEV_RUN_DATA_SIZE,
+                   **budget)

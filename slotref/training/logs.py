@@ -1,0 +1,136 @@
+"""A run's logs, in formats any tool reads.
+
+- ``metrics.jsonl``: one JSON object per line (training records and evaluations; ``eval --curve`` reads it);
+- ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch), every ``log_every`` steps;
+- ``eval.csv``: step, time and every scalar metric of each evaluation (lists flattened as name_1, name_2, ...);
+- with ``tensorboard=True``: TensorBoard event files in the run directory (``train/loss``, ``eval/fg_ari``, ...),
+  written with tensorboardX (``pip install "slotref[tensorboard]"``);
+- ``command.txt``: the command line, slotref's version and the git commit of its source, one block per start.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from slotref import __version__
+from slotref.training.config import TrainingError
+
+TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time")
+
+
+def flat_scalars(result: dict) -> dict:
+    """The numbers of an evaluation as flat columns: lists become name_1, name_2, ..."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, (list, tuple)):
+            out.update({f"{k}_{i + 1}": x for i, x in enumerate(v) if isinstance(x, (int, float))})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = v
+    return out
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    columns = list(row)
+    if path.exists() and path.stat().st_size:
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f), columns)
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
+    else:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerow(row)
+
+
+def git_commit() -> str | None:
+    """The commit of slotref's source checkout (with '+dirty' for local changes), or None outside git."""
+    src = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def write_command(run_dir: Path, argv: list[str] | None = None) -> None:
+    """Append the command line, version and commit to ``run_dir/command.txt``."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).name == "__main__.py":
+        argv[0:1] = ["python", "-m", "slotref"]
+    lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}", shlex.join(argv),
+             f"slotref {__version__}", f"git {git_commit() or '(not a git checkout)'}"]
+    with open(Path(run_dir) / "command.txt", "a") as f:
+        f.write("\n".join(lines) + "\n\n")
+
+
+class RunLog:
+    """The writers of one run; ``train`` and ``eval`` append a record to every format."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
+        self.run_dir = Path(run_dir)
+        self.writer = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise TrainingError("--logger tensorboard needs tensorboardX: pip install "
+                                    "\"slotref[tensorboard]\" (or pip install tensorboardX)") from None
+            self.writer = SummaryWriter(str(self.run_dir))
+
+    def _jsonl(self, record: dict) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def train(self, record: dict) -> None:
+        self._jsonl(record)
+        _append_csv(self.run_dir / "train.csv", {k: record.get(k) for k in TRAIN_COLUMNS})
+        if self.writer is not None:
+            for k in ("loss", "lr", "images_per_s"):
+                self.writer.add_scalar(f"train/{k}", record[k], record["step"])
+
+    def eval(self, step: int, result: dict) -> None:
+        now = time.time()
+        self._jsonl({"step": step, "eval": result, "time": now})
+        scalars = flat_scalars(result)
+        _append_csv(self.run_dir / "eval.csv", {"step": step, "time": now, **scalars})
+        if self.writer is not None:
+            for k, v in scalars.items():
+                self.writer.add_scalar(f"eval/{k}", v, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+PERCENT_KEYS = ("ap_", "fg_ari", "acc_", "slot_area")
+
+
+def format_metric(key: str, value) -> str:
+    """One metric as printed everywhere: AP, FG-ARI, accuracies and mask areas in % (one decimal),
+    other numbers with four significant digits."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_metric(key, v) for v in value) + "]"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if key.startswith(PERCENT_KEYS):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_metrics(result: dict) -> str:
+    """``key=value, ...`` of an evaluation (``format_metric``), nested dicts left out."""
+    return ", ".join(f"{k}={format_metric(k, v)}" for k, v in result.items() if not isinstance(v, dict))
