@@ -33,12 +33,18 @@ def _image(ax, img, title=None):
 
 def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_iterations=None) -> None:
     """Write a PNG for the first images of ``split``."""
+    from slotref.io import atomic_path, write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if config.task == "discovery":
-        _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations)
-    else:
-        _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, err) from None
+    with atomic_path(path) as tmp:  # the old picture stays whole until the new one is on disk
+        if config.task == "discovery":
+            _draw_discovery(tmp, config, be, params, task, split, num_slots, num_iterations)
+        else:
+            _draw_setpred(tmp, config, be, params, task, split, num_slots, num_iterations)
 
 
 def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations):
@@ -64,8 +70,10 @@ def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterat
             _image(axes[i, 3 + k + it], mix.reshape(*feature_hw, 3), f"attn t={it + 1}" if i == 0 else None)
     fig.suptitle("Object discovery: image, reconstruction, mask, slots (recon. x alpha), attention", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations):
@@ -106,5 +114,7 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
         ax.text(0, 1, "\n".join(lines), fontsize=5.5, va="top", family="monospace")
     fig.suptitle("Set prediction: attention of each slot (columns, by presence) at each iteration (rows)",
                  fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)

@@ -103,7 +103,11 @@ def write_dataset(name, out_path, n, seed, resolution=None, chunk=256, progress=
             bar.update(count)
         f.attrs["complete"] = True
         f.flush()
+    from slotref.io import fsync_dir, fsync_file
+
+    fsync_file(partial)  # on disk before it takes the final name
     os.replace(partial, out_path)
+    fsync_dir(os.path.dirname(os.path.abspath(out_path)))
     return out_path
 
 
