@@ -34,12 +34,18 @@ def _image(ax, img, title=None):
 def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_iterations=None,
              title: str | None = None) -> None:
     """Write a PNG for the first images of ``split``; ``title`` (the run and step) heads the picture."""
+    from slotref.io import atomic_path, write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if config.task == "discovery":
-        _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations, title)
-    else:
-        _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations, title)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, err) from None
+    with atomic_path(path) as tmp:  # the old picture stays whole until the new one is on disk
+        if config.task == "discovery":
+            _draw_discovery(tmp, config, be, params, task, split, num_slots, num_iterations, title)
+        else:
+            _draw_setpred(tmp, config, be, params, task, split, num_slots, num_iterations, title)
 
 
 def _slot_header(ax, j, title=True):
@@ -81,8 +87,10 @@ def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterat
     fig.suptitle(f"{head}\nimage, reconstruction, mask (each slot's colour), slots (recon. x alpha), "
                  "attention mixed in the slots' colours", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations, title=None):
@@ -140,5 +148,7 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     head = "Set prediction" + (f": {title}" if title else "")
     fig.suptitle(f"{head}\nattention of each slot (columns, most present first) at each iteration t (rows)",
                  fontsize=8, y=1 - 0.1 / height, va="top")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)

@@ -296,7 +296,7 @@ def test_checkpoint_of_another_architecture_names_the_parameter(straight_run, da
     other = replace(setpred_run(data_dir), model=replace(setpred_run(data_dir).model, encoder_channels=8))
     (run_dir / "config.json").write_text(other.to_json())
     (run_dir / "checkpoint.h5").write_bytes((source / "checkpoint.h5").read_bytes())
-    with pytest.raises(TrainingError, match=r"params/encoder/convs/0/w has shape \(5, 5, 3, 16\), "
+    with pytest.raises(TrainingError, match=r"params/encoder/convs/0/w: has shape \(5, 5, 3, 16\), "
                                             r"expected \(5, 5, 3, 8\)") as err:
         train(other, run_dir, resume=True, progress=False)
     one_line(err)
@@ -346,7 +346,7 @@ def test_scenes_with_more_objects_than_target_rows_are_refused(data_dir, tmp_pat
 def test_a_file_without_object_properties_cannot_train_set_prediction(data_dir, tmp_path):
     config = setpred_run(data_dir, dataset=str(data_dir / "tetrominoes.h5"),
                          model=replace(setpred_run(data_dir).model, resolution=(35, 35)))
-    with pytest.raises(TrainingError, match="objects") as err:
+    with pytest.raises(DatasetError, match="objects") as err:
         train(config, tmp_path / "run", progress=False)
     one_line(err)
 

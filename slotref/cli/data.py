@@ -30,17 +30,26 @@ def data():
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Rendering processes (default: up to 2).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, workers, progress):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (only once the new one is whole).")
+def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, workers, progress, overwrite):
     """Generate dataset NAME into --out (resumes an interrupted run with the same options)."""
+    import os
+
     from slotref import paper
     from slotref.data import hdf5
+    from slotref.io import write_error
+
 
     try:
         options = dict(min_objects=min_objects, max_objects=max_objects, zoom=zoom)
         config = hdf5.generator_config(name, seed, resolution, **options)
+        if os.path.exists(out_path) and not overwrite:
+            raise click.ClickException(f"{out_path}: exists; pass --overwrite to replace it or choose another --out")
         start = time.perf_counter()
         hdf5.write_dataset(name, out_path, n, seed, resolution, progress=progress, workers=workers, **options)
-    except (ValueError, RuntimeError, OSError) as e:  # DatasetError is a ValueError
+    except OSError as e:
+        raise click.ClickException(str(write_error(out_path, e))) from None
+    except (ValueError, RuntimeError) as e:  # DatasetError is a ValueError
         raise click.ClickException(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - start
     res = config["resolution"]

@@ -8,12 +8,15 @@ from pathlib import Path
 import click
 
 from slotref.cli.common import fail, kernels_option, result_table
+from slotref.training.config import LIMITS
 
 
 @click.command(name="eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--num-slots", type=int, default=None, help="K at test time (default: as trained).")
-@click.option("--num-iters", type=int, default=None, help="T at test time (default: as trained).")
+@click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None,
+              help="K at test time (default: as trained).")
+@click.option("--num-iters", type=click.IntRange(1, LIMITS["model.num_iterations"]), default=None,
+              help="T at test time (default: as trained).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
 @click.option("--dataset", type=click.Path(dir_okay=False), default=None,
               help="Evaluate on every example of this HDF5 file (default: the run's validation split, "
@@ -24,7 +27,15 @@ from slotref.cli.common import fail, kernels_option, result_table
 def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
     if curve:
-        click.echo(_curve_table(Path(run_dir)))
+        from slotref.io import LogError
+
+        try:
+            click.echo(_curve_table(Path(run_dir)))
+        except (LogError, OSError) as err:
+            fail(err)
+        except (KeyError, TypeError, ValueError) as err:
+            fail(ValueError(f"{Path(run_dir) / 'metrics.jsonl'}: a record lacks or mistypes {err}; "
+                            "not a log written by `train`"))
         return
 
     from slotref import metrics
@@ -77,7 +88,9 @@ def _curve_table(run_dir: Path) -> str:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise click.ClickException(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from slotref.io import read_jsonl
+
+    records = read_jsonl(path)  # a line torn by a crash at the end is left out
     evals = [r for r in records if "eval" in r]
     if not evals:
         return f"{run_dir}: no evaluation logged yet"

@@ -10,6 +10,55 @@ from pathlib import Path
 import click
 
 from slotref.cli.common import PRESET_COSTS, dataset_name, fail, kernels_option, result_table
+from slotref.training.config import LIMITS
+
+# Flags that define the model, the data or the optimisation: a resumed run keeps
+# them (parameter name -> the option and its value in a saved TrainConfig).
+# Every other flag (--steps, --device, --quiet) may change when resuming.
+RESUME_FIXED = {
+    "task": ("--task", lambda c: c.task),
+    "dataset": ("--dataset", lambda c: c.dataset),
+    "preset": ("--preset", lambda c: c.preset),
+    "model_name": ("--model", lambda c: c.model.model),
+    "batch_size": ("--batch-size", lambda c: c.batch_size),
+    "num_slots": ("--num-slots", lambda c: c.model.num_slots),
+    "num_iters": ("--num-iters", lambda c: c.model.num_iterations),
+    "lr": ("--lr", lambda c: c.learning_rate),
+    "init_scheme": ("--init", lambda c: c.model.init),
+    "seed": ("--seed", lambda c: c.seed),
+    "position_embedding": ("--position-embedding", lambda c: c.model.position_embedding),
+    "soft_kmeans": ("--soft-kmeans", lambda c: c.model.slot_attention.projections == "identity"),
+    **{name: ("--" + name.replace("_", "-"), lambda c, name=name: getattr(c.model.slot_attention, name))
+       for name in ("aggregation", "softmax_axis", "slot_init", "update", "layer_norms", "residual_mlp",
+                    "temperature", "epsilon_placement")},
+}
+
+
+def _resume_config(run_dir: Path, given: dict, steps, device):
+    """The saved config of ``run_dir`` with the flags a resume may change; a flag that would change the
+    model, the data or the optimisation is a one-line error naming it and both values."""
+    from click.core import ParameterSource
+
+    from slotref.training import TrainingError
+    from slotref.training.loop import read_run_config
+
+    if not (run_dir / "config.json").exists():
+        raise TrainingError(f"nothing to resume in {run_dir}: no config.json")
+    saved = read_run_config(run_dir)
+    ctx = click.get_current_context()
+    for name, (flag, stored) in RESUME_FIXED.items():
+        if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            continue
+        value, old = given[name], stored(saved)
+        same = value == old or (name == "dataset" and Path(str(value)).resolve() == Path(str(old)).resolve())
+        if not same and not (name == "soft_kmeans" and not value):
+            raise click.UsageError(f"{flag} {value}: the run in {run_dir} was trained with {flag} {old}; "
+                                   f"drop {flag} to resume it, or start a new run with another --out")
+    changes = {"steps": steps, "device": device}
+    for key, value in changes.items():
+        if value is not None and value != getattr(saved, key):
+            click.echo(f"note: resuming with {key} = {value} (was {getattr(saved, key)}); config.json records it")
+    return replace(saved, **{k: v for k, v in changes.items() if v is not None})
 
 
 def _ablation_options(fn):
@@ -71,13 +120,14 @@ def _explicit(ctx, name) -> bool:
                    "result table, in seconds: checks the pipeline, the numbers mean nothing.")
 @click.option("--model", "model_name", type=click.Choice(["slot-attention", "slot-mlp"]), default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: $SLOTREF_DEVICE or cpu.")
-@click.option("--steps", type=int, default=None,
+@click.option("--steps", type=click.IntRange(1, LIMITS["steps"]), default=None,
               help="Training steps; warm-up, decay, evaluation and checkpoint intervals scale with it "
                    "(as experiment --steps).")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--num-slots", type=int, default=None, help="K at training time.")
-@click.option("--num-iters", type=int, default=None, help="T at training time.")
-@click.option("--lr", type=float, default=None,
+@click.option("--batch-size", type=click.IntRange(1, LIMITS["batch_size"]), default=None)
+@click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None, help="K at training time.")
+@click.option("--num-iters", type=click.IntRange(1, LIMITS["model.num_iterations"]), default=None,
+              help="T at training time.")
+@click.option("--lr", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Base learning rate (default: the preset's; 4e-4 as the paper, 8e-4 in the discovery cpu presets).")
 @click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
               help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
@@ -108,10 +158,12 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
     """
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
+    from slotref.io import LockError
     from slotref.training import TrainingError, fit_to_file, preset_config, train as run_training
     from slotref.training.presets import fast_dev_run as tiny, scale_budget
 
     run_dir = Path(out) if out else "RUN_DIR"
+    given = dict(click.get_current_context().params)
     try:
         if config_file:
             config = _config_from_file(ctx, config_file, task, dataset, preset)
@@ -152,8 +204,8 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         label = "fast-dev-run" if fast_dev_run else config.preset
         run_dir = Path(out) if out else _fresh(Path("runs") / f"{task}-{Path(config.dataset).stem}-{label}"
                                                                   f"-seed{config.seed}", fast_dev_run)
-        if resume and steps is None and (run_dir / "config.json").exists():
-            config = replace(config, steps=json.loads((run_dir / "config.json").read_text())["steps"])
+        if resume:
+            config = _resume_config(run_dir, given, given["steps"], device)
         click.echo(f"run directory: {run_dir}")
         result = run_training(config, run_dir, resume=resume, progress=not quiet,
                               tensorboard=logger == "tensorboard", echo=click.echo, command=_command_line(ctx))
@@ -164,8 +216,8 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
     except KeyboardInterrupt as err:
         click.echo(f"\n{err or 'interrupted'}; continue with: slotref train --task {task} --out "
                    f"{run_dir} --resume\n", err=True)
-        sys.exit(130)
-    except (TrainingError, DatasetError, BackendError, ValueError) as err:
+        sys.exit(143 if "SIGTERM" in str(err) else 130)
+    except (TrainingError, DatasetError, BackendError, ValueError, OSError, LockError) as err:
         fail(err)
     click.echo(result_table(task, config, result))
     if fast_dev_run:

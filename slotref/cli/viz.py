@@ -7,25 +7,30 @@ from pathlib import Path
 import click
 
 from slotref.cli.common import fail
+from slotref.training.config import LIMITS
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG file (default RUN_DIR/viz.png).")
-@click.option("--num-images", type=int, default=4, show_default=True)
-@click.option("--num-slots", type=int, default=None)
-@click.option("--num-iters", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="PNG file (default RUN_DIR/viz.png, replaced); an existing --out needs --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--num-images", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None)
+@click.option("--num-iters", type=click.IntRange(1, LIMITS["model.num_iterations"]), default=None)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
 @click.option("--dataset", type=click.Path(dir_okay=False), default=None,
               help="Draw the first images of this HDF5 file (default: the run's validation split, "
                    "from its training file).")
-def viz(run_dir, out, num_images, num_slots, num_iters, device, dataset):
+def viz(run_dir, out, overwrite, num_images, num_slots, num_iters, device, dataset):
     """Draw a run's validation images with attention, masks and predictions (Figure 3 / Table 2 style)."""
     from slotref import viz as viz_module
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
     from slotref.training import TrainingError, load_run
 
+    if out and Path(out).exists() and not overwrite:
+        fail(ValueError(f"{out}: exists; pass --overwrite to replace it or choose another --out"))
     try:
         config, be, params, task, val, step = load_run(run_dir, device, dataset)
         path = Path(out) if out else Path(run_dir) / "viz.png"

@@ -173,7 +173,11 @@ class Writer:
         self.f.attrs["complete"] = True  # last, after every example is on disk
         self.f.flush()
         self.f.close()
+        from slotref.io import fsync_dir, fsync_file
+
+        fsync_file(self.partial)  # on disk before it takes the final name
         os.replace(self.partial, self.out)
+        fsync_dir(os.path.dirname(os.path.abspath(self.out)))
         return self.out
 
     def close(self):

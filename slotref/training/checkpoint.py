@@ -1,50 +1,114 @@
 """Checkpoints: HDF5 files readable with plain h5py (params/<path>, adam/m/<path>,
-adam/v/<path>, and attributes: step, task, config, dataset fingerprint), written atomically."""
+adam/v/<path>, and attributes: step, task, config, dataset fingerprint), written atomically.
+
+A checkpoint is checked like a dataset before anything in it is used: its
+format, task and step; its stored config (every key known, every value of
+its type and within ``config.LIMITS``); and every leaf a finite numeric
+array of the model's shape. Errors are one line:
+``<file>: <field>: <problem>; <what to do>``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from slotref import __version__
 from slotref.backend import to_host, tree_leaves
-from slotref.training.config import TrainConfig, TrainingError
+from slotref.io import atomic_path
+from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 
 CHECKPOINT_FORMAT = "slotref-checkpoint"
+TASKS = ("setpred", "discovery")
+
 
 def save_checkpoint(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str) -> None:
-    """Write atomically: a temporary file, flushed, then renamed over the old checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = CHECKPOINT_FORMAT
-        f.attrs["format_version"] = 1
-        f.attrs["slotref_version"] = __version__
-        f.attrs["step"] = step
-        f.attrs["task"] = config.task
-        f.attrs["config"] = config.to_json()
-        f.attrs["dataset_fingerprint"] = fingerprint
-        f.attrs["adam_t"] = adam_state["t"]
-        for group, tree in (("params", params), ("adam/m", adam_state["m"]), ("adam/v", adam_state["v"])):
-            for name, leaf in tree_leaves(tree):
-                f.create_dataset(f"{group}/{name}", data=to_host(leaf))
-    os.replace(tmp, path)
+    """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = CHECKPOINT_FORMAT
+            f.attrs["format_version"] = 1
+            f.attrs["slotref_version"] = __version__
+            f.attrs["step"] = step
+            f.attrs["task"] = config.task
+            f.attrs["config"] = config.to_json()
+            f.attrs["dataset_fingerprint"] = fingerprint
+            f.attrs["adam_t"] = adam_state["t"]
+            for group, tree in (("params", params), ("adam/m", adam_state["m"]), ("adam/v", adam_state["v"])):
+                for name, leaf in tree_leaves(tree):
+                    f.create_dataset(f"{group}/{name}", data=to_host(leaf))
+
+
+def _error(path, field, problem, todo="train a new run or use another checkpoint") -> TrainingError:
+    return TrainingError(" ".join(f"{path}: {field}: {problem}; {todo}".split()))
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise _error(path, "file", "no such file", "check the run directory")
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as err:
+        raise _error(path, "file", f"not a readable HDF5 file (truncated or corrupt?): {str(err).splitlines()[0]}",
+                     "resume from an intact copy or train a new run") from None
+
+
+def _integer_attr(path, f, key, low=0):
+    value = f.attrs.get(key)
+    if value is None:
+        raise _error(path, key, "attribute missing")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or int(value) < low:
+        raise _error(path, key, f"attribute is {value!r:.60}, expected an integer >= {low}")
+    return int(value)
+
+
+def _string_attr(path, f, key):
+    value = f.attrs.get(key)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise _error(path, key, f"attribute is {value!r:.60}, expected a string")
+    return value
+
+
+def _check_header(path: Path, f) -> tuple[TrainConfig, int]:
+    if f.attrs.get("format") != CHECKPOINT_FORMAT:
+        raise _error(path, "format", f"is {f.attrs.get('format')!r:.60}, not {CHECKPOINT_FORMAT!r}: not a slotref "
+                     "checkpoint", "point at a run directory written by `train`")
+    version = _integer_attr(path, f, "format_version", low=1)
+    if version != 1:
+        raise _error(path, "format_version", f"is {version}; this slotref reads version 1", "upgrade slotref")
+    task = _string_attr(path, f, "task")
+    if task not in TASKS:
+        raise _error(path, "task", f"is {task!r:.60}, expected one of {', '.join(TASKS)}")
+    step = _integer_attr(path, f, "step")
+    _integer_attr(path, f, "adam_t")
+    _string_attr(path, f, "dataset_fingerprint")
+    text = _string_attr(path, f, "config")
+    try:
+        stored = json.loads(text)
+    except ValueError as err:
+        raise _error(path, "config", f"not JSON ({err})") from None
+    config = config_from_stored(stored, path)
+    if config.task != task:
+        raise _error(path, "task", f"is {task!r} but its config says {config.task!r}")
+    return config, step
 
 
 def read_checkpoint_config(path: Path) -> TrainConfig:
-    try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != CHECKPOINT_FORMAT:
-                raise TrainingError(f"{path} is not a slotref checkpoint")
-            return TrainConfig.from_dict(json.loads(f.attrs["config"]))
-    except OSError as err:
-        raise TrainingError(f"cannot read checkpoint {path}: {err}") from err
+    """The checked config stored in a checkpoint (TrainingError, one line, if anything is wrong)."""
+    path = Path(path)
+    with _open(path) as f:
+        return _check_header(path, f)[0]
 
 
 def load_checkpoint(path: Path, be, template_params, config: TrainConfig):
     """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``."""
+    path = Path(path)
+
     def fill(f, group, template):
         def walk(tree, prefix):
             if isinstance(tree, dict):
@@ -52,24 +116,36 @@ def load_checkpoint(path: Path, be, template_params, config: TrainConfig):
             if isinstance(tree, list):
                 return [walk(v, f"{prefix}{i}/") for i, v in enumerate(tree)]
             name = f"{group}/{prefix.rstrip('/')}"
-            if name not in f:
-                raise TrainingError(f"checkpoint {path} does not match the model: {name} is missing")
-            data = f[name][()]
-            if data.shape != tree.shape:
-                raise TrainingError(f"checkpoint {path} does not match the model: {name} has shape "
-                                    f"{data.shape}, expected {tree.shape}")
+            item = f.get(name, getlink=True)
+            if item is None:
+                raise _error(path, name, "missing: the checkpoint does not match the model")
+            if not isinstance(item, h5py.HardLink) or not isinstance(f[name], h5py.Dataset):
+                raise _error(path, name, "is not an array (a group or a link)")
+            ds = f[name]
+            if ds.dtype.kind not in "fiu":
+                raise _error(path, name, f"has dtype {ds.dtype}, expected numbers")
+            if ds.shape != tree.shape:
+                raise _error(path, name, f"has shape {ds.shape}, expected {tree.shape}: the checkpoint does not "
+                             "match the model")
+            data = ds[()]
+            if not np.isfinite(data).all():
+                raise _error(path, name, "holds NaN or infinite values", "resume from an earlier checkpoint "
+                             "or train a new run")
             return be.asarray(data)
         return walk(template, "")
 
+    f = _open(path)
     try:
-        with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != CHECKPOINT_FORMAT:
-                raise TrainingError(f"{path} is not a slotref checkpoint")
-            if f.attrs["task"] != config.task:
-                raise TrainingError(f"checkpoint {path} is a {f.attrs['task']} run, not {config.task}")
+        with f:
+            stored, step = _check_header(path, f)
+            if stored.task != config.task:
+                raise TrainingError(f"checkpoint {path} is a {stored.task} run, not {config.task}")
             params = fill(f, "params", template_params)
             state = {"m": fill(f, "adam/m", template_params), "v": fill(f, "adam/v", template_params),
                      "t": int(f.attrs["adam_t"])}
-            return params, state, int(f.attrs["step"]), str(f.attrs["dataset_fingerprint"])
-    except OSError as err:
-        raise TrainingError(f"cannot read checkpoint {path}: {err}") from err
+            return params, state, step, _string_attr(path, f, "dataset_fingerprint")
+    except TrainingError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:  # damage seen only when read
+        raise _error(path, "data", f"cannot be read (truncated or corrupt?): {str(err).splitlines()[0]}",
+                     "resume from an intact copy or train a new run") from None

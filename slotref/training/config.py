@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from slotref import paper
@@ -61,3 +62,93 @@ class TrainConfig:
         for key in ("resolution", "encoder_strides", "decoder_init_resolution"):
             m[key] = tuple(m[key])
         return TrainConfig(model=ModelConfig(slot_attention=sa, **m), **d)
+
+
+# --------------------------------------------------------------------------
+# Stored configs (config.json, a checkpoint's ``config`` attribute) are data:
+# every key known, every value of its type and within sane limits, before
+# anything is allocated or any file is touched.
+
+# Largest sizes a stored config may ask for (inclusive); the paper's are far below.
+LIMITS = {
+    "steps": 10**8, "batch_size": 4096, "warmup_steps": 10**15, "decay_steps": 10**15, "eval_every": 10**8,
+    "eval_size": 10**6, "checkpoint_every": 10**8, "log_every": 10**8, "max_objects": 255,
+    "data_size": 10**7, "data_resolution": 1024, "data_min_objects": 255, "data_max_objects": 255,
+    "model.resolution": 1024, "model.encoder_channels": 4096, "model.encoder_kernel": 64, "model.mlp_size": 4096,
+    "model.num_slots": 256, "model.num_iterations": 100, "model.head_hidden": 4096, "model.output_size": 4096,
+    "model.decoder_channels": 4096, "model.decoder_init_resolution": 1024, "model.encoder_strides": 16,
+    "model.slot_attention.input_size": 4096, "model.slot_attention.slot_size": 4096,
+    "model.slot_attention.mlp_hidden_size": 16384, "model.slot_attention.num_train_slots": 256,
+}
+# Sizes that may be 0 (the others must be at least 1).
+MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
+
+
+def config_from_stored(d, source) -> TrainConfig:
+    """A ``TrainConfig`` from stored JSON ``d``; TrainingError ``<source>: config.<key>: <problem>; <todo>``."""
+    import typing
+
+    def bad(key, problem):
+        return TrainingError(f"{source}: config.{key}: {problem}; the run directory is damaged or not slotref's "
+                             f"(train a new run)")
+
+    def check(cls, data, prefix):
+        if not isinstance(data, dict):
+            raise bad(prefix.rstrip(".") or "", f"is {type(data).__name__}, expected an object")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise bad(prefix + str(key), "unknown key")
+        values = {}
+        for name in names:
+            key = prefix + name
+            if name not in data:
+                raise bad(key, "missing")
+            values[name] = value(hints[name], data[name], key)
+        try:
+            return cls(**values)
+        except (ValueError, TypeError) as err:
+            raise bad(prefix.rstrip(".") or "config", str(err).splitlines()[0]) from None
+
+    def value(hint, v, key):
+        args = typing.get_args(hint)
+        if dataclasses.is_dataclass(hint):
+            return check(hint, v, key + ".")
+        if type(None) in args:                       # X | None
+            if v is None:
+                return None
+            return value(next(a for a in args if a is not type(None)), v, key)
+        if typing.get_origin(hint) is tuple:
+            if not isinstance(v, list) or not v or len(v) > 8:
+                raise bad(key, f"is {v!r}, expected a short list of integers")
+            return tuple(number(int, x, key) for x in v)
+        if hint in (int, float):
+            return number(hint, v, key)
+        if hint is bool:
+            if not isinstance(v, bool):
+                raise bad(key, f"is {v!r}, expected true or false")
+            return v
+        if hint is str:
+            if not isinstance(v, str) or len(v) > 4096:
+                raise bad(key, f"is {v!r:.60}, expected a string")
+            return v
+        raise bad(key, f"has an unsupported type {hint}")
+
+    def number(kind, v, key):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+            raise bad(key, f"is {v!r:.60}, expected {'an integer' if kind is int else 'a number'}")
+        if kind is float:
+            if not math.isfinite(v):
+                raise bad(key, f"is {v}, expected a finite number")
+            return float(v)
+        name = key.removeprefix("config.")
+        low = 0 if name in MAY_BE_ZERO or name.split(".")[-1] == "seed" else 1
+        high = LIMITS.get(name)
+        if name == "seed":
+            high = 2**63 - 1
+        if v < low or (high is not None and v > high):
+            raise bad(key, f"{v} is outside the sane range [{low}, {high if high is not None else 'inf'}]")
+        return v
+
+    return check(TrainConfig, d, "")

@@ -21,14 +21,16 @@ from slotref.training.config import TrainConfig, TrainingError
 TRAIN_NOISE_STREAM = 2     # be.rng(seed, TRAIN_NOISE_STREAM, step): the slot noise of training step ``step``
 EVAL_NOISE_STREAM = 999_999  # the slot noise of evaluation: fixed, independent of the step
 
-def resolve_dataset(config: TrainConfig, make: bool = True) -> Path:
-    """The HDF5 file of the run: the user's file, or the built-in data made once and cached
-    (``make=False``: only the path, made or not)."""
+def resolve_dataset(config: TrainConfig, create: bool = True) -> Path:
+    """The HDF5 file of the run: the user's file, or the built-in data made once and cached.
+
+    ``create=False`` (evaluating a stored run) never makes data: the cached file must be there.
+    """
     from slotref.data import hdf5
 
-    if config.dataset.endswith((".h5", ".hdf5")):
+    if hdf5.is_dataset_path(config.dataset):
         path = Path(config.dataset)
-        if make and not path.exists():
+        if create and not path.exists():
             raise TrainingError(f"dataset file {path} does not exist")
         return path
     opts = {k: v for k, v in (("min_objects", config.data_min_objects),
@@ -38,7 +40,10 @@ def resolve_dataset(config: TrainConfig, make: bool = True) -> Path:
         opts["zoom"] = config.data_zoom
         suffix += f"-zoom{config.data_zoom:g}"
     path = Path(config.data_dir) / f"{config.dataset}-{config.data_resolution}px-n{config.data_size}{suffix}-s{config.seed}.h5"
-    if not make:
+    if not create:
+        if not path.exists():
+            raise TrainingError(f"{path}: the run's built-in data is not there (evaluation never generates "
+                                "data); pass --dataset FILE, or make it with `train` or `data make`")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(hdf5.ensure_dataset(config.dataset, str(path), config.data_size, config.seed,
@@ -67,7 +72,7 @@ def load_file(path: Path, config: TrainConfig, any_object_count: bool = False) -
     """
     from slotref.data import hdf5
 
-    ds = hdf5.load_dataset(str(path))
+    ds = hdf5.load_dataset(str(path), task=config.task)
     h, w = ds.images.shape[1:3]
     if (h, w) != tuple(config.model.resolution):
         raise TrainingError(f"{path}: images are {h}x{w} but the model expects "

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import io as io_text
 import json
 import shlex
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from slotref import __version__
+from slotref import __version__, io
 from slotref.training.config import TrainingError
 
 TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time")
@@ -35,18 +36,21 @@ def flat_scalars(result: dict) -> dict:
     return out
 
 
+def _csv_line(values) -> str:
+    buffer = io_text.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
+
+
 def _append_csv(path: Path, row: dict) -> None:
+    """One whole row (``slotref.io.append_line``); the header is written with the first row."""
     columns = list(row)
     if path.exists() and path.stat().st_size:
         with open(path, newline="") as f:
             columns = next(csv.reader(f), columns)
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
     else:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerow(row)
+        io.append_line(path, _csv_line(columns))
+    io.append_line(path, _csv_line(["" if row.get(c) is None else row.get(c) for c in columns]))
 
 
 def git_commit() -> str | None:
@@ -90,8 +94,7 @@ class RunLog:
             self.writer = SummaryWriter(str(self.run_dir))
 
     def _jsonl(self, record: dict) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        io.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
 
     def train(self, record: dict) -> None:
         self._jsonl(record)

@@ -25,16 +25,71 @@ from pathlib import Path
 import autograd
 from tqdm import tqdm
 
-from slotref import backend, distributed
+from slotref import backend, distributed, io
 from slotref.backend import get_backend, host_rng, to_float, tree_leaves
 from slotref.flat import FlatTree
 from slotref.models import init_model
 from slotref.optim import Adam, Schedule
 from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from slotref.training.config import DivergenceError, TrainConfig, TrainingError
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError, config_from_stored
 from slotref.training.logs import RunLog, format_metrics, write_command
 from slotref.training.data import BatchOrder, load_file, load_splits, resolve_dataset, train_noise
 from slotref.training.tasks import looks_collapsed, make_task
+
+# Fields a resumed run may change: how long it runs, where, and how often it reports.
+RESUME_MAY_CHANGE = ("steps", "device", "log_every", "eval_every", "checkpoint_every", "data_dir")
+# Ranks other than 0 of an MPI job neither lock nor write the run directory.
+RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The checked ``config.json`` of a run directory (TrainingError, one line)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError as err:
+        raise TrainingError(f"{path}: config: not JSON ({str(err).splitlines()[0]}); not a slotref run "
+                            "(choose another --out)") from None
+    except OSError as err:
+        raise TrainingError(f"{path}: config: cannot be read ({err.strerror or err})") from None
+    return config_from_stored(stored, path)
+
+
+def config_changes(saved: TrainConfig, config: TrainConfig, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(field, saved value, new value) for every field that differs, nested fields as ``model.num_slots``."""
+    out = []
+    for name in saved.__dataclass_fields__:
+        a, b = getattr(saved, name), getattr(config, name)
+        if hasattr(a, "__dataclass_fields__") and hasattr(b, "__dataclass_fields__"):
+            out += config_changes(a, b, f"{prefix}{name}.")
+        elif a != b:
+            out.append((prefix + name, a, b))
+    return out
+
+
+def _check_new_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """A new run goes into a missing or empty folder, or restarts the same run that never saved a checkpoint."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise TrainingError(f"{run_dir}: not a folder; choose another --out")
+    if (run_dir / "checkpoint.h5").exists():
+        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    entries = [p.name for p in run_dir.iterdir() if p.name != io.LOCK_NAME]
+    if not entries:
+        return
+    if "config.json" not in entries:
+        raise TrainingError(f"{run_dir}: not empty and not a slotref run (no config.json); choose another --out")
+    changes = [c for c in config_changes(read_run_config(run_dir), config) if c[0] != "device"]
+    if changes:
+        key, old, new = changes[0]
+        raise TrainingError(f"{run_dir}: holds another run ({key}: {old!r} there, {new!r} here); "
+                            "choose another --out")
+
+
+def _is_writer() -> bool:
+    return next((os.environ[k] for k in RANK_ENV if os.environ.get(k, "").isdigit()), "0") == "0"
+
 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
           on_eval=None, tensorboard: bool = False, echo=None, command: list[str] | None = None) -> dict:
@@ -48,16 +103,33 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     (default: sys.argv).
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.h5"
     if resume:
         if not (run_dir / "config.json").exists():
             raise TrainingError(f"nothing to resume in {run_dir}: no config.json")
-        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        saved = read_run_config(run_dir)
         if saved.task != config.task:
             raise TrainingError(f"{run_dir} holds a {saved.task} run; cannot resume it as {config.task}")
-        config = replace(saved, steps=config.steps, device=config.device)
-    elif ckpt_path.exists():
-        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+        changed = [c for c in config_changes(saved, config) if c[0] not in RESUME_MAY_CHANGE]
+        if changed:
+            key, old, new = changed[0]
+            raise TrainingError(f"{run_dir}: cannot resume with {key} = {new!r}: the run was trained with "
+                                f"{old!r}; keep it, or start a new run with another --out")
+        config = replace(saved, **{k: getattr(config, k) for k in RESUME_MAY_CHANGE})
+    else:
+        _check_new_run_dir(run_dir, config)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise io.write_error(run_dir, err) from None
+    if not _is_writer():
+        return _train(config, run_dir, resume, progress, on_eval, tensorboard, echo, command)
+    with io.RunLock(run_dir, note=lambda line: print(f"note: {line}", flush=True)):
+        return _train(config, run_dir, resume, progress, on_eval, tensorboard, echo, command)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_eval, tensorboard: bool,
+           echo, command) -> dict:
+    ckpt_path = run_dir / "checkpoint.h5"
     w = distributed.world()
     local_slice = distributed.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
     data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
@@ -84,7 +156,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     w.raise_together(failure)
     if w.is_root:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config.to_json())
+        io.write_text(run_dir / "config.json", config.to_json())
         write_command(run_dir, command)
         if len(val_split) < config.eval_size:
             (echo or tqdm.write)(f"note: validation holds the first {len(val_split)} of the "
@@ -158,7 +230,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     if log is not None:
         log.close()
     if interrupted:
-        raise KeyboardInterrupt(f"interrupted after step {done}; checkpoint saved in {ckpt_path}")
+        raise KeyboardInterrupt(f"{stop.reason} after step {done}; checkpoint saved in {ckpt_path}")
     return last_eval
 
 
@@ -177,24 +249,36 @@ def root_first(w, make):
 
 
 class _StopRequest:
-    """Ctrl-C finishes the current step, saves a checkpoint, then stops; a second Ctrl-C stops at once."""
+    """Ctrl-C or SIGTERM finishes the current step, saves a checkpoint, then stops; a second one stops
+    at once, without saving (the last checkpoint, written whole or not at all, is kept)."""
+
+    SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.reason = "interrupted"
+        self._previous = {}
 
     def _handler(self, signum, frame):
+        if self.requested:
+            self._restore()
+            raise KeyboardInterrupt(f"{self.SIGNALS.get(signum, 'stopped')} a second time: stopped at once, "
+                                    "without saving the step in progress; checkpoint.h5 holds the last saved step")
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        self.reason = self.SIGNALS.get(signum, "stopped")
+
+    def _restore(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
         return False
 
 
@@ -215,7 +299,7 @@ def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path
     ckpt = run_dir / "checkpoint.h5"
     if not ckpt.exists():
         raise TrainingError(f"{run_dir}: no checkpoint.h5 (is it a run directory?)")
-    config = read_checkpoint_config(ckpt)
+    config = read_checkpoint_config(ckpt)  # checked: known keys, types, sane sizes
     if device:
         config = replace(config, device=device)
     w = distributed.world()
@@ -229,7 +313,7 @@ def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path
             raise TrainingError(f"dataset file {dataset} does not exist")
         split, _ = load_file(Path(dataset), config, any_object_count=True)
     else:
-        path = resolve_dataset(config, make=False)
+        path = resolve_dataset(config, create=False)
         if not path.is_file():
             height, width = config.model.resolution
             raise TrainingError(f"the run's training file {path} is not there: pass --dataset FILE.h5 "

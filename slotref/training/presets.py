@@ -71,12 +71,9 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
 def discovery_architecture(dataset: str) -> str:
     """Which discovery architecture a dataset name or file calls for (a file by its ``name``
     attribute); CLEVR6's for any other dataset (the built-in clevr-shapes, say)."""
-    name = dataset
-    if dataset.endswith(".h5") and Path(dataset).exists():
-        import h5py
+    from slotref.data import hdf5
 
-        with h5py.File(dataset, "r") as f:
-            name = str(f.attrs.get("name", ""))
+    name = hdf5.dataset_name(dataset) if hdf5.is_dataset_path(dataset) and Path(dataset).exists() else dataset
     return paper.discovery_architecture(name) or "clevr6-shapes"
 
 
@@ -89,7 +86,7 @@ def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainCon
     alone: its decoders produce one size (load_file says so)."""
     from slotref.data import hdf5
 
-    if config.task != "setpred" or not config.dataset.endswith((".h5", ".hdf5")) \
+    if config.task != "setpred" or not hdf5.is_dataset_path(config.dataset) \
             or not Path(config.dataset).exists():
         return config, []
     first = hdf5.load_dataset(config.dataset, limit=1)           # checks the schema
