@@ -292,7 +292,7 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
         row = {"config": name, "batch": b, "seconds": seconds, "images_per_s": ips, "peak_gb": peak_memory_gb(be)}
         torch_columns = ""
         if with_torch:  # PyTorch eager on the same architecture and batch, measured now
-            row["torch_images_per_s"] = b / bench_torch.step_seconds(config, b, repeats)
+            row["torch_images_per_s"] = b / bench_torch.step_seconds_apart(t, d, b, repeats)
             torch_columns = f"{row['torch_images_per_s']:>13.1f}{ips / row['torch_images_per_s']:>7.2f}"
         rows.append(row)
         echo(f"{name:<16}{b:>6}{seconds:>9.3f}{ips:>10.1f}{torch_columns}{row['peak_gb']:>9.2f}")

@@ -18,6 +18,9 @@ PyTorch's default initialisers.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -194,3 +197,32 @@ def step_seconds(config, batch_size: int, repeats: int = 3, seed: int = 0) -> fl
         step()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def step_seconds_apart(task: str, dataset, batch_size: int, repeats: int = 3) -> float:
+    """``step_seconds`` in a process of its own, so PyTorch's memory and threads stay out of slotref's
+    measurement (peak memory is per process); as many threads as slotref's BLAS has."""
+    from threadpoolctl import threadpool_info
+
+    threads = max((p.get("num_threads") or 1 for p in threadpool_info() if p.get("user_api") == "blas"), default=1)
+    command = [sys.executable, "-m", "slotref.bench_torch", task, str(dataset), str(batch_size), str(repeats),
+               str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        raise RuntimeError("the PyTorch benchmark failed: " + (result.stderr.strip().splitlines() or ["?"])[-1])
+    return float(result.stdout.split()[-1])
+
+
+def _main(argv):
+    import torch
+
+    from slotref.models import discovery_config, setpred_config
+
+    task, dataset, batch, repeats, threads = argv
+    torch.set_num_threads(int(threads))
+    config = setpred_config(int(dataset)) if task == "setpred" else discovery_config(dataset)
+    print(step_seconds(config, int(batch), int(repeats)))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
