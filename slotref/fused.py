@@ -29,9 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slotref import layers
 from slotref.backend import to_float, xp_of
 
-# Keras' LayerNormalization default, as in slotref.layers.
+LAYER_NORM_EPS = layers.LAYER_NORM_EPS
 LAYER_NORM_EPS = 1e-3
 
 FUSED_ENV = "SLOTREF_FUSED"
@@ -41,12 +42,9 @@ FUSED_ENV = "SLOTREF_FUSED"
 # Twins: the specification, as slotref/layers.py computes it.
 
 def normalize(x, eps=LAYER_NORM_EPS):
-    """(x - mean) / sqrt(var + eps) over the last axis (LayerNorm without scale and offset)."""
-    xp = xp_of(x)
-    mu = xp.mean(x, axis=-1, keepdims=True)
-    centred = x - mu
-    var = xp.mean(centred * centred, axis=-1, keepdims=True)
-    return centred / xp.sqrt(var + eps)
+    """(x - mean) / sqrt(var + eps) over the last axis (LayerNorm without scale and offset):
+    the specification itself, ``layers.normalize``."""
+    return layers.normalize(x, eps)
 
 
 def normalize_vjp(g, x, y, eps=LAYER_NORM_EPS):

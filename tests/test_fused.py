@@ -40,16 +40,12 @@ def directional_fd(f, x, u, h=1e-6):
 # --------------------------------------------------------------------------
 # Twins against slotref/layers.py.
 
-def test_the_twins_use_the_layers_constants():
-    assert fused.LAYER_NORM_EPS == layers.LAYER_NORM_EPS
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(st.integers(0, 2 ** 16), shapes())
-def test_normalize_twin_equals_layers_forward_and_vjp(dtype, seed, shape):
+def test_normalize_vjp_twin_equals_the_layers_vjp(dtype, seed, shape):
+    # (the forward twin is layers.normalize itself)
     x, g = data(seed, shape, dtype, 3.0), data(seed + 1, shape, dtype)
     vjp, y = make_vjp(layers.normalize)(x)
-    np.testing.assert_array_equal(fused.normalize(x), y)
     np.testing.assert_array_equal(fused.normalize_vjp(g, x, y), vjp(g))
     assert fused.normalize(x).dtype == dtype
 
