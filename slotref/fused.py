@@ -33,7 +33,6 @@ from slotref import layers
 from slotref.backend import to_float, xp_of
 
 LAYER_NORM_EPS = layers.LAYER_NORM_EPS
-LAYER_NORM_EPS = 1e-3
 
 FUSED_ENV = "SLOTREF_FUSED"
 
