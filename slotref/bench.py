@@ -257,15 +257,14 @@ def bench_step(be, task=None, dataset=None, batch_size=None, resolution=None, re
         configs = [c for c in configs if c[1] == "discovery" and (dataset is None or c[2] == dataset)]
     if batch_size:
         configs = [(n, t, d, batch_size) for n, t, d, _ in configs]
-    from slotref import bench_torch
-
-    with_torch = be.device == "cpu" and bench_torch.available()
-    echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}"
-         + (f"{'PyTorch CPU':>13}{'ratio':>7}" if with_torch else "") + f"{'peak GB':>9}")
-    from slotref import distributed
+    from slotref import bench_torch, distributed
     from slotref.flat import FlatTree
 
     w = distributed.world()  # under mpiexec -n N: each rank steps on B / N examples plus the allreduce
+    # PyTorch beside one process on the CPU (a single PyTorch process is the comparison there too)
+    with_torch = be.device == "cpu" and w.size == 1 and bench_torch.available()
+    echo(f"{'configuration':<16}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+         + (f"{'PyTorch CPU':>13}{'ratio':>7}" if with_torch else "") + f"{'peak GB':>9}")
     if w.size > 1:
         echo(f"{w.size} ranks, global batch = batch; each rank times its slice and the allreduce "
              f"({w.allreduce_path()}), the slowest rank counts")
