@@ -234,7 +234,7 @@ def test_every_ablation_changes_only_its_own_switch(task, dataset):
                 "no-position-embedding": {"position_embedding"}, "no-decay": {"decay_steps"},
                 "no-warmup": {"warmup_steps"}, "train-iters-1": {"num_iterations"},
                 "train-iters-2": {"num_iterations"}, "train-iters-5": {"num_iterations"},
-                "more-slots": {"num_slots"},
+                "more-slots": {"num_slots"} | ({"curriculum"} if task == "setpred" else set()),
                 "soft-kmeans": {"projections", "update", "layer_norms"} | (
                     {"mlp_size", "input_size"} if task == "discovery" else set())}
     flat = lambda c: runner._flat(json.loads(c.to_json()))  # noqa: E731
