@@ -226,14 +226,15 @@ def test_every_ablation_changes_only_its_own_switch(task, dataset):
     configs, _ = configurations("ablations", Options(tasks=(task,), dataset=dataset), only=tuple(
         f"{'setpred' if task == 'setpred' else dataset}-{name}" for name, *_ in ABLATIONS))
     default = run_config(configs[0], Options(), 0)
-    expected = {"sum": {"aggregation"}, "sum-layernorm": {"aggregation"}, "per-slot-init": {"slot_init"},
+    expected = {"sum": {"aggregation"}, "sum-layernorm": {"aggregation"},
+                "per-slot-init": {"slot_init"} | ({"curriculum"} if task == "setpred" else set()),
                 "softmax-inputs": {"softmax_axis", "aggregation"}, "no-gru": {"update"},
                 "no-layernorm": {"layer_norms"}, "no-residual-mlp": {"residual_mlp"},
                 "temperature-one": {"temperature"}, "epsilon-denominator": {"epsilon_placement"},
                 "no-position-embedding": {"position_embedding"}, "no-decay": {"decay_steps"},
                 "no-warmup": {"warmup_steps"}, "train-iters-1": {"num_iterations"},
                 "train-iters-2": {"num_iterations"}, "train-iters-5": {"num_iterations"},
-                "more-slots": {"num_slots"},
+                "more-slots": {"num_slots"} | ({"curriculum"} if task == "setpred" else set()),
                 "soft-kmeans": {"projections", "update", "layer_norms"} | (
                     {"mlp_size", "input_size"} if task == "discovery" else set())}
     flat = lambda c: runner._flat(json.loads(c.to_json()))  # noqa: E731

@@ -82,6 +82,8 @@ def result_table(task, config, result) -> str:
                                                       (paper.paper_ap(n) for n in names))]
         if config.preset != "paper":
             lines.append("(the cpu preset is a smaller problem than CLEVR10: see docs/results.md)")
+        if getattr(config, "curriculum", ""):
+            lines.append(f"trained with the curriculum {config.curriculum!r} (docs/curriculum.md)")
         return "\n".join(lines)
     ari = 100 * result.get("fg_ari", float("nan"))
     reported = paper.paper_fg_ari(Path(config.dataset).stem)

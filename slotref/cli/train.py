@@ -26,6 +26,9 @@ RESUME_FIXED = {
     "lr": ("--lr", lambda c: c.learning_rate),
     "init_scheme": ("--init", lambda c: c.model.init),
     "seed": ("--seed", lambda c: c.seed),
+    "warmup_steps": ("--warmup-steps", lambda c: c.warmup_steps),
+    "decay_steps": ("--decay-steps", lambda c: c.decay_steps),
+    "curriculum": ("--curriculum", lambda c: c.curriculum),
     "position_embedding": ("--position-embedding", lambda c: c.model.position_embedding),
     "soft_kmeans": ("--soft-kmeans", lambda c: c.model.slot_attention.projections == "identity"),
     **{name: ("--" + name.replace("_", "-"), lambda c, name=name: getattr(c.model.slot_attention, name))
@@ -131,6 +134,15 @@ def _explicit(ctx, name) -> bool:
               help="Base learning rate (default: the preset's; 4e-4 as the paper, 8e-4 in the discovery cpu presets).")
 @click.option("--init", "init_scheme", type=click.Choice(["glorot", "torch"]), default=None,
               help="Initialisers: Glorot as the official code (default), or PyTorch's defaults.")
+@click.option("--warmup-steps", type=click.IntRange(0, LIMITS["warmup_steps"]), default=None,
+              help="Learning-rate warm-up in steps (default: the preset's, scaled with --steps).")
+@click.option("--decay-steps", type=click.IntRange(1, LIMITS["decay_steps"]), default=None,
+              help="The learning rate halves every this many steps (default: the preset's, scaled with --steps).")
+@click.option("--curriculum", default=None,
+              help='A training schedule beyond the paper (which trains with the final K throughout): stages '
+                   'such as "slots=1,objects=1:1000; slots=3,reset_adam,warmup=500", see docs/curriculum.md. '
+                   '"" for none; default: the preset\'s (the setpred cpu preset has one; dropped for the '
+                   'Slot MLP, per-slot initialisation or another K).')
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-size", type=click.IntRange(min=1), default=None,
               help="Built-in data: number of scenes of the generated file (default: the preset's).")
@@ -147,8 +159,8 @@ def _explicit(ctx, name) -> bool:
 @kernels_option
 @click.pass_context
 def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, model_name, device, steps,
-          batch_size, num_slots, num_iters, lr, init_scheme, seed, data_size, data_dir, out, resume, logger,
-          quiet, **ablations):
+          batch_size, num_slots, num_iters, lr, init_scheme, warmup_steps, decay_steps, curriculum, seed,
+          data_size, data_dir, out, resume, logger, quiet, **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table.
 
     \b
@@ -157,6 +169,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
     slotref train --config runs/RUN/config.json --seed 1
     """
     from slotref.backend import BackendError
+    from slotref.curriculum import fits
     from slotref.data.hdf5 import DatasetError
     from slotref.io import LockError
     from slotref.training import TrainingError, fit_to_file, preset_config, train as run_training
@@ -191,13 +204,19 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         if init_scheme is not None:
             model = replace(model, init=init_scheme)
         changes = {k: v for k, v in (("batch_size", batch_size), ("learning_rate", lr), ("device", device),
-                                     ("data_size", data_size)) if v is not None}
+                                     ("data_size", data_size), ("warmup_steps", warmup_steps),
+                                     ("decay_steps", decay_steps), ("curriculum", curriculum)) if v is not None}
         if not config_file or _explicit(ctx, "seed"):
             changes["seed"] = seed
         if not config_file or _explicit(ctx, "data_dir"):
             changes["data_dir"] = data_dir
         config = replace(config, model=model, **changes)
         config = _apply_ablations(config, ablations)
+        if curriculum is None and not fits(config):  # the preset's stages need its K and shared slots
+            if not print_config:
+                click.echo(f"note: trained without the curriculum {config.curriculum!r}, which needs Slot "
+                           "Attention with shared slots and K as its last stage (--curriculum sets one)")
+            config = replace(config, curriculum="")
         if print_config:
             click.echo(config.to_json())
             return

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import h5py
 
+from slotref.curriculum import fits
 from slotref.data import generators
 from slotref.distributed import world
 from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, configurations
@@ -50,6 +51,8 @@ def run_config(configuration: Configuration, opts: Options, seed: int) -> TrainC
     if opts.overrides is not None:
         config = opts.overrides(config)
     config = configuration.transform(config)
+    if not fits(config):  # the Slot MLP, per-slot slots (K fixed) and other K: without the preset's curriculum
+        config = replace(config, curriculum="")
     return replace(config, seed=seed, device=opts.device)
 
 

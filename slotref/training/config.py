@@ -49,6 +49,7 @@ class TrainConfig:
     data_max_objects: int | None = None
     data_zoom: float = 1.0             # camera zoom of the CLEVR generators (objects zoom times larger)
     data_dir: str = "data"
+    curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_json(self) -> str:
@@ -57,6 +58,7 @@ class TrainConfig:
     @staticmethod
     def from_dict(d: dict) -> "TrainConfig":
         d = dict(d)
+        d.setdefault("curriculum", "")     # configs saved before curricula existed
         m = dict(d.pop("model"))
         sa = SlotAttentionConfig(**m.pop("slot_attention"))
         for key in ("resolution", "encoder_strides", "decoder_init_resolution"):
@@ -82,6 +84,8 @@ LIMITS = {
 }
 # Sizes that may be 0 (the others must be at least 1).
 MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
+# Keys added after runs were first saved: a stored config without one takes this value.
+ADDED_LATER = {"curriculum": ""}
 
 
 def config_from_stored(d, source) -> TrainConfig:
@@ -103,6 +107,9 @@ def config_from_stored(d, source) -> TrainConfig:
         values = {}
         for name in names:
             key = prefix + name
+            if name not in data and key in ADDED_LATER:
+                values[name] = ADDED_LATER[key]
+                continue
             if name not in data:
                 raise bad(key, "missing")
             values[name] = value(hints[name], data[name], key)

@@ -132,10 +132,11 @@ def preprocess(be: backend.Backend, images_uint8: np.ndarray):
 # --------------------------------------------------------------------------
 
 
-def train_noise(be: backend.Backend, config: TrainConfig, step: int):
-    """The slot noise (B, K, D) of training step ``step``."""
-    return slot_noise(be.rng(config.seed, TRAIN_NOISE_STREAM, step), config.batch_size, config.model.num_slots,
-                      config.model.slot_attention.slot_size, be.dtype)
+def train_noise(be: backend.Backend, config: TrainConfig, step: int, num_slots: int | None = None):
+    """The slot noise (B, K, D) of training step ``step`` (``num_slots``: K of a curriculum's stage,
+    default the run's)."""
+    return slot_noise(be.rng(config.seed, TRAIN_NOISE_STREAM, step), config.batch_size,
+                      num_slots or config.model.num_slots, config.model.slot_attention.slot_size, be.dtype)
 
 
 def eval_noise(be: backend.Backend, config: TrainConfig, batch: int, num_slots: int, start: int):

@@ -26,6 +26,7 @@ import autograd
 from tqdm import tqdm
 
 from slotref import backend, distributed, io
+from slotref.curriculum import num_objects, run_plan
 from slotref.backend import get_backend, host_rng, to_float, tree_leaves
 from slotref.flat import FlatTree
 from slotref.models import init_model
@@ -117,6 +118,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
         config = replace(saved, **{k: getattr(config, k) for k in RESUME_MAY_CHANGE})
     else:
         _check_new_run_dir(run_dir, config)
+    run_plan(config)  # a curriculum the run cannot follow: a one-line ValueError, before any file is made
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -132,6 +134,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     ckpt_path = run_dir / "checkpoint.h5"
     w = distributed.world()
     local_slice = distributed.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
+    plan = run_plan(config)  # checked before the backend is made
     data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
     failure = None
     try:  # what may fail on one rank alone (its GPU, its copy of the file) fails on every rank
@@ -165,6 +168,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     log = RunLog(run_dir, tensorboard=tensorboard) if w.is_root else None
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
+    order = plan.batch_order(order, num_objects(train_split.targets), config.batch_size, config.seed)
     sync = distributed.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
     last_eval: dict = {}
@@ -178,12 +182,17 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     with stop, w.fail_fast(agreed=(DivergenceError,)):
         for step in range(start, config.steps):
             # Step s's examples and slot noise are drawn for the global batch; this rank keeps its slice.
+            # The curriculum's stage sets K (slot noise, target rows), the Adam reset and the learning rate.
+            k_step = plan.slots(step, config.model.num_slots)
             images, targets = task.batch(be, train_split, order(step)[local_slice])
-            noise = train_noise(be, config, step)[local_slice]
+            targets = plan.targets(targets, step, config.model.num_slots)
+            noise = train_noise(be, config, step, k_step)[local_slice]
+            if plan.resets_adam(step):
+                state = adam.init(params)
             loss, grads = value_and_grad(params.tree, images, targets, noise)
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)
-            lr = schedule(step)
+            lr = plan.learning_rate(step, schedule)
             # The only host sync of a step, and only every log_every steps: the
             # finiteness check guards the checkpoints, the metrics log records it.
             if (step + 1) % config.log_every == 0:
