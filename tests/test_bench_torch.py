@@ -31,3 +31,8 @@ def test_hungarian_huber_matches_slotref_loss():
     ours = float(hungarian_huber_loss(predictions, targets))
     theirs = float(bench_torch.hungarian_huber(torch, torch.tensor(predictions), torch.tensor(targets)))
     assert theirs == pytest.approx(ours, rel=1e-12)
+
+
+def test_the_twin_is_timed_in_a_process_of_its_own():
+    seconds = bench_torch.step_seconds_apart("setpred", 16, 2, repeats=1)
+    assert 0 < seconds < 60

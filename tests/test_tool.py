@@ -300,7 +300,7 @@ def test_bench_step_measures_pytorch_or_leaves_the_column_out(monkeypatch):
     bench.bench_step(be, "setpred", resolution=16, batch_size=2, repeats=1, echo=lines.append)
     assert "PyTorch" not in lines[0] and len(lines) == 2
     monkeypatch.setattr(bench_torch, "available", lambda: True)
-    monkeypatch.setattr(bench_torch, "step_seconds", lambda config, b, repeats: 0.25)
+    monkeypatch.setattr(bench_torch, "step_seconds_apart", lambda task, dataset, b, repeats: 0.25)
     lines = []
     [row] = bench.bench_step(be, "setpred", resolution=16, batch_size=2, repeats=1, echo=lines.append)
     assert "PyTorch CPU" in lines[0] and row["torch_images_per_s"] == 8.0
