@@ -1,4 +1,4 @@
-"""The experiment runner as a specification (issue 9): every experiment runs end
+"""The experiment runner as a specification: every experiment runs end
 to end, writes its table next to the paper's numbers, and a second call neither
 retrains nor re-evaluates.
 

@@ -446,7 +446,7 @@ def sigmoid(a):
 
 @given(seed=seeds, batch=small, d_in=small, d=small)
 def test_gru_cell_is_the_reset_after_gru(seed, batch, d_in, d):
-    """DESIGN.md's equations, transcribed with separate per-gate weights sliced in Keras' [z, r, n] order."""
+    """The reset-after GRU's equations (``docs/spec.md``), transcribed with separate per-gate weights sliced in Keras' [z, r, n] order."""
     rng = np.random.default_rng(seed)
     p = layers.init_gru(rng, d_in, d)
     p["b_input"], p["b_hidden"] = normal(rng, 3 * d), normal(rng, 3 * d)

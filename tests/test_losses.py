@@ -1,6 +1,6 @@
 """The losses as a specification.
 
-* Hungarian Huber loss (DESIGN.md, "Set prediction target"): the sum of the
+* Hungarian Huber loss (``docs/spec.md``: the set-prediction target): the sum of the
   matched pairwise costs under the best one-to-one matching, mean over the
   batch. Checked against a brute-force minimum over every permutation, for
   invariance to the order of targets and of predictions (Hypothesis), for
@@ -55,7 +55,7 @@ def brute_force_loss(predictions, targets) -> float:
 
 
 def random_sets(rng, b, k, m):
-    """Predictions in (0, 1) as a sigmoid gives them, targets like DESIGN.md's 19 numbers."""
+    """Predictions in (0, 1) as a sigmoid gives them, targets like the 19 numbers of ``slotref.paper``."""
     predictions = rng.uniform(0.0, 1.0, size=(b, k, P))
     targets = rng.uniform(0.0, 1.0, size=(b, m, P))
     return predictions, targets

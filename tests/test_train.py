@@ -1,4 +1,4 @@
-"""The training loop as a specification (DESIGN.md, "Training, checkpoints, runs").
+"""The training loop as a specification (``docs/spec.md``: training, checkpoints, runs).
 
 Tiny end-to-end runs on tiny generated files: what a run directory holds, a
 checkpoint readable with plain h5py, exact resume (bitwise on the CPU),
