@@ -9,9 +9,8 @@ autograd and device arrays
 ``autograd.numpy`` functions call NumPy functions, and NumPy hands calls on
 CuPy arrays over to CuPy (``__array_ufunc__`` / ``__array_function__``), so a
 forward pass runs on the device. What does not work out of the box in autograd
-1.9.1: its vector spaces and the
-VJPs of reductions, slicing, concatenate, einsum, ``where`` and ``dot`` make
-host arrays. Of the two ways through, slotref takes the second: model code uses
+1.9.1: its vector spaces and the VJPs of reductions, slicing, concatenate,
+einsum, ``where`` and ``dot`` make host arrays. Rather than patch autograd, model code uses
 only the operations whose VJPs are device-agnostic (matmul, elementwise ufuncs,
 reshape/transpose, broadcasting, integer indexing) plus the small primitives
 defined here (``sum``, ``mean``, ``relu``, ``sigmoid``, ``index``) and the layer
