@@ -100,7 +100,7 @@ def test_data_size_and_data_dir(tmp_path, monkeypatch):
     printed = json.loads(invoke("train", "--fast-dev-run", "--data-size", 80, "--print-config").output)
     assert printed["data_size"] == 80 and printed["data_dir"] == str(tmp_path / "elsewhere")
     printed = json.loads(invoke("train", "--data-size", 500, "--print-config").output)
-    assert printed["data_size"] == 500 and printed["steps"] == 20_000
+    assert printed["data_size"] == 500 and printed["steps"] == preset_config("setpred").steps
 
 
 def test_data_size_of_a_file_is_refused(tmp_path):
