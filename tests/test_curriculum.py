@@ -236,7 +236,7 @@ def test_a_scaled_curriculum_keeps_its_stages_in_proportion():
 
 def test_a_shorter_budget_scales_the_presets_curriculum():
     config = preset_config("setpred", preset="cpu")
-    assert scale_budget(config, 2000).curriculum == "slots=1,objects=1:100; slots=3,warmup=50,reset_adam"
+    assert scale_budget(config, 1000).curriculum == "slots=1,objects=1:100; slots=3,warmup=50,reset_adam"
     tiny = fast_dev_run(config)
     assert tiny.curriculum == "slots=1,objects=1:1; slots=3,warmup=1,reset_adam"
     assert fits(tiny)
@@ -253,7 +253,7 @@ def test_experiments_scale_the_curriculum_and_drop_it_where_k_is_fixed():
     more = replace(config, max_objects=6, model=replace(config.model, num_slots=6))
     assert [follows(c) for c in (config, mlp, per_slot, more)] == [True, False, False, True]
     assert [fits(c) for c in (config, mlp, per_slot, more)] == [True, False, False, False]
-    opts = plans.Options(preset="cpu", steps=2000)
+    opts = plans.Options(preset="cpu", steps=1000)
     for name, transform, curriculum in (
             ("default", plans.identity, "slots=1,objects=1:100; slots=3,warmup=50,reset_adam"),
             ("mlp", plans.with_model(model="slot-mlp"), ""),
