@@ -305,3 +305,21 @@ def test_bench_step_measures_pytorch_or_leaves_the_column_out(monkeypatch):
     [row] = bench.bench_step(be, "setpred", resolution=16, batch_size=2, repeats=1, echo=lines.append)
     assert "PyTorch CPU" in lines[0] and row["torch_images_per_s"] == 8.0
     assert lines[1].split()[4:6] == ["8.0", "0.50"]
+
+
+@pytest.fixture
+def restore_kernels(monkeypatch):
+    from slotref import kernels
+
+    monkeypatch.setenv(kernels.KERNELS_ENV, "fast")    # restored after the test, as --kernels sets it
+    previous = kernels.use(None)
+    yield kernels
+    kernels.use(previous)
+
+
+@pytest.mark.parametrize("task, extra", [("setpred", ()), ("discovery", ()), ("setpred", ("--model", "slot-mlp"))],
+                         ids=["setpred", "discovery", "slot-mlp"])
+def test_the_specification_kernels_train_every_task(tmp_path, restore_kernels, task, extra):
+    out, output = fast_run(tmp_path, task, "--kernels", "reference", *extra)
+    assert restore_kernels.active() == "reference"
+    assert (out / "checkpoint.h5").exists() and ("AP" in output or "FG-ARI" in output)
