@@ -28,11 +28,10 @@ from scipy.optimize import linear_sum_assignment
 
 
 def available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PyTorch is installed (without importing it here: it runs in a process of its own)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def _modules():
