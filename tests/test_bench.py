@@ -9,7 +9,8 @@ import numpy as np
 from slotref import bench, kernels, layers
 from slotref.kernels import conv
 from slotref.backend import get_backend
-from slotref.bench import ConvTimer, conv_flops
+from slotref.bench import conv_flops
+from slotref.bench_profile import ConvTimer, launches_and_device_time
 
 
 def test_conv_timer_counts_the_flops_of_every_layer_that_shares_a_shape():
@@ -59,6 +60,6 @@ def test_the_profile_counts_the_array_calls_of_a_training_step():
         return loss
 
     lines = []
-    bench.launches_and_device_time(train_step, params, np, lines.append)
+    launches_and_device_time(train_step, params, np, lines.append)
     calls = int(re.search(r"; (\d+) array calls", lines[0]).group(1))
     assert calls > 100 and "matmul" in lines[0]        # forward, backward and Adam of a whole model
