@@ -10,8 +10,8 @@ here exists twice:
   ``tests/test_fused.py`` checks it against the layers;
 - the **device kernel**: the same arithmetic as one to three CuPy kernels
   (``cupy.ElementwiseKernel`` / ``cupy.ReductionKernel``), compiled with
-  ``--fmad=false`` so that products and sums round as the twin's do. It is
-  built on first use, only on CuPy.
+  ``--fmad=false`` so that products and sums round as the twin's do
+  (``slotref/kernels/fused_cupy.py``). It is built on first use, only on CuPy.
 
 ``FUSED`` maps each name to its pair; ``lookup(name, xp)`` returns the one to
 run (the device kernel on CuPy when ``SLOTREF_FUSED=1``, the twin otherwise);
@@ -31,6 +31,9 @@ import numpy as np
 
 from slotref import layers
 from slotref.backend import to_float, xp_of
+from slotref.kernels.fused_cupy import (build_adam_update, build_gru_gates, build_gru_gates_vjp, build_huber,
+                                        build_huber_vjp, build_normalize, build_normalize_vjp, build_softmax,
+                                        build_softmax_vjp)
 
 LAYER_NORM_EPS = layers.LAYER_NORM_EPS
 
@@ -134,145 +137,6 @@ def adam_update(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
 
 
 # --------------------------------------------------------------------------
-# Device kernels (CuPy). Each builder takes the cupy module and returns a
-# function with its twin's signature. Device kernels take C-contiguous inputs.
-
-_NO_FMA = ("--fmad=false",)   # round each product and sum, as NumPy does
-
-
-def _row_mean(cp, name, map_expr, params):
-    return cp.ReductionKernel(params, "T out", map_expr, "a + b",
-                              "out = a / (_type_reduce)(_in_ind.size() / _out_ind.size())", "0",
-                              name, options=_NO_FMA)
-
-
-def _build_normalize(cp):
-    mean = _row_mean(cp, "slotref_mean", "x", "T x")
-    centred_sq_mean = _row_mean(cp, "slotref_centred_sq_mean", "(x - mu) * (x - mu)", "T x, T mu")
-    scale = cp.ElementwiseKernel("T x, T mu, T var, T eps", "T y", "y = (x - mu) / sqrt(var + eps)",
-                                 "slotref_normalize", options=_NO_FMA)
-
-    def run(x, eps=LAYER_NORM_EPS):
-        mu = mean(x, axis=-1, keepdims=True)
-        return scale(x, mu, centred_sq_mean(x, mu, axis=-1, keepdims=True), eps)
-    return run
-
-
-def _build_normalize_vjp(cp):
-    mean = _row_mean(cp, "slotref_mean", "x", "T x")
-    centred_sq_mean = _row_mean(cp, "slotref_centred_sq_mean", "(x - mu) * (x - mu)", "T x, T mu")
-    product_mean = _row_mean(cp, "slotref_product_mean", "g * y", "T g, T y")
-    combine = cp.ElementwiseKernel(
-        "T g, T y, T g_mean, T gy_mean, T var, T eps", "T dx",
-        "dx = (g - g_mean - y * gy_mean) * ((T)1 / sqrt(var + eps))", "slotref_normalize_vjp", options=_NO_FMA)
-
-    def run(g, x, y, eps=LAYER_NORM_EPS):
-        mu = mean(x, axis=-1, keepdims=True)
-        var = centred_sq_mean(x, mu, axis=-1, keepdims=True)
-        return combine(g, y, mean(g, axis=-1, keepdims=True), product_mean(g, y, axis=-1, keepdims=True), var, eps)
-    return run
-
-
-def _build_softmax(cp):
-    exp_sum = cp.ReductionKernel("T x, T m", "T s", "exp(x - m)", "a + b", "s = a", "0",
-                                 "slotref_exp_sum", options=_NO_FMA)
-    divide = cp.ElementwiseKernel("T x, T m, T s", "T y", "y = exp(x - m) / s", "slotref_softmax",
-                                  options=_NO_FMA)
-
-    def run(x, axis=-1):
-        m = x.max(axis=axis, keepdims=True)
-        return divide(x, m, exp_sum(x, m, axis=axis, keepdims=True))
-    return run
-
-
-def _build_softmax_vjp(cp):
-    dot = cp.ReductionKernel("T g, T y", "T s", "g * y", "a + b", "s = a", "0", "slotref_dot",
-                             options=_NO_FMA)
-    combine = cp.ElementwiseKernel("T g, T y, T s", "T dx", "dx = y * (g - s)", "slotref_softmax_vjp",
-                                   options=_NO_FMA)
-
-    def run(g, y, axis=-1):
-        return combine(g, y, dot(g, y, axis=axis, keepdims=True))
-    return run
-
-
-# Index i runs over the (..., d) state; gate k of row i / d sits at
-# (i / d) * 3d + k * d + i % d of the (..., 3d) matrices.
-_GRU_GATES_PROLOGUE = """
-const ptrdiff_t base = (i / d) * 3 * d + i % d;
-const T z = (T)0.5 * (tanh((T)0.5 * (gx[base] + gh[base])) + (T)1);
-const T r = (T)0.5 * (tanh((T)0.5 * (gx[base + d] + gh[base + d])) + (T)1);
-const T h_n = gh[base + 2 * d];
-const T n = tanh(gx[base + 2 * d] + r * h_n);
-"""
-
-
-def _build_gru_gates(cp):
-    kernel = cp.ElementwiseKernel("raw T gx, raw T gh, T h, int64 d", "T out",
-                                  _GRU_GATES_PROLOGUE + "out = ((T)1 - z) * n + z * h;",
-                                  "slotref_gru_gates", options=_NO_FMA)
-
-    def run(gates_x, gates_h, h):
-        c = cp.ascontiguousarray
-        return kernel(c(gates_x), c(gates_h), c(h), h.shape[-1])
-    return run
-
-
-def _build_gru_gates_vjp(cp):
-    kernel = cp.ElementwiseKernel(
-        "T g, raw T gx, raw T gh, T h, int64 d", "raw T dgx, raw T dgh, T dh",
-        _GRU_GATES_PROLOGUE + """
-        const T d_z = g * (h - n);
-        const T d_n = g * ((T)1 - z);
-        dh = g * z;
-        const T d_an = d_n * ((T)1 - n * n);
-        const T d_ar = d_an * h_n * r * ((T)1 - r);
-        const T d_az = d_z * z * ((T)1 - z);
-        dgx[base] = d_az; dgx[base + d] = d_ar; dgx[base + 2 * d] = d_an;
-        dgh[base] = d_az; dgh[base + d] = d_ar; dgh[base + 2 * d] = d_an * r;
-        """, "slotref_gru_gates_vjp", options=_NO_FMA)
-
-    def run(g, gates_x, gates_h, h):
-        c = cp.ascontiguousarray
-        d_gates_x, d_gates_h = cp.empty_like(c(gates_x)), cp.empty_like(c(gates_h))
-        d_h = cp.empty_like(c(h))
-        kernel(c(g), c(gates_x), c(gates_h), c(h), h.shape[-1], d_gates_x, d_gates_h, d_h)
-        return d_gates_x, d_gates_h, d_h
-    return run
-
-
-def _build_huber(cp):
-    # NaN in, NaN out, as NumPy's minimum: the comparison is false for NaN.
-    kernel = cp.ElementwiseKernel("T x, T delta", "T y", """
-        const T a = x < (T)0 ? -x : x;
-        const T quad = a > delta ? delta : a;
-        y = (T)0.5 * quad * quad + delta * (a - quad);
-        """, "slotref_huber", options=_NO_FMA)
-    return lambda x, delta=1.0: kernel(x, delta)
-
-
-def _build_huber_vjp(cp):
-    kernel = cp.ElementwiseKernel("T g, T x, T delta", "T dx",
-                                  "dx = g * (x < -delta ? -delta : (x > delta ? delta : x));",
-                                  "slotref_huber_vjp", options=_NO_FMA)
-    return lambda g, x, delta=1.0: kernel(g, x, delta)
-
-
-def _build_adam_update(cp):
-    kernel = cp.ElementwiseKernel(
-        "T g, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T step_size, T v_correction, T eps",
-        "T p, T m, T v", """
-        m = m * beta1 + one_minus_beta1 * g;
-        v = v * beta2 + one_minus_beta2 * (g * g);
-        p = p - step_size * m / (sqrt(v * v_correction) + eps);
-        """, "slotref_adam_update", options=_NO_FMA)
-
-    def run(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
-        kernel(g, beta1, 1 - beta1, beta2, 1 - beta2, step_size, v_correction, eps, p, m, v)
-    return run
-
-
-# --------------------------------------------------------------------------
 # The registry, and the check of each device kernel against its twin.
 
 def _example_normalize(rng, shape):
@@ -318,15 +182,15 @@ class Fused:
 
 
 FUSED: dict[str, Fused] = {
-    "normalize": Fused(normalize, _build_normalize, _example_normalize),
-    "normalize_vjp": Fused(normalize_vjp, _build_normalize_vjp, _example_normalize_vjp),
-    "softmax": Fused(softmax, _build_softmax, _example_normalize),
-    "softmax_vjp": Fused(softmax_vjp, _build_softmax_vjp, _example_softmax_vjp),
-    "gru_gates": Fused(gru_gates, _build_gru_gates, _example_gru),
-    "gru_gates_vjp": Fused(gru_gates_vjp, _build_gru_gates_vjp, lambda rng, shape: _example_gru(rng, shape, True)),
-    "huber": Fused(huber, _build_huber, _example_huber),
-    "huber_vjp": Fused(huber_vjp, _build_huber_vjp, lambda rng, shape: _example_huber(rng, shape, True)),
-    "adam_update": Fused(adam_update, _build_adam_update, _example_adam, in_place=(0, 2, 3)),
+    "normalize": Fused(normalize, build_normalize, _example_normalize),
+    "normalize_vjp": Fused(normalize_vjp, build_normalize_vjp, _example_normalize_vjp),
+    "softmax": Fused(softmax, build_softmax, _example_normalize),
+    "softmax_vjp": Fused(softmax_vjp, build_softmax_vjp, _example_softmax_vjp),
+    "gru_gates": Fused(gru_gates, build_gru_gates, _example_gru),
+    "gru_gates_vjp": Fused(gru_gates_vjp, build_gru_gates_vjp, lambda rng, shape: _example_gru(rng, shape, True)),
+    "huber": Fused(huber, build_huber, _example_huber),
+    "huber_vjp": Fused(huber_vjp, build_huber_vjp, lambda rng, shape: _example_huber(rng, shape, True)),
+    "adam_update": Fused(adam_update, build_adam_update, _example_adam, in_place=(0, 2, 3)),
 }
 
 _built: dict[str, Callable] = {}
