@@ -323,3 +323,10 @@ def test_the_specification_kernels_train_every_task(tmp_path, restore_kernels, t
     out, output = fast_run(tmp_path, task, "--kernels", "reference", *extra)
     assert restore_kernels.active() == "reference"
     assert (out / "checkpoint.h5").exists() and ("AP" in output or "FG-ARI" in output)
+
+
+def test_info_names_a_bad_kernel_choice_in_one_line(monkeypatch):
+    monkeypatch.setenv("SLOTREF_KERNELS", "bogus")
+    result = invoke("info")
+    assert result.exit_code == 0 and "Traceback" not in result.output
+    assert "kernels: $SLOTREF_KERNELS must be one of reference, fast, got 'bogus'" in result.output

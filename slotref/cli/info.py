@@ -31,7 +31,10 @@ def info():
     click.echo(f"GPU: {backend.gpu_status()}")
     from slotref import kernels
 
-    click.echo(kernels.status())
+    try:
+        click.echo(kernels.status())
+    except ValueError as err:  # a bad $SLOTREF_KERNELS
+        click.echo(f"kernels: {err}")
     from slotref.distributed import world
 
     w = world()
