@@ -17,6 +17,8 @@ Keys (all optional; a key left out keeps the run's setting):
 - ``warmup``: a linear warm-up of N steps from the stage's start (a restart
   of the learning rate after a switch).
 - ``reset_adam`` (or ``reset_adam=1``): a fresh Adam state at the stage's start.
+- ``coord_weight``: the weight of the coordinates in the set prediction loss
+  during the stage (``losses.pairwise_huber_cost``; the run's otherwise).
 
 Why it is sound: Slot Attention (Algorithm 1) runs with any K and no
 parameter depends on K (the slots are drawn from one shared Gaussian), so the
@@ -38,7 +40,7 @@ import numpy as np
 
 from slotref.backend import host_rng
 
-KEYS = ("slots", "objects", "lr", "warmup", "reset_adam")
+KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight")
 _ORDER_KEY = 7  # host_rng key of the batch orders of stages that draw from a subset of the scenes
 
 
@@ -56,6 +58,7 @@ class Stage:
     lr_scale: float | None = None      # ... or a multiple of the run's
     warmup: int = 0
     reset_adam: bool = False
+    coord_weight: float | None = None  # set prediction: the loss's coordinate weight
 
     @property
     def end(self) -> float:
@@ -76,6 +79,8 @@ class Stage:
             parts.append(f"warmup={self.warmup}")
         if self.reset_adam:
             parts.append("reset_adam")
+        if self.coord_weight is not None:
+            parts.append(f"coord_weight={self.coord_weight:g}")
         return ",".join(parts) + ("" if self.length is None else f":{self.length}")
 
 
@@ -127,6 +132,14 @@ def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
             if lo > hi:
                 raise ValueError(f"curriculum stage {part!r}: objects range {value!r} is empty")
             stage = replace(stage, min_objects=lo, max_objects=hi)
+        elif key == "coord_weight":
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if not 0 < number < float("inf"):
+                raise ValueError(f"curriculum stage {part!r}: coord_weight must be a positive number, got {value!r}")
+            stage = replace(stage, coord_weight=number)
         elif key == "lr":
             scale = value.endswith("x")
             try:
@@ -201,8 +214,9 @@ class Curriculum:
         for s in self.stages:
             k = s.slots or num_slots
             if max_objects is None:
-                if s.max_objects is not None:
-                    raise ValueError(f"curriculum stage {s.describe()!r}: objects= needs set prediction targets")
+                for key, value in (("objects", s.max_objects), ("coord_weight", s.coord_weight)):
+                    if value is not None:
+                        raise ValueError(f"curriculum stage {s.describe()!r}: {key}= needs set prediction targets")
             elif (s.max_objects or max_objects) > k:
                 raise ValueError(f"curriculum stage {s.describe()!r}: scenes with up to "
                                  f"{s.max_objects or max_objects} objects need as many slots; "
@@ -212,6 +226,11 @@ class Curriculum:
 
     def slots(self, step: int, num_slots: int) -> int:
         return self.stage_at(step).slots or num_slots
+
+    def coord_weight(self, step: int, run_weight: float) -> float:
+        """The set prediction loss's coordinate weight at ``step``: the stage's, else the run's."""
+        weight = self.stage_at(step).coord_weight
+        return run_weight if weight is None else weight
 
     def resets_adam(self, step: int) -> bool:
         """True at the first step of a stage with ``reset_adam``."""

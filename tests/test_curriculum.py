@@ -50,6 +50,15 @@ def test_objects_take_a_range_and_lr_a_value_or_a_multiple():
     assert (c.stages[2].start, c.stages[2].lr_scale) == (15, 3.0)
 
 
+def test_coord_weight_sets_the_stages_loss_weight_and_round_trips():
+    c = Curriculum.parse("slots=1,objects=1:4; slots=3:2; slots=3,coord_weight=2.5")
+    assert [c.coord_weight(s, 1.0) for s in range(8)] == [1.0] * 6 + [2.5] * 2
+    assert [c.coord_weight(s, 3.0) for s in (0, 6)] == [3.0, 2.5]   # a stage without one keeps the run's
+    assert str(c) == "slots=1,objects=1:4; slots=3:2; slots=3,coord_weight=2.5"
+    assert Curriculum.parse(str(c)) == c
+    assert c.scaled(0.5).stages[2].coord_weight == 2.5
+
+
 def test_the_empty_curriculum_is_the_plain_schedule():
     for text in ("", "  "):
         c = Curriculum.parse(text)
@@ -72,6 +81,9 @@ def test_the_empty_curriculum_is_the_plain_schedule():
     ("lr=", "lr needs a value"),
     ("warmup=-5", "warmup"),
     ("reset_adam=maybe", "'maybe'"),
+    ("coord_weight=0", "coord_weight must be a positive number"),
+    ("coord_weight=heavy", "'heavy'"),
+    ("coord_weight=inf", "'inf'"),
     ("slots=1,objects=2:10; slots=3", "objects=2 needs at least as many slots"),
     ("slots=1:10;; slots=3", "empty stage"),
     ("slots=1:10; slots=3;", "empty stage"),
@@ -92,6 +104,8 @@ def test_check_refuses_what_a_run_cannot_follow():
         Curriculum.parse("slots=1,objects=1:10; slots=3").check(3, 3, slot_init="per_slot")
     with pytest.raises(ValueError, match="set prediction"):
         Curriculum.parse("objects=1:10; slots=4").check(4, None)
+    with pytest.raises(ValueError, match="coord_weight= needs set prediction"):
+        Curriculum.parse("slots=2:10; slots=4,coord_weight=3").check(4, None)
     Curriculum.parse("slots=1,objects=1:10; slots=3").check(3, 3)
     Curriculum.parse("slots=2:10; slots=4").check(4, None)  # discovery: slots only
 
@@ -164,7 +178,7 @@ def test_num_objects_counts_the_real_rows_of_the_targets():
 # --------------------------------------------------------------------------
 # Runs.
 
-CURRICULUM = "slots=2,objects=2:3; slots=4,reset_adam,warmup=2"
+CURRICULUM = "slots=2,objects=2:3; slots=4,reset_adam,warmup=2:2; slots=4,coord_weight=3"
 
 
 def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
@@ -175,15 +189,15 @@ def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
         batches.append(num_objects(split.targets[idx]))
         return batch(task, be, split, idx)
 
-    def recording_loss(task, params, images, targets, noise):
-        forwards.append((noise.shape[1], targets.shape[1]))
-        return loss(task, params, images, targets, noise)
+    def recording_loss(task, params, images, targets, noise, coord_weight=None):
+        forwards.append((noise.shape[1], targets.shape[1], coord_weight))
+        return loss(task, params, images, targets, noise, coord_weight)
 
     monkeypatch.setattr(train_module.SetPredictionTask, "batch", recording_batch)
     monkeypatch.setattr(train_module.SetPredictionTask, "loss", recording_loss)
     run_dir = tmp_path / "curriculum"
     train(setpred_run(data_dir, curriculum=CURRICULUM), run_dir, progress=False)
-    assert forwards == [(2, 2)] * 3 + [(4, 4)] * 3
+    assert forwards == [(2, 2, 1.0)] * 3 + [(4, 4, 1.0)] * 2 + [(4, 4, 3.0)]
     assert all(n.max() <= 2 for n in batches[:3]) and max(n.max() for n in batches[3:]) > 2
     lrs = [r["lr"] for r in records(run_dir) if "loss" in r]
     assert lrs[3] == 0.0 and lrs[4] > 0.0                     # the warm-up restarts at the switch
@@ -197,7 +211,7 @@ def test_a_one_stage_curriculum_with_the_runs_k_trains_as_without_one(data_dir, 
     assert_same_checkpoints(tmp_path / "plain" / "checkpoint.h5", tmp_path / "one-stage" / "checkpoint.h5")
 
 
-@pytest.mark.parametrize("stop", [2, 3, 4])   # before, at and after the stage boundary (step 3)
+@pytest.mark.parametrize("stop", [2, 3, 4, 5])   # before, at and after the stage boundaries (steps 3 and 5)
 def test_resume_is_exact_across_a_stage_boundary(data_dir, tmp_path, stop):
     reference = tmp_path / "straight"
     train(setpred_run(data_dir, curriculum=CURRICULUM), reference, progress=False)

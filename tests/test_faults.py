@@ -189,6 +189,8 @@ def test_a_stored_config_cannot_make_eval_write_elsewhere(run, tmp_path):
 def test_stored_config_validation_names_the_key():
     good = json.loads(TrainConfig().to_json())
     assert config_from_stored(good, "c.json") == TrainConfig()
+    older = {k: v for k, v in good.items() if k not in ("curriculum", "coord_weight")}  # saved before these existed
+    assert config_from_stored(older, "c.json") == TrainConfig() == TrainConfig.from_dict(older)
     for change, key in [(lambda c: c["model"]["slot_attention"].__setitem__("aggregation", "max"), "slot_attention"),
                         (lambda c: c.__setitem__("model", []), "model"),
                         (lambda c: c.__setitem__("seed", True), "seed"),
@@ -299,7 +301,8 @@ CHANGING_FLAGS = [
     ("--seed", "3"), ("--preset", "paper"), ("--init", "torch"), ("--aggregation", "sum"),
     ("--softmax-axis", "inputs"), ("--slot-init", "per_slot"), ("--update", "none"), ("--no-layer-norms", None),
     ("--no-residual-mlp", None), ("--temperature", "one"), ("--epsilon-placement", "denominator"),
-    ("--soft-kmeans", None), ("--no-position-embedding", None),
+    ("--soft-kmeans", None), ("--no-position-embedding", None), ("--coord-weight", "2"),
+    ("--decay-steps", "7"), ("--warmup-steps", "3"), ("--curriculum", "slots=1,objects=1:2; slots=3"),
 ]
 
 

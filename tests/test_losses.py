@@ -37,19 +37,22 @@ def literal_huber(x: float, delta: float = 1.0) -> float:
     return 0.5 * x * x if abs(x) <= delta else delta * (abs(x) - 0.5 * delta)
 
 
-def literal_cost(prediction, target) -> float:
-    """Huber (delta 1) of each of the 19 numbers, averaged."""
-    return sum(literal_huber(float(t) - float(p)) for t, p in zip(target, prediction)) / len(target)
+def literal_cost(prediction, target, coord_weight: float = 1.0) -> float:
+    """Huber (delta 1) of each of the 19 numbers, averaged; the first three (x, y, z) residuals times
+    ``coord_weight``."""
+    weights = [coord_weight] * 3 + [1.0] * (len(target) - 3)
+    return sum(literal_huber(w * (float(t) - float(p))) for w, t, p in zip(weights, target, prediction)) / len(target)
 
 
-def brute_force_loss(predictions, targets) -> float:
+def brute_force_loss(predictions, targets, coord_weight: float = 1.0) -> float:
     """min over all K! assignments of the summed matched costs, mean over the batch; M < K padded."""
     b, k, p = predictions.shape
     padded = np.zeros((b, k, p))
     padded[:, :targets.shape[1]] = targets
     total = 0.0
     for i in range(b):
-        costs = [[literal_cost(predictions[i, j], padded[i, t]) for j in range(k)] for t in range(k)]
+        costs = [[literal_cost(predictions[i, j], padded[i, t], coord_weight) for j in range(k)]
+                 for t in range(k)]
         total += min(sum(costs[t][perm[t]] for t in range(k)) for perm in itertools.permutations(range(k)))
     return total / b
 
@@ -82,6 +85,34 @@ def test_huber_is_quadratic_inside_delta_and_linear_outside():
     targets[0, 0, 1] = -3.0  # 2.5
     cost = pairwise_huber_cost(predictions, targets)
     assert cost[0, 0, 0] == pytest.approx((0.125 + 2.5) / P, rel=1e-12)
+
+
+@pytest.mark.parametrize("coord_weight", [0.5, 3.0])
+def test_coord_weight_multiplies_the_three_coordinate_residuals(rng, coord_weight):
+    predictions = rng.normal(0.0, 0.7, size=(2, 3, P))  # weighted residuals on both sides of delta = 1
+    targets = rng.normal(0.0, 0.7, size=(2, 3, P))
+    cost = pairwise_huber_cost(predictions, targets, coord_weight)
+    for b in range(2):
+        for i in range(3):
+            for j in range(3):
+                assert cost[b, i, j] == pytest.approx(
+                    literal_cost(predictions[b, j], targets[b, i], coord_weight), rel=1e-12)
+    assert not np.allclose(cost, pairwise_huber_cost(predictions, targets))
+
+
+def test_coord_weight_is_the_loss_of_coordinates_normalised_to_a_zoomed_extent(rng):
+    # Objects in [-3/w, 3/w] (a camera zoomed w times): coordinates mapped from that
+    # extent to [0, 1] instead of from [-3, 3] are w times further apart.
+    from slotref.paper import COORDS, coords_to_unit
+
+    w = 3.0
+    world_pred, world_true = rng.uniform(-3 / w, 3 / w, size=(2, 2, 4, 3))
+    predictions, targets = random_sets(rng, 2, 4, 4)
+    predictions[..., COORDS], targets[..., COORDS] = coords_to_unit(world_pred), coords_to_unit(world_true)
+    zoomed_pred, zoomed_true = predictions.copy(), targets.copy()
+    zoomed_pred[..., COORDS], zoomed_true[..., COORDS] = coords_to_unit(w * world_pred), coords_to_unit(w * world_true)
+    assert float(hungarian_huber_loss(predictions, targets, coord_weight=w)) == pytest.approx(
+        float(hungarian_huber_loss(zoomed_pred, zoomed_true)), rel=1e-12)
 
 
 # --------------------------------------------------------------------------
@@ -159,6 +190,19 @@ def test_loss_gradient_matches_finite_differences(rng, k, m):
     # check_grads' step, so the matching is constant around the point (no ties).
     predictions, targets = random_sets(rng, 2, k, m)
     check_grads(lambda p: hungarian_huber_loss(p, targets), modes=["rev"], order=1)(predictions)
+
+
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), coord_weight=st.floats(0.25, 8.0), data=st.data())
+def test_weighted_loss_equals_brute_force_minimum_property(seed, k, coord_weight, data):
+    m = data.draw(st.integers(1, k))
+    predictions, targets = random_sets(np.random.default_rng(seed), 2, k, m)
+    assert float(hungarian_huber_loss(predictions, targets, coord_weight=coord_weight)) == pytest.approx(
+        brute_force_loss(predictions, targets, coord_weight), rel=1e-10)
+
+
+def test_weighted_loss_gradient_matches_finite_differences(rng):
+    predictions, targets = random_sets(rng, 2, 3, 2)
+    check_grads(lambda p: hungarian_huber_loss(p, targets, coord_weight=3.0), modes=["rev"], order=1)(predictions)
 
 
 def test_gradient_flows_only_through_matched_pairs(rng):

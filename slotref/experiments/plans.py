@@ -208,9 +208,18 @@ def plan_table3(opts: Options):
                for model, label in MODELS]
     paper = {(row, col): v for row, cols in PAPER_TABLE3.items() for col, v in cols.items()}
     note = "" if opts.preset == "paper" else ("The paper's numbers are CLEVR10 (3-10 objects, 128x128, K = 10); the "
-                                              "cpu preset is a smaller problem (64x64, 1-3 objects, K = 3).")
+                                              f"cpu preset is a smaller problem ({_cpu_setpred_problem()}).")
     return configs, [Table("ap", "AP (%) of set prediction, Slot Attention vs Slot MLP (Table 3)", "model",
                            tuple(label for _, label in MODELS), tuple(AP_COLUMNS), paper, note)]
+
+
+def _cpu_setpred_problem() -> str:
+    from slotref.training.presets import preset_config
+
+    c = preset_config("setpred", preset="cpu")
+    zoom = f", camera zoomed {c.data_zoom:g}x" if c.data_zoom != 1 else ""
+    return (f"{c.data_resolution}x{c.data_resolution}{zoom}, {c.data_min_objects}-{c.data_max_objects} objects, "
+            f"K = {c.model.num_slots}")
 
 
 def plan_iterations(opts: Options):

@@ -49,6 +49,7 @@ class TrainConfig:
     data_max_objects: int | None = None
     data_zoom: float = 1.0             # camera zoom of the CLEVR generators (objects zoom times larger)
     data_dir: str = "data"
+    coord_weight: float = 1.0          # set prediction: weight of the coordinates in the loss (losses.pairwise_huber_cost)
     curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -58,7 +59,8 @@ class TrainConfig:
     @staticmethod
     def from_dict(d: dict) -> "TrainConfig":
         d = dict(d)
-        d.setdefault("curriculum", "")     # configs saved before curricula existed
+        for key, default in ADDED_LATER.items():   # configs saved before the key existed
+            d.setdefault(key, default)
         m = dict(d.pop("model"))
         sa = SlotAttentionConfig(**m.pop("slot_attention"))
         for key in ("resolution", "encoder_strides", "decoder_init_resolution"):
@@ -85,7 +87,7 @@ LIMITS = {
 # Sizes that may be 0 (the others must be at least 1).
 MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
 # Keys added after runs were first saved: a stored config without one takes this value.
-ADDED_LATER = {"curriculum": ""}
+ADDED_LATER = {"curriculum": "", "coord_weight": 1.0}
 
 
 def config_from_stored(d, source) -> TrainConfig:

@@ -31,9 +31,11 @@ class SetPredictionTask:
     def __init__(self, config: TrainConfig):
         self.config = config
 
-    def loss(self, params, images, targets, noise):
+    def loss(self, params, images, targets, noise, coord_weight=None):
+        """``coord_weight``: the loss's coordinate weight (default: the run's; a curriculum stage may set it)."""
         predictions = set_prediction(params, images, noise, self.config.model)
-        return hungarian_huber_loss(predictions, targets)
+        weight = self.config.coord_weight if coord_weight is None else coord_weight
+        return hungarian_huber_loss(predictions, targets, coord_weight=weight)
 
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), be.asarray(split.targets[idx])
