@@ -79,6 +79,28 @@ def test_table3_writes_mean_and_std_over_seeds_next_to_the_papers_numbers():
         c = cell(result, "ap", "Slot Attention" if model == "slot-attention" else "Slot MLP", "AP_inf")
         assert c["n"] == 2 and c["mean"] == pytest.approx(np.mean(c["values"]))
         assert c["std"] == pytest.approx(np.std(c["values"]))
+        assert (c["median"], c["min"], c["max"]) == (np.median(c["values"]), min(c["values"]), max(c["values"]))
+        assert f"(median {c['median']:.1f}, {c['min']:.1f} to {c['max']:.1f})" in md
+
+
+def test_runs_another_process_is_training_are_left_out_and_named():
+    import os
+    import socket
+
+    from slotref import io
+
+    busy = Path("runs/experiments/table3/slot-attention-seed0")
+    busy.mkdir(parents=True)
+    (busy / io.LOCK_NAME).write_text(f"{os.getppid()} {socket.gethostname()}\n")   # a live process's lock
+    result = run("table3", tiny(seeds=2), only=("slot-attention",))
+    assert [(r["seed"], r["status"]) for r in result["runs"]] == [(0, "busy"), (1, "trained")]
+    assert cell(result, "ap", "Slot Attention", "AP_inf")["n"] == 1
+    assert result["busy"] == [str(busy)]
+    assert f"being trained by another process: {busy}" in Path("runs/experiments/table3/results.md").read_text()
+    (busy / io.LOCK_NAME).unlink()                       # that process ended: the next call trains seed 0
+    again = run("table3", tiny(seeds=2), only=("slot-attention",))
+    assert [(r["seed"], r["status"]) for r in again["runs"]] == [(0, "trained"), (1, "finished earlier")]
+    assert again["busy"] == []
 
 
 def test_table1_has_both_models_on_every_discovery_dataset():

@@ -1,4 +1,5 @@
-"""An experiment's results: mean ± std over seeds beside the paper's numbers, as JSON and Markdown."""
+"""An experiment's results: mean ± std, median and range over seeds beside the paper's numbers, as JSON and
+Markdown."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from slotref.experiments.plans import EXPERIMENTS, Options
 
 
 def summarise(name: str, opts: Options, configs, tables, runs, command: str) -> dict:
-    """mean ± std over seeds (NumPy's std, ddof 0) of every cell; seeds that diverged are counted, not averaged."""
+    """mean ± std (NumPy's std, ddof 0), median and range over seeds of every cell; seeds that diverged are
+    counted, not averaged; runs another process was training are left out and listed under ``busy``."""
     failed_rows = {}
     for run in runs:
         if run["status"] == "diverged":
@@ -31,6 +33,9 @@ def summarise(name: str, opts: Options, configs, tables, runs, command: str) -> 
                 if values or failed:
                     cells[column] = {"mean": float(np.mean(values)) if values else None,
                                      "std": float(np.std(values)) if values else None,
+                                     "median": float(np.median(values)) if values else None,
+                                     "min": float(np.min(values)) if values else None,
+                                     "max": float(np.max(values)) if values else None,
                                      "n": len(values), "diverged": failed, "values": values}
             if cells:
                 paper = {col: list(table.paper[(row, col)]) for col in table.columns if (row, col) in table.paper}
@@ -42,13 +47,16 @@ def summarise(name: str, opts: Options, configs, tables, runs, command: str) -> 
     experiment = EXPERIMENTS[name]
     return {"experiment": name, "summary": experiment.summary, "paper": experiment.paper, "command": command,
             "preset": opts.preset, "steps": opts.steps, "seeds": list(range(opts.seeds)), "device": opts.device,
-            "budgets": sorted({r["budget"] for r in runs}), "unit": "%", "tables": out_tables, "runs": runs}
+            "budgets": sorted({r["budget"] for r in runs}), "unit": "%", "tables": out_tables, "runs": runs,
+            "busy": [r["run_dir"] for r in runs if r["status"] == "busy"]}
 
 
 def _cell_text(cell: dict | None) -> str:
     if cell is None:
         return ""
     text = "—" if cell["mean"] is None else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+    if cell["n"] >= 2:
+        text += f" (median {cell['median']:.1f}, {cell['min']:.1f} to {cell['max']:.1f})"
     if cell["diverged"]:
         text += f" ({cell['diverged']} of {cell['n'] + cell['diverged']} diverged)"
     return text
@@ -57,8 +65,12 @@ def _cell_text(cell: dict | None) -> str:
 def render_markdown(result: dict) -> str:
     lines = [f"# {result['experiment']}: {result['summary']}", "",
              f"Paper: {result['paper']}. Command: `{result['command']}` (device {result['device']}).", "",
-             f"Mean ± standard deviation over seeds {', '.join(map(str, result['seeds']))}, in %; a paper row "
-             "follows each row the paper gives numbers for (5 seeds).", ""]
+             f"Mean ± standard deviation over seeds {', '.join(map(str, result['seeds']))}, in % (with two seeds "
+             "or more: the median and the range); a paper row follows each row the paper gives numbers for "
+             "(5 seeds).", ""]
+    if result.get("busy"):
+        lines += [f"Left out, being trained by another process: {', '.join(result['busy'])}; run the "
+                  "command again when it has finished.", ""]
     lines += [f"- {b}" for b in result["budgets"]] + [""]
     for table in result["tables"]:
         cols = table["columns"]

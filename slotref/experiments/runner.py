@@ -31,6 +31,7 @@ from slotref.data import generators
 from slotref.distributed import world
 from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, configurations
 from slotref.experiments.report import json_safe, render_markdown, summarise
+from slotref.io import LockError
 from slotref.training import data as run_data
 from slotref.training import loop
 from slotref.training.config import DivergenceError, TrainConfig
@@ -216,12 +217,16 @@ def run_experiment(name: str, opts: Options, out: str | Path | None = None, only
         prefix = f"{name} [{i}/{total}] {configuration.name} seed {seed}"
         config = pin_dataset(run_config(configuration, opts, seed))
         run_dir = out / f"{configuration.name}-seed{seed}"
-        state = ensure_trained(config, run_dir, progress, echo, prefix)
+        try:
+            state = ensure_trained(config, run_dir, progress, echo, prefix)
+        except LockError:  # another process is training it: that process's share of the work
+            echo(f"{prefix}: being trained by another process, left out of this table")
+            state = {"status": "busy", "step": None}
         record = {"configuration": configuration.name, "seed": seed, "run_dir": str(run_dir),
                   "status": state["status"], "step": state["step"], "cells": []}
         if state["status"] == "diverged":
             record["error"] = state["error"]
-        else:
+        elif state["status"] != "busy":
             evaluations = RunEvaluations(run_dir, config, state["step"], opts.device)
             if state.get("metrics"):  # train()'s last evaluation: the validation split, K and T as trained
                 evaluations.remember(evaluations.key(None, None, None), state["metrics"])
