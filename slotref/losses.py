@@ -56,13 +56,8 @@ def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, 
     the host (scipy's linear_sum_assignment); the matched costs are selected on
     the device by a 0/1 assignment matrix, so the gradient flows through them.
     predictions (B, K, 19), targets (B, M, 19) with M <= K (targets padded with
-    zero rows to K, i.e. "no object", when M < K).
-
-    ``coord_weight`` (the paper: 1) weighs the coordinates of the matched pairs
-    (``pairwise_huber_cost``); the matching itself minimises the paper's cost.
-    A weight in the matching would let the coordinates decide which slot
-    describes which object while they are still poorly predicted, and the
-    attributes would be learned from mismatched pairs.
+    zero rows to K, i.e. "no object", when M < K). ``coord_weight``: see
+    ``pairwise_huber_cost`` (the paper: 1).
     """
     _check_sets(predictions, targets)
     xp = xp_of(predictions)
@@ -70,10 +65,8 @@ def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, 
     if targets.shape[1] < k:
         pad = xp.zeros((b, k - targets.shape[1], p), dtype=targets.dtype)
         targets = xp.concatenate([getval(targets), pad], axis=1)
-    cost = pairwise_huber_cost(predictions, targets)                         # (B, K, K)
+    cost = pairwise_huber_cost(predictions, targets, coord_weight)                       # (B, K, K)
     assignment = xp.asarray(hungarian_assignment(cost), dtype=cost.dtype)   # (B, K, K)
-    if coord_weight != 1.0:
-        cost = pairwise_huber_cost(predictions, targets, coord_weight)
     loss = backend.sum(cost * assignment) / b
     return (loss, assignment) if return_assignment else loss
 
