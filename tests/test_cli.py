@@ -111,6 +111,17 @@ def test_eval_json_with_more_slots_and_iterations(run_dir):
     assert {"acc_size", "acc_material", "acc_shape", "acc_color", "acc_all", "median_distance"} <= set(report)
 
 
+def test_eval_positions_prints_the_three_position_errors(run_dir):
+    out, _ = run_dir
+    result = invoke("eval", out, "--positions")
+    assert result.exit_code == 0, result.output
+    for label in ("the model's prediction", "fit from the slot's attention", "the mean position"):
+        assert label in result.output
+    report = json.loads(invoke("eval", out, "--positions", "--json").output)
+    assert set(report["positions"]) == {"model", "attention", "constant"}
+    assert all(r["median_distance"] >= 0 and 0 <= r["within_1"] <= 1 for r in report["positions"].values())
+
+
 def test_eval_curve_prints_the_logged_validation_as_a_table(run_dir, tmp_path):
     out, _ = run_dir
     result = invoke("eval", out, "--curve")

@@ -23,8 +23,11 @@ from slotref.training.config import LIMITS
                    "from its training file).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
+@click.option("--positions", is_flag=True,
+              help="Set prediction: also the position error of the model, of a fit from where each slot's "
+                   "attention lies, and of a constant (metrics.position_readout).")
 @kernels_option
-def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
+def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, positions):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
     if curve:
         from slotref.io import LogError
@@ -57,6 +60,13 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
             by_n = metrics.ap_by_num_objects(preds, val.targets)
             result["ap_by_num_objects"] = {str(n): {threshold_name(t): a for t, a in row.items()}
                                            for n, row in by_n.items()}
+            if positions:
+                if attn is None:
+                    raise ValueError("--positions needs the attention, which one process gathers: run it "
+                                     "without mpiexec")
+                result["positions"] = metrics.position_readout(preds, val.targets, attn)
+        elif positions:
+            raise click.UsageError("--positions is for set prediction runs")
         else:
             result.update(task.evaluate(be, params, val, num_slots, num_iters, world=world()))
     except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
@@ -74,6 +84,14 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve):
         click.echo("AP by number of objects (Figures 21/22):")
         for n, row in result["ap_by_num_objects"].items():
             click.echo(f"  {n:>2} objects: " + "  ".join(f"AP_{t}={100 * a:5.1f}%" for t, a in row.items()))
+        if positions:
+            click.echo("position error of the matched objects on the second half of the examples (CLEVR units; "
+                       "fit and mean made on the first half):")
+            labels = {"model": "the model's prediction", "attention": "fit from the slot's attention",
+                      "constant": "the mean position"}
+            for name, row in result["positions"].items():
+                click.echo(f"  {labels[name]:<30} median {row['median_distance']:.2f}, within 1: "
+                           f"{100 * row['within_1']:.1f}%, within 0.5: {100 * row['within_0.5']:.1f}%")
     else:
         click.echo(result_table("discovery", config, result))
         for k, v in result.items():
