@@ -97,8 +97,8 @@ class LossHook:
         self.calls = 0
         original = task_cls.loss
 
-        def loss(task, params, images, targets, noise):
-            value = original(task, params, images, targets, noise)
+        def loss(task, params, images, targets, noise, *options):   # options: set prediction's coord_weight
+            value = original(task, params, images, targets, noise, *options)
             self.calls += 1
             return action(self.calls - 1, value)
 
