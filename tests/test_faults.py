@@ -194,7 +194,9 @@ def test_stored_config_validation_names_the_key():
     for change, key in [(lambda c: c["model"]["slot_attention"].__setitem__("aggregation", "max"), "slot_attention"),
                         (lambda c: c.__setitem__("model", []), "model"),
                         (lambda c: c.__setitem__("seed", True), "seed"),
-                        (lambda c: c["model"].__setitem__("encoder_strides", [1] * 100), "encoder_strides")]:
+                        (lambda c: c["model"].__setitem__("encoder_strides", [1] * 100), "encoder_strides"),
+                        (lambda c: c.__setitem__("coord_weight", -1.0), "coord_weight"),
+                        (lambda c: c.__setitem__("coord_weight", "heavy"), "coord_weight")]:
         bad = json.loads(TrainConfig().to_json())
         change(bad)
         with pytest.raises(TrainingError, match=key) as err:

@@ -219,6 +219,8 @@ def test_config_file_starts_a_run_with_flags_overriding_it(setpred_run, tmp_path
     assert printed["steps"] == 123 and printed["model"]["num_slots"] == 5 and printed["dataset"] == "tetrominoes"
     partial.write_text(json.dumps({"stepz": 1}))
     assert_one_line_error(invoke("train", "--config", partial, "--print-config"), "stepz")
+    partial.write_text(json.dumps({"coord_weight": 0}))
+    assert_one_line_error(invoke("train", "--config", partial, "--print-config"), "coord_weight must be a positive")
     partial.write_text(json.dumps({"task": "discovery"}))
     assert_one_line_error(invoke("train", "--config", partial, "--task", "setpred"), "--task")
 

@@ -296,5 +296,5 @@ def _config_from_file(ctx, path, task, dataset, preset):
         merged["dataset"] = dataset
     try:
         return TrainConfig.from_dict(merged)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise click.BadParameter(f"{path}: {err}", param_hint="--config")

@@ -53,6 +53,11 @@ class TrainConfig:
     curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self):
+        w = self.coord_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
+            raise ValueError(f"coord_weight must be a positive number, got {w!r}")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
