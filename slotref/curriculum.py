@@ -94,6 +94,15 @@ def _int(value: str, what: str, part: str, minimum: int) -> int:
     return n
 
 
+def _positive(text: str) -> float | None:
+    """The finite positive number ``text`` spells, else None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if 0 < number < float("inf") else None
+
+
 def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
     part = text.strip()
     body, sep, length_text = part.partition(":")
@@ -133,20 +142,14 @@ def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
                 raise ValueError(f"curriculum stage {part!r}: objects range {value!r} is empty")
             stage = replace(stage, min_objects=lo, max_objects=hi)
         elif key == "coord_weight":
-            try:
-                number = float(value)
-            except ValueError:
-                number = -1.0
-            if not 0 < number < float("inf"):
+            number = _positive(value)
+            if number is None:
                 raise ValueError(f"curriculum stage {part!r}: coord_weight must be a positive number, got {value!r}")
             stage = replace(stage, coord_weight=number)
         elif key == "lr":
             scale = value.endswith("x")
-            try:
-                number = float(value[:-1] if scale else value)
-            except ValueError:
-                number = -1.0
-            if not number > 0:
+            number = _positive(value[:-1] if scale else value)
+            if number is None:
                 raise ValueError(f"curriculum stage {part!r}: lr must be a positive value (2e-4) "
                                  f"or multiple (0.5x), got {value!r}")
             stage = replace(stage, lr_scale=number) if scale else replace(stage, lr=number)

@@ -145,8 +145,9 @@ def _explicit(ctx, name) -> bool:
                    '"" for none; default: the preset\'s (the setpred cpu preset has one; dropped for the '
                    'Slot MLP, per-slot initialisation or another K).')
 @click.option("--coord-weight", type=click.FloatRange(0, 1e6, min_open=True), default=None,
-              help="Set prediction: weight of the coordinates in the Huber loss (the paper: 1; the cpu preset: "
-                   "its camera zoom, 3, the weight the paper's normalisation gives the zoomed scenes).")
+              help="Set prediction: weight of the coordinates in the Huber loss (default 1, the paper's). W = the "
+                   "camera zoom weighs them as the paper does unzoomed scenes; it costs attribute accuracy "
+                   "(docs/curriculum.md).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-size", type=click.IntRange(min=1), default=None,
               help="Built-in data: number of scenes of the generated file (default: the preset's).")
