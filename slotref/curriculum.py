@@ -240,6 +240,10 @@ class Curriculum:
         stage = self.stage_at(step)
         return stage.reset_adam and step == stage.start
 
+    def starts_stage(self, step: int) -> bool:
+        """True at the first step of a stage (step 0 included): a parameter average starts there."""
+        return step == self.stage_at(step).start
+
     def learning_rate(self, step: int, schedule) -> float:
         """The run's schedule (warm-up and decay from step 0), rescaled and re-warmed per stage."""
         stage = self.stage_at(step)

@@ -305,6 +305,7 @@ CHANGING_FLAGS = [
     ("--no-residual-mlp", None), ("--temperature", "one"), ("--epsilon-placement", "denominator"),
     ("--soft-kmeans", None), ("--no-position-embedding", None), ("--coord-weight", "2"),
     ("--decay-steps", "7"), ("--warmup-steps", "3"), ("--curriculum", "slots=1,objects=1:2; slots=3"),
+    ("--ema", "0.9"),
 ]
 
 

@@ -221,6 +221,10 @@ def test_config_file_starts_a_run_with_flags_overriding_it(setpred_run, tmp_path
     assert_one_line_error(invoke("train", "--config", partial, "--print-config"), "stepz")
     partial.write_text(json.dumps({"coord_weight": 0}))
     assert_one_line_error(invoke("train", "--config", partial, "--print-config"), "coord_weight must be a positive")
+    partial.write_text(json.dumps({"ema": 1}))
+    assert_one_line_error(invoke("train", "--config", partial, "--print-config"), "ema must be 0")
+    assert json.loads(invoke("train", "--ema", 0.99, "--print-config").output)["ema"] == 0.99
+    assert_one_line_error(invoke("train", "--ema", 1, "--print-config"), "--ema")
     partial.write_text(json.dumps({"task": "discovery"}))
     assert_one_line_error(invoke("train", "--config", partial, "--task", "setpred"), "--task")
 

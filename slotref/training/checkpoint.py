@@ -1,5 +1,9 @@
 """Checkpoints: HDF5 files readable with plain h5py (params/<path>, adam/m/<path>,
-adam/v/<path>, and attributes: step, task, config, dataset fingerprint), written atomically.
+adam/v/<path>, average/<path> for a run that keeps a parameter average, and
+attributes: step, task, config, dataset fingerprint), written atomically.
+
+``params`` are the parameters training goes on from; a run with ``ema`` > 0
+evaluates, and reports, the average (``load_checkpoint(..., model=True)``).
 
 A checkpoint is checked like a dataset before anything in it is used: its
 format, task and step; its stored config (every key known, every value of
@@ -25,8 +29,12 @@ CHECKPOINT_FORMAT = "slotref-checkpoint"
 TASKS = ("setpred", "discovery")
 
 
-def save_checkpoint(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str) -> None:
-    """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced."""
+def save_checkpoint(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str,
+                    average=None) -> None:
+    """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced.
+
+    ``average``: the parameter average (a tree shaped like ``params``) of a run with ``ema`` > 0.
+    """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
@@ -37,7 +45,10 @@ def save_checkpoint(path: Path, params, adam_state, step: int, config: TrainConf
             f.attrs["config"] = config.to_json()
             f.attrs["dataset_fingerprint"] = fingerprint
             f.attrs["adam_t"] = adam_state["t"]
-            for group, tree in (("params", params), ("adam/m", adam_state["m"]), ("adam/v", adam_state["v"])):
+            groups = [("params", params), ("adam/m", adam_state["m"]), ("adam/v", adam_state["v"])]
+            if average is not None:
+                groups.append(("average", average))
+            for group, tree in groups:
                 for name, leaf in tree_leaves(tree):
                     f.create_dataset(f"{group}/{name}", data=to_host(leaf))
 
@@ -105,8 +116,12 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
         return _check_header(path, f)[0]
 
 
-def load_checkpoint(path: Path, be, template_params, config: TrainConfig):
-    """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``."""
+def load_checkpoint(path: Path, be, template_params, config: TrainConfig, model: bool = False):
+    """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``.
+
+    ``adam_state`` holds the parameter average as ``"average"`` (None for a run without one).
+    ``model``: ``params`` are the parameters the run evaluates, its average where it keeps one.
+    """
     path = Path(path)
 
     def fill(f, group, template):
@@ -142,7 +157,11 @@ def load_checkpoint(path: Path, be, template_params, config: TrainConfig):
                 raise TrainingError(f"checkpoint {path} is a {stored.task} run, not {config.task}")
             params = fill(f, "params", template_params)
             state = {"m": fill(f, "adam/m", template_params), "v": fill(f, "adam/v", template_params),
-                     "t": int(f.attrs["adam_t"])}
+                     "t": int(f.attrs["adam_t"]), "average": None}
+            if stored.ema > 0:
+                state["average"] = fill(f, "average", template_params)
+                if model:
+                    params = state["average"]
             return params, state, step, _string_attr(path, f, "dataset_fingerprint")
     except TrainingError:
         raise

@@ -30,7 +30,7 @@ from slotref.curriculum import num_objects, run_plan
 from slotref.backend import get_backend, host_rng, to_float, tree_leaves
 from slotref.flat import FlatTree
 from slotref.models import init_model
-from slotref.optim import Adam, Schedule
+from slotref.optim import Adam, ParameterAverage, Schedule
 from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError, config_from_stored
 from slotref.training.logs import RunLog, format_metrics, write_command
@@ -147,6 +147,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(config.seed, 0), config.model)))
         adam = Adam()
         state = adam.init(params)
+        averaging = ParameterAverage(config.ema) if config.ema > 0 else None
+        average = None  # started at each stage's first step
         start = 0
         if resume and ckpt_path.exists():
             tree, tree_state, start, saved_fp = load_checkpoint(ckpt_path, be, params.tree, config)
@@ -154,6 +156,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
             params.assign(tree)
             state = adam.from_tree(tree_state, params)
+            if averaging is not None:
+                average = params.layout.copy_in(tree_state["average"], params.xp)
     except Exception as err:  # noqa: BLE001 - raised again on every rank
         failure = err
     w.raise_together(failure)
@@ -210,6 +214,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                                "time": time.time()})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             adam.update(params, grads, state, lr)
+            if averaging is not None:  # a stage's first step starts the average from its parameters
+                average = averaging.start(params) if average is None or plan.starts_stage(step) \
+                    else averaging.update(average, params)
             if w.size > 1 and (step + 1) % config.log_every == 0:
                 w.check_same(distributed.checksum(params.buffers), f"parameters after step {step + 1}")
             bar.update(1)
@@ -218,14 +225,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             if done % config.checkpoint_every == 0 or done == config.steps or stopping:
                 _check_finite_params(params.tree, done, ckpt_path)
                 if w.is_root:
-                    save_checkpoint(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint)
+                    save_checkpoint(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
+                                    average=None if average is None else average.tree)
                 w.barrier()  # on disk before any rank goes on: a rank failing later leaves it whole
             if stopping:
                 interrupted = True
                 break
             if done % config.eval_every == 0 or done == config.steps:
-                _check_finite_params(params.tree, done, ckpt_path)
-                last_eval = task.evaluate(be, params.tree, val_split, world=w)
+                model = params if average is None else average  # what the run evaluates and reports
+                _check_finite_params(model.tree, done, ckpt_path)
+                last_eval = task.evaluate(be, model.tree, val_split, world=w)
                 if w.is_root:
                     log.eval(done, last_eval)
                 say(f"step {done}: " + format_metrics(last_eval))
@@ -318,7 +327,7 @@ def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path
         w.use_device()  # this rank's GPU, before the backend is made
     be = get_backend(config.device, config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
-    params, _, step, _ = load_checkpoint(ckpt, be, template, config)
+    params, _, step, _ = load_checkpoint(ckpt, be, template, config, model=True)
     if dataset is not None:
         if not Path(dataset).is_file():
             raise TrainingError(f"dataset file {dataset} does not exist")
