@@ -15,6 +15,7 @@ from slotref.optim import Adam, ParameterAverage
 from slotref.training import tasks as train_module
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import load_run, train
+from slotref.training.presets import fast_dev_run, preset_config, scale_budget
 from tests.test_train import assert_same_checkpoints, read_checkpoint, records, setpred_run
 
 CURRICULUM = "slots=2,objects=2:2; slots=4,reset_adam"   # stages start at steps 0 and 2
@@ -137,3 +138,13 @@ def test_a_checkpoint_of_an_averaging_run_without_its_average_is_a_one_line_erro
         with pytest.raises(TrainingError, match=r"checkpoint\.h5: average/.*missing") as err:
             load()
         assert "\n" not in str(err.value)
+
+
+def test_a_shorter_or_longer_budget_scales_the_span_of_the_presets_average():
+    config = preset_config("setpred", preset="cpu")
+    assert config.ema == 0.999                                   # about the last 1,000 of 10,000 steps
+    assert scale_budget(config, 1_000).ema == 0.99               # the last 100 of 1,000
+    assert scale_budget(config, 20_000).ema == 0.9995
+    assert fast_dev_run(config).ema == 0.5                       # at least two steps
+    assert preset_config("discovery", preset="cpu").ema == 0.0 == scale_budget(preset_config("discovery"), 100).ema
+    assert preset_config("setpred", preset="paper").ema == 0.0   # the paper reports its last parameters
