@@ -283,6 +283,7 @@ def test_the_cli_prints_the_papers_numbers_beside_a_run():
     assert "94.3 ± 1.1" in ap_text and "0.9 ± 0.2" in ap_text and "50.0" in ap_text
     ari_text = result_table("discovery", preset_config("discovery", "tetrominoes"), {"fg_ari": 0.25})
     assert "25.0" in ari_text and "99.5 ± 0.2" in ari_text
+    assert "parameter average, ema 0.999" in ap_text and "average" not in ari_text   # only the setpred preset
 
 
 # --------------------------------------------------------------------------

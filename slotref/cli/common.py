@@ -84,10 +84,13 @@ def result_table(task, config, result) -> str:
             lines.append("(the cpu preset is a smaller problem than CLEVR10: see docs/results.md)")
         if getattr(config, "curriculum", ""):
             lines.append(f"trained with the curriculum {config.curriculum!r} (docs/curriculum.md)")
-        return "\n".join(lines)
-    ari = 100 * result.get("fg_ari", float("nan"))
-    reported = paper.paper_fg_ari(Path(config.dataset).stem)
-    line = f"FG-ARI (%): slotref {ari:.1f}"
-    if reported:
-        line += f"; paper (Table 1) {reported[0]:.1f} ± {reported[1]:.1f}"
-    return line
+    else:
+        ari = 100 * result.get("fg_ari", float("nan"))
+        reported = paper.paper_fg_ari(Path(config.dataset).stem)
+        line = f"FG-ARI (%): slotref {ari:.1f}"
+        if reported:
+            line += f"; paper (Table 1) {reported[0]:.1f} ± {reported[1]:.1f}"
+        lines = [line]
+    if getattr(config, "ema", 0):
+        lines.append(f"evaluated with the parameter average, ema {config.ema:g} (docs/curriculum.md)")
+    return "\n".join(lines)
