@@ -16,19 +16,10 @@ from slotref.training import tasks as train_module
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import load_run, train
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget
+from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
 from tests.test_train import assert_same_checkpoints, read_checkpoint, records, setpred_run
 
 CURRICULUM = "slots=2,objects=2:2; slots=4,reset_adam"   # stages start at steps 0 and 2
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from slotref.data.hdf5 import write_dataset
-
-    d = tmp_path_factory.mktemp("data")
-    write_dataset("clevr-shapes", d / "clevr.h5", 96, 0, resolution=32, min_objects=2, max_objects=4,
-                  progress=False, workers=1)
-    return d
 
 
 def test_an_update_moves_the_average_a_fraction_of_the_way_to_the_parameters(rng):

@@ -215,8 +215,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             adam.update(params, grads, state, lr)
             if averaging is not None:  # a stage's first step starts the average from its parameters
-                average = averaging.start(params) if average is None or plan.starts_stage(step) \
-                    else averaging.update(average, params)
+                average = averaging.start(params) if plan.starts_stage(step) else averaging.update(average, params)
             if w.size > 1 and (step + 1) % config.log_every == 0:
                 w.check_same(distributed.checksum(params.buffers), f"parameters after step {step + 1}")
             bar.update(1)
