@@ -41,14 +41,14 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # Beyond the paper, a training schedule (docs/curriculum.md): the
             # curriculum CPU_SETPRED_CURRICULUM first trains one slot on
             # one-object scenes for 1,000 steps, then K = 3 with a fresh Adam
-            # state and a new warm-up; the learning rate halves every 2,500
+            # state and a new warm-up; the learning rate halves every 5,000
             # steps (the paper: every 100,000), and evaluation reads an
             # average of the parameters over about the last 1,000 steps
             # (ema 0.999); 10,000 steps, about 22 minutes of 2 cores. 1,024
             # validation scenes of 21,000: AP_inf on 256 varies by 3-4 points
             # from one draw to another.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=10_000, batch_size=16,
-                               warmup_steps=500, decay_steps=2_500, ema=0.999, eval_every=1_000, eval_size=1_024,
+                               warmup_steps=500, decay_steps=5_000, ema=0.999, eval_every=1_000, eval_size=1_024,
                                checkpoint_every=500, max_objects=3, data_size=21_000, data_resolution=32,
                                data_min_objects=1, data_max_objects=3, data_zoom=CPU_SETPRED_ZOOM,
                                curriculum=CPU_SETPRED_CURRICULUM, model=setpred_config(32, num_slots=3))
