@@ -54,6 +54,79 @@ def shard_range(n: int, rank: int, size: int, align: int = 1) -> tuple[int, int]
 
 
 # --------------------------------------------------------------------------
+# Launching ranks on this machine (train --procs).
+
+BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def mpiexec_path() -> str | None:
+    """The launcher: the one beside this Python (the mpich wheel's), else the first on PATH; None if neither."""
+    import shutil
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def can_launch() -> bool:
+    """Whether ranks can be started here: mpi4py importable and an mpiexec found (neither is imported or run)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None and mpiexec_path() is not None
+
+
+def launch_error(n: int, timeout: float = 60.0) -> str | None:
+    """Why ``mpiexec -n n`` cannot run ranks that meet in a barrier here (None: it can). About a second."""
+    import subprocess
+
+    probe = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+    env = {**os.environ, **{name: "1" for name in BLAS_THREAD_ENV}}
+    try:
+        done = subprocess.run([mpiexec_path(), "-n", str(n), sys.executable, "-c", probe], env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    if done.returncode:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit status {done.returncode}"
+    return None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_procs(global_batch: int, cores: int, min_local_batch: int = 4) -> int:
+    """How many single-threaded ranks to train on ``cores`` CPU cores: the largest divisor of the batch
+    that is at most the cores and leaves every rank at least ``min_local_batch`` examples (1 if none)."""
+    limit = min(cores, global_batch // min_local_batch)
+    return max([n for n in range(1, limit + 1) if global_batch % n == 0], default=1)
+
+
+def relaunch(n: int) -> None:
+    """Replace this process by ``mpiexec -n n`` running this same command, one BLAS thread per rank.
+
+    The command is this interpreter with its original arguments (``cli.py train ...``, ``-m slotref
+    train ...`` or the ``slotref`` script), so every rank parses what the user typed; under the launcher
+    ``launched_size()`` is n and no rank launches again. Ctrl-C then reaches the ranks as under a
+    hand-typed mpiexec (docs/scale.md). Does not return.
+    """
+    launcher = mpiexec_path()
+    if launcher is None:
+        raise DistributedError(f"--procs {n} needs mpiexec: pip install 'slotref[mpi]' (mpi4py and mpich)")
+    env = dict(os.environ)
+    for name in BLAS_THREAD_ENV:
+        env.setdefault(name, "1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launcher, [launcher, "-n", str(n), sys.executable, *sys.orig_argv[1:]], env)
+
+
+# --------------------------------------------------------------------------
 # Parameter checksums.
 
 def checksum(buffers: dict) -> tuple[float, ...]:

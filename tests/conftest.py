@@ -22,6 +22,10 @@ import standin  # tests/ is on sys.path: pytest puts this file's folder there
 # device array types, each with its own event counters.
 sys.modules.setdefault("tests.standin", standin)
 
+# Training runs in tests, in process or as subprocesses, stay in one process unless a test asks for
+# more: `train --procs auto` would start ranks under mpiexec wherever mpi4py is installed.
+os.environ.setdefault("SLOTREF_PROCS", "1")
+
 settings.register_profile(
     "ci", max_examples=12, deadline=None, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])

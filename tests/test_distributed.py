@@ -505,3 +505,75 @@ def test_info_under_mpiexec_names_the_world_the_ranks_and_the_allreduce_path(tmp
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("world: 2 ranks on 1 host(s)") == 1  # rank 0 alone prints
     assert "allreduce: host (MPI)" in result.stdout and "ranks 0 (local 0), 1 (local 1)" in result.stdout
+
+
+# --------------------------------------------------------------------------
+# train --procs: the ranks started by the command itself.
+
+def test_auto_procs_takes_the_largest_divisor_of_the_batch_within_the_cores_and_4_examples_a_rank():
+    from slotref.distributed import auto_procs
+
+    assert [auto_procs(16, cores) for cores in (1, 2, 3, 4, 8, 64)] == [1, 2, 2, 4, 4, 4]
+    assert auto_procs(32, 3) == 2 and auto_procs(32, 64) == 8 and auto_procs(512, 12) == 8
+    assert auto_procs(4, 8) == 1 and auto_procs(6, 8) == 1 and auto_procs(12, 8) == 3
+
+
+def test_procs_errors_name_the_option(tmp_path):
+    from click.testing import CliRunner
+
+    from slotref.cli import main
+
+    args = ["train", "--task", "setpred", "--fast-dev-run", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args + ["--procs", "two"])
+    assert result.exit_code == 2 and "'--procs': 'two': a number of processes (1, 2, ...) or auto" in result.output
+    result = CliRunner().invoke(main, args + ["--procs", "3"])  # the fast dev run's batch is 4
+    assert result.exit_code == 2 and "--procs: 3: the batch of 4 does not divide among 3" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def train_command(tmp_path, out, *args, env=None, timeout=120):
+    command = [sys.executable, "cli.py", "train", "--task", "setpred", "--quiet", "--data-dir", str(tmp_path / "data"),
+               "--out", str(tmp_path / out), *args]
+    return subprocess.run(command, cwd=ROOT, env=env or os.environ, capture_output=True, text=True, timeout=timeout)
+
+
+@needs_mpi
+def test_procs_2_starts_two_ranks_that_train_as_the_single_process(tmp_path):
+    one = train_command(tmp_path, "one", "--fast-dev-run", "--procs", "1")
+    two = train_command(tmp_path, "two", "--fast-dev-run", "--procs", "2")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    note = "note: training on 2 processes"
+    assert note not in one.stdout and two.stdout.count(note) == 1  # rank 0 alone prints
+    assert two.stdout.count("AP (%)") == 1
+    assert_close_checkpoints(tmp_path / "two" / "checkpoint.h5", tmp_path / "one" / "checkpoint.h5", rtol=1e-5)
+
+
+@needs_mpi
+def test_procs_auto_uses_the_cores_for_a_typed_command_and_one_process_in_process(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from slotref.cli import main
+    from slotref.distributed import auto_procs, usable_cores
+
+    args = ["--steps", "2", "--data-size", "64", "--batch-size", "8"]
+    env = {k: v for k, v in os.environ.items() if k != "SLOTREF_PROCS"}
+    typed = train_command(tmp_path, "typed", *args, env=env)
+    assert typed.returncode == 0, typed.stderr
+    n = auto_procs(8, usable_cores())
+    assert (f"note: training on {n} processes" in typed.stdout) == (n > 1)
+    monkeypatch.delenv("SLOTREF_PROCS", raising=False)  # a CliRunner call never replaces its process
+    result = CliRunner().invoke(main, ["train", "--task", "setpred", "--quiet", *args, "--data-dir",
+                                       str(tmp_path / "data"), "--out", str(tmp_path / "runner")])
+    assert result.exit_code == 0 and "training on" not in result.output, result.output
+
+
+def test_a_launcher_that_cannot_start_ranks_is_reported_in_one_line(tmp_path, monkeypatch):
+    from slotref import distributed
+
+    fake = tmp_path / "mpiexec"
+    fake.write_text("#!/bin/sh\necho 'starting' >&2\necho 'Fatal error in MPI_Init: no shared memory' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(distributed, "mpiexec_path", lambda: str(fake))
+    assert distributed.launch_error(2) == "Fatal error in MPI_Init: no shared memory"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    assert distributed.launch_error(2) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +105,46 @@ def _apply_ablations(config, kw):
     return replace(config, model=model)
 
 
+def _procs_option(ctx, param, value):
+    if value == "auto" or value is None:
+        return "auto"
+    if not str(value).isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r}: a number of processes (1, 2, ...) or auto")
+    return int(value)
+
+
+def _ranks_to_launch(procs, config, resume_dir, fast_dev_run) -> int:
+    """How many ranks ``train`` should start under mpiexec (1: run in this process).
+
+    ``resume_dir``: the run to resume, whose stored batch size and device count.
+    """
+    from slotref import distributed
+    from slotref.backend import DEVICE_ENV
+    from slotref.training.loop import read_run_config
+
+    if distributed.launched_size() > 1 or os.environ.get(distributed.MPI_ENV) == "1":
+        return 1  # already a rank
+    if resume_dir is not None and (resume_dir / "config.json").exists():
+        config = read_run_config(resume_dir)
+    if procs == "auto":
+        typed = sys.argv[1:] == click.get_current_context().meta.get("slotref.argv")  # not a CliRunner call
+        device = config.device or os.environ.get(DEVICE_ENV) or "cpu"
+        if not typed or device != "cpu" or fast_dev_run or not distributed.can_launch():
+            return 1
+        n = distributed.auto_procs(config.batch_size, distributed.usable_cores())
+        error = distributed.launch_error(n) if n > 1 else None
+        if error:
+            click.echo(f"note: training in one process: mpiexec -n {n} could not start ranks here ({error})")
+            return 1
+        return n
+    if procs > 1 and not distributed.can_launch():
+        raise click.BadParameter("needs mpi4py and mpiexec: pip install 'slotref[mpi]'", param_hint="--procs")
+    if config.batch_size % procs:
+        raise click.BadParameter(f"{procs}: the batch of {config.batch_size} does not divide among {procs} "
+                                 "processes; choose a divisor of it", param_hint="--procs")
+    return procs
+
+
 def _explicit(ctx, name) -> bool:
     from click.core import ParameterSource
 
@@ -165,12 +206,16 @@ def _explicit(ctx, name) -> bool:
               help="csv: metrics.jsonl, train.csv, eval.csv in the run directory; tensorboard: also "
                    "TensorBoard event files (needs tensorboardX).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--procs", default="auto", show_default=True, envvar="SLOTREF_PROCS", callback=_procs_option,
+              help="Train on N local processes, one BLAS thread each (mpiexec -n N, data parallel: they train "
+                   "as one process, docs/scale.md). auto: on the CPU, one per core up to one per 4 examples "
+                   "of the batch, when mpi4py and mpiexec are installed; 1: this process alone.")
 @_ablation_options
 @kernels_option
 @click.pass_context
 def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, model_name, device, steps,
           batch_size, num_slots, num_iters, lr, init_scheme, warmup_steps, decay_steps, curriculum, coord_weight, ema,
-          seed, data_size, data_dir, out, resume, logger, quiet, **ablations):
+          seed, data_size, data_dir, out, resume, logger, quiet, procs, **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table.
 
     \b
@@ -178,6 +223,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
     slotref train --task setpred                    # the cpu preset, ~25 min on 2 cores
     slotref train --config runs/RUN/config.json --seed 1
     """
+    from slotref import distributed
     from slotref.backend import BackendError
     from slotref.curriculum import fits
     from slotref.data.hdf5 import DatasetError
@@ -187,6 +233,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
 
     run_dir = Path(out) if out else "RUN_DIR"
     given = dict(click.get_current_context().params)
+    notes = []
     try:
         if config_file:
             config = _config_from_file(ctx, config_file, task, dataset, preset)
@@ -194,9 +241,8 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         else:
             config = preset_config(task, dataset, preset)
         if not resume and (dataset is not None or not config_file):
-            config, notes = fit_to_file(config, keep_slots=num_slots is not None)
-            for note in notes:
-                click.echo(f"note: {note}")
+            config, fitted = fit_to_file(config, keep_slots=num_slots is not None)
+            notes += fitted
         is_file = config.dataset.endswith((".h5", ".hdf5"))
         if data_size is not None and is_file:
             raise click.BadParameter("only for built-in data, not for an HDF5 file", param_hint="--data-size")
@@ -225,8 +271,8 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         config = _apply_ablations(config, ablations)
         if curriculum is None and not fits(config):  # the preset's stages need its K and shared slots
             if not print_config:
-                click.echo(f"note: trained without the curriculum {config.curriculum!r}, which needs Slot "
-                           "Attention with shared slots and K as its last stage (--curriculum sets one)")
+                notes.append(f"trained without the curriculum {config.curriculum!r}, which needs Slot "
+                             "Attention with shared slots and K as its last stage (--curriculum sets one)")
             config = replace(config, curriculum="")
         if print_config:
             click.echo(config.to_json())
@@ -234,6 +280,14 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         label = "fast-dev-run" if fast_dev_run else config.preset
         run_dir = Path(out) if out else _fresh(Path("runs") / f"{task}-{Path(config.dataset).stem}-{label}"
                                                                   f"-seed{config.seed}", fast_dev_run)
+        ranks = _ranks_to_launch(procs, config, run_dir if resume else None, fast_dev_run)
+        if ranks > 1:  # every rank parses this same command; rank 0 prints the notes
+            distributed.relaunch(ranks)
+        if distributed.launched_size() > 1:
+            notes.append(f"training on {distributed.launched_size()} processes (mpiexec, data parallel: they "
+                         "train as one process, docs/scale.md; --procs 1 runs one)")
+        for note in notes:
+            click.echo(f"note: {note}")
         if resume:
             config = _resume_config(run_dir, given, given["steps"], device)
         click.echo(f"run directory: {run_dir}")
