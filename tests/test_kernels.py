@@ -43,18 +43,14 @@ block_rows = st.sampled_from([3, 7, conv.BLOCK_ROWS])
 wide_limits = st.sampled_from([0, conv.WIDE_GEMM_MAX_CHANNELS])
 
 
-# Output grids on both sides of the patch-matrix threshold: none (0) or every test grid (the default).
-pixel_limits = st.sampled_from([0, im2col.IM2COL_MAX_OUTPUT_PIXELS])
-
-
 @contextlib.contextmanager
-def blocks_of(rows, wide=conv.WIDE_GEMM_MAX_CHANNELS, pixels=im2col.IM2COL_MAX_OUTPUT_PIXELS):
-    saved = conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS, im2col.IM2COL_MAX_OUTPUT_PIXELS
-    conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS, im2col.IM2COL_MAX_OUTPUT_PIXELS = rows, wide, pixels
+def blocks_of(rows, wide=conv.WIDE_GEMM_MAX_CHANNELS):
+    saved = conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS
+    conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS = rows, wide
     try:
         yield
     finally:
-        conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS, im2col.IM2COL_MAX_OUTPUT_PIXELS = saved
+        conv.BLOCK_ROWS, conv.WIDE_GEMM_MAX_CHANNELS = saved
 
 
 def on_both_paths(fn, args, seed=0):
@@ -156,23 +152,21 @@ def test_only_a_replaceable_function_can_get_a_kernel():
 # Each kernel equals its specification function (float64, forward and every gradient).
 
 @given(seed=seeds, batch=st.integers(1, 2), h=spatial, w=spatial, c_in=conv_channels,
-       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides, rows=block_rows, wide=wide_limits,
-       pixels=pixel_limits)
-def test_fast_conv2d_equals_the_specification(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide, pixels):
+       c_out=st.integers(1, 3), kernel=kernel_sizes, stride=strides, rows=block_rows, wide=wide_limits)
+def test_fast_conv2d_equals_the_specification(seed, batch, h, w, c_in, c_out, kernel, stride, rows, wide):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
-    with blocks_of(rows, wide, pixels):
+    with blocks_of(rows, wide):
         assert_kernel_matches_specification(lambda a, b: layers.conv2d_same(a, b, stride), (x, k))
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=conv_channels,
-       c_out=conv_channels, kernel=kernel_sizes, stride=strides, rows=block_rows, wide=wide_limits,
-       pixels=pixel_limits)
+       c_out=conv_channels, kernel=kernel_sizes, stride=strides, rows=block_rows, wide=wide_limits)
 def test_fast_conv_transpose2d_equals_the_specification(seed, batch, h, w, c_in, c_out, kernel, stride, rows,
-                                                        wide, pixels):
+                                                        wide):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
-    with blocks_of(rows, wide, pixels):
+    with blocks_of(rows, wide):
         assert_kernel_matches_specification(lambda a, b: layers.conv_transpose2d_same(a, b, stride), (x, k))
 
 

@@ -17,9 +17,9 @@ Rows that fall on padding columns compute garbage and are cropped away.
 Stride 2 splits the padded input into its four (row, column) parity phases,
 each a stride-1 problem on a grid of half the size. The adjoint (input
 gradient) runs the same sums with negative offsets; the weight gradient
-takes, per tap, in_rows[shifted]^T @ out_rows. For few input channels, small
-output grids, and every layer on accelerators, the forward pass and the
-weight gradient use a patch matrix instead (``slotref.kernels.im2col``).
+takes, per tap, in_rows[shifted]^T @ out_rows. For few input channels, and
+for every layer on accelerators, the forward pass and the weight gradient use
+a patch matrix instead (``slotref.kernels.im2col``).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ WIDE_GEMM_MAX_CHANNELS = 32
 def _conv_forward(x, w, stride):
     xp = xp_of(x)
     geo = _Geometry(x.shape, w.shape, stride)
-    if use_patches(xp, x.shape[3], geo.ho * geo.wo):
+    if use_patches(xp, x.shape[3]):
         w_mat = w.reshape(-1, w.shape[3])
         out = xp.empty((geo.batch, geo.ho, geo.wo, w.shape[3]), dtype=x.dtype)
         for b0, b1 in patch_chunks(geo, x.shape[3], x.itemsize):
@@ -238,7 +238,7 @@ def _conv_backward_weight(x, g, stride, w_shape):
     """The gradient of ``_conv_forward`` with respect to its kernel."""
     xp = xp_of(x)
     geo = _Geometry(x.shape, w_shape, stride)
-    if use_patches(xp, x.shape[3], geo.ho * geo.wo):
+    if use_patches(xp, x.shape[3]):
         dw = xp.zeros((geo.kh * geo.kw * x.shape[3], w_shape[3]), dtype=x.dtype)
         for b0, b1 in patch_chunks(geo, x.shape[3], x.itemsize):
             dw += patch_matrix(x[b0:b1], geo, b1 - b0).T @ g[b0:b1].reshape(-1, w_shape[3])

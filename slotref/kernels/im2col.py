@@ -1,8 +1,7 @@
 """Patch matrices (im2col) for the convolution kernels of ``slotref.kernels.conv``.
 
 A per-tap GEMM has K = C_in: with few input channels (the RGB layer) that
-starves the matrix unit, on a small output grid the shifted GEMMs' copies
-cost more than one patch matrix, and on accelerators one large GEMM with
+starves the matrix unit, and on accelerators one large GEMM with
 K = kh * kw * C_in beats kh * kw thin ones. There the forward pass and the
 weight gradient multiply a patch matrix instead, built in batch chunks of at
 most ``DEVICE_PATCH_BYTES``.
@@ -43,17 +42,9 @@ def patch_matrix(x, geo, batch=None):
 DEVICE_PATCH_BYTES = 1 << 30
 
 
-# On a small output grid the shifted GEMMs' rows are few and their per-block
-# copies and thin products cost more than one patch matrix: layers with at most
-# this many output pixels (the 16x16 and 8x8 layers of the 32x32 encoder)
-# multiply patch matrices as well (docs/performance.md).
-IM2COL_MAX_OUTPUT_PIXELS = 256
-
-
-def use_patches(xp, c_in, out_pixels) -> bool:
-    """Whether a convolution with ``c_in`` input channels and ``out_pixels`` (ho * wo) output pixels per
-    image on array module ``xp`` multiplies patch matrices."""
-    return c_in <= IM2COL_MAX_CHANNELS or out_pixels <= IM2COL_MAX_OUTPUT_PIXELS or xp is not np
+def use_patches(xp, c_in) -> bool:
+    """Whether a convolution with ``c_in`` input channels on array module ``xp`` multiplies patch matrices."""
+    return c_in <= IM2COL_MAX_CHANNELS or xp is not np
 
 
 def patch_chunks(geo, c_in, itemsize):
