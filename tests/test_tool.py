@@ -86,10 +86,10 @@ def test_metrics_print_as_percent_in_every_place():
 
 
 def test_steps_scale_the_budget_as_experiment_steps(tmp_path):
-    result = invoke("train", "--task", "setpred", "--steps", 1000, "--print-config")
+    result = invoke("train", "--task", "setpred", "--steps", 1100, "--print-config")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
-    expected = scale_budget(preset_config("setpred"), 1000)
+    expected = scale_budget(preset_config("setpred"), 1100)
     for key in ("steps", "warmup_steps", "decay_steps", "eval_every", "checkpoint_every"):
         assert printed[key] == getattr(expected, key), key
     assert printed["warmup_steps"] == 50 and printed["eval_every"] == 100
