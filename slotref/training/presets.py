@@ -47,7 +47,7 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # step 6,500; the learning rate halves every 5,500 steps (the
             # paper: every 100,000), and evaluation reads an average of the
             # parameters over about the last 1,000 steps (ema 0.999); 11,000
-            # steps, about 22 minutes of 2 cores on two single-threaded ranks
+            # steps, about 20 minutes of 2 cores on two single-threaded ranks
             # (train --procs auto). 1,024 validation scenes of 21,000: AP_inf
             # on 256 varies by 3-4 points from one draw to another.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=11_000, batch_size=16,
