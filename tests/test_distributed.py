@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -225,12 +224,9 @@ def test_projected_efficiency_falls_with_overhead_and_bandwidth_and_ranks_stop_a
 # Under mpiexec -n 2.
 
 def mpiexec() -> str | None:
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return None
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
+    from slotref import distributed
+
+    return distributed.mpiexec_path() if distributed.can_launch() else None
 
 
 needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpiexec and mpi4py (pip install 'slotref[mpi]')")
