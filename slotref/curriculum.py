@@ -19,6 +19,9 @@ Keys (all optional; a key left out keeps the run's setting):
 - ``reset_adam`` (or ``reset_adam=1``): a fresh Adam state at the stage's start.
 - ``coord_weight``: the weight of the coordinates in the set prediction loss
   during the stage (``losses.pairwise_huber_cost``; the run's otherwise).
+- ``matching_coord_weight``: their weight in the cost the Hungarian matching
+  minimises during the stage (``losses.hungarian_huber_loss``; the run's
+  otherwise, and by default ``coord_weight``'s).
 
 Why it is sound: Slot Attention (Algorithm 1) runs with any K and no
 parameter depends on K (the slots are drawn from one shared Gaussian), so the
@@ -40,7 +43,7 @@ import numpy as np
 
 from slotref.backend import host_rng
 
-KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight")
+KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight", "matching_coord_weight")
 _ORDER_KEY = 7  # host_rng key of the batch orders of stages that draw from a subset of the scenes
 
 
@@ -59,6 +62,7 @@ class Stage:
     warmup: int = 0
     reset_adam: bool = False
     coord_weight: float | None = None  # set prediction: the loss's coordinate weight
+    matching_coord_weight: float | None = None  # ... and the matching's
 
     @property
     def end(self) -> float:
@@ -81,6 +85,8 @@ class Stage:
             parts.append("reset_adam")
         if self.coord_weight is not None:
             parts.append(f"coord_weight={self.coord_weight:g}")
+        if self.matching_coord_weight is not None:
+            parts.append(f"matching_coord_weight={self.matching_coord_weight:g}")
         return ",".join(parts) + ("" if self.length is None else f":{self.length}")
 
 
@@ -141,11 +147,11 @@ def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
             if lo > hi:
                 raise ValueError(f"curriculum stage {part!r}: objects range {value!r} is empty")
             stage = replace(stage, min_objects=lo, max_objects=hi)
-        elif key == "coord_weight":
+        elif key in ("coord_weight", "matching_coord_weight"):
             number = _positive(value)
             if number is None:
-                raise ValueError(f"curriculum stage {part!r}: coord_weight must be a positive number, got {value!r}")
-            stage = replace(stage, coord_weight=number)
+                raise ValueError(f"curriculum stage {part!r}: {key} must be a positive number, got {value!r}")
+            stage = replace(stage, **{key: number})
         elif key == "lr":
             scale = value.endswith("x")
             number = _positive(value[:-1] if scale else value)
@@ -217,7 +223,8 @@ class Curriculum:
         for s in self.stages:
             k = s.slots or num_slots
             if max_objects is None:
-                for key, value in (("objects", s.max_objects), ("coord_weight", s.coord_weight)):
+                for key, value in (("objects", s.max_objects), ("coord_weight", s.coord_weight),
+                                   ("matching_coord_weight", s.matching_coord_weight)):
                     if value is not None:
                         raise ValueError(f"curriculum stage {s.describe()!r}: {key}= needs set prediction targets")
             elif (s.max_objects or max_objects) > k:
@@ -233,6 +240,11 @@ class Curriculum:
     def coord_weight(self, step: int, run_weight: float) -> float:
         """The set prediction loss's coordinate weight at ``step``: the stage's, else the run's."""
         weight = self.stage_at(step).coord_weight
+        return run_weight if weight is None else weight
+
+    def matching_coord_weight(self, step: int, run_weight: float | None) -> float | None:
+        """The matching's coordinate weight at ``step``: the stage's, else the run's (None: the loss's)."""
+        weight = self.stage_at(step).matching_coord_weight
         return run_weight if weight is None else weight
 
     def resets_adam(self, step: int) -> bool:

@@ -49,7 +49,8 @@ def hungarian_assignment(cost) -> np.ndarray:
     return assignment
 
 
-def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, coord_weight: float = 1.0):
+def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, coord_weight: float = 1.0,
+                         matching_coord_weight: float | None = None):
     """Set loss: sum of matched Huber costs per example, mean over the batch.
 
     The pairwise costs are computed on the device; only the matching runs on
@@ -57,7 +58,10 @@ def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, 
     the device by a 0/1 assignment matrix, so the gradient flows through them.
     predictions (B, K, 19), targets (B, M, 19) with M <= K (targets padded with
     zero rows to K, i.e. "no object", when M < K). ``coord_weight``: see
-    ``pairwise_huber_cost`` (the paper: 1).
+    ``pairwise_huber_cost`` (the paper: 1). ``matching_coord_weight``: the
+    coordinate weight of the cost the matching minimises (None: ``coord_weight``);
+    1 pairs slots and objects as the paper's loss would, and ``coord_weight``
+    then changes what each pair is trained towards, not which pairs are made.
     """
     _check_sets(predictions, targets)
     xp = xp_of(predictions)
@@ -66,7 +70,11 @@ def hungarian_huber_loss(predictions, targets, return_assignment: bool = False, 
         pad = xp.zeros((b, k - targets.shape[1], p), dtype=targets.dtype)
         targets = xp.concatenate([getval(targets), pad], axis=1)
     cost = pairwise_huber_cost(predictions, targets, coord_weight)                       # (B, K, K)
-    assignment = xp.asarray(hungarian_assignment(cost), dtype=cost.dtype)   # (B, K, K)
+    if matching_coord_weight is None or matching_coord_weight == coord_weight:
+        matching_cost = cost
+    else:
+        matching_cost = pairwise_huber_cost(getval(predictions), targets, matching_coord_weight)
+    assignment = xp.asarray(hungarian_assignment(matching_cost), dtype=cost.dtype)   # (B, K, K)
     loss = backend.sum(cost * assignment) / b
     return (loss, assignment) if return_assignment else loss
 

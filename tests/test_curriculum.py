@@ -59,6 +59,17 @@ def test_coord_weight_sets_the_stages_loss_weight_and_round_trips():
     assert c.scaled(0.5).stages[2].coord_weight == 2.5
 
 
+def test_matching_coord_weight_is_the_stages_or_the_runs_and_round_trips():
+    c = Curriculum.parse("slots=1,objects=1:4; slots=3,coord_weight=2,matching_coord_weight=1")
+    assert [c.matching_coord_weight(s, None) for s in (0, 3, 4, 9)] == [None, None, 1.0, 1.0]
+    assert c.matching_coord_weight(0, 2.0) == 2.0          # a stage without one keeps the run's
+    assert str(c) == "slots=1,objects=1:4; slots=3,coord_weight=2,matching_coord_weight=1"
+    with pytest.raises(ValueError, match="matching_coord_weight must be a positive number"):
+        Curriculum.parse("slots=3,matching_coord_weight=-1")
+    with pytest.raises(ValueError, match="matching_coord_weight= needs set prediction"):
+        Curriculum.parse("slots=2:10; slots=4,matching_coord_weight=1").check(4, None)
+
+
 def test_the_empty_curriculum_is_the_plain_schedule():
     for text in ("", "  "):
         c = Curriculum.parse(text)
@@ -178,7 +189,7 @@ def test_num_objects_counts_the_real_rows_of_the_targets():
 # --------------------------------------------------------------------------
 # Runs.
 
-CURRICULUM = "slots=2,objects=2:3; slots=4,reset_adam,warmup=2:2; slots=4,coord_weight=3"
+CURRICULUM = "slots=2,objects=2:3; slots=4,reset_adam,warmup=2:2; slots=4,coord_weight=3,matching_coord_weight=1"
 
 
 def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
@@ -189,15 +200,15 @@ def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
         batches.append(num_objects(split.targets[idx]))
         return batch(task, be, split, idx)
 
-    def recording_loss(task, params, images, targets, noise, coord_weight=None):
-        forwards.append((noise.shape[1], targets.shape[1], coord_weight))
-        return loss(task, params, images, targets, noise, coord_weight)
+    def recording_loss(task, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
+        forwards.append((noise.shape[1], targets.shape[1], coord_weight, matching_coord_weight))
+        return loss(task, params, images, targets, noise, coord_weight, matching_coord_weight)
 
     monkeypatch.setattr(train_module.SetPredictionTask, "batch", recording_batch)
     monkeypatch.setattr(train_module.SetPredictionTask, "loss", recording_loss)
     run_dir = tmp_path / "curriculum"
     train(setpred_run(data_dir, curriculum=CURRICULUM), run_dir, progress=False)
-    assert forwards == [(2, 2, 1.0)] * 3 + [(4, 4, 1.0)] * 2 + [(4, 4, 3.0)]
+    assert forwards == [(2, 2, 1.0, None)] * 3 + [(4, 4, 1.0, None)] * 2 + [(4, 4, 3.0, 1.0)]
     assert all(n.max() <= 2 for n in batches[:3]) and max(n.max() for n in batches[3:]) > 2
     lrs = [r["lr"] for r in records(run_dir) if "loss" in r]
     assert lrs[3] == 0.0 and lrs[4] > 0.0                     # the warm-up restarts at the switch

@@ -205,6 +205,56 @@ def test_weighted_loss_gradient_matches_finite_differences(rng):
     check_grads(lambda p: hungarian_huber_loss(p, targets, coord_weight=3.0), modes=["rev"], order=1)(predictions)
 
 
+def matched_cost(predictions, targets, loss_weight: float, matching_weight: float) -> float:
+    """The pairs that minimise the ``matching_weight`` cost, each costed with ``loss_weight``; mean over the
+    batch. All K! assignments are tried."""
+    b, k, p = predictions.shape
+    padded = np.zeros((b, k, p))
+    padded[:, :targets.shape[1]] = targets
+    total = 0.0
+    for i in range(b):
+        def cost(weight, perm):
+            return sum(literal_cost(predictions[i, perm[t]], padded[i, t], weight) for t in range(k))
+        best = min(itertools.permutations(range(k)), key=lambda perm: cost(matching_weight, perm))
+        total += cost(loss_weight, best)
+    return total / b
+
+
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), data=st.data())
+def test_matching_coord_weight_chooses_the_pairs_and_coord_weight_costs_them_property(seed, k, data):
+    m = data.draw(st.integers(1, k))
+    rng = np.random.default_rng(seed)
+    predictions, targets = random_sets(rng, 2, k, m)
+    predictions[..., :3] *= 6.0   # positions far off: the weighted and unweighted matchings often differ
+    loss = float(hungarian_huber_loss(predictions, targets, coord_weight=10.0, matching_coord_weight=1.0))
+    assert loss == pytest.approx(matched_cost(predictions, targets, 10.0, 1.0), rel=1e-10)
+
+
+def test_matching_coord_weight_changes_the_pairs_not_their_costs():
+    # Each slot has one object's attributes at the other object's position.
+    # The paper's cost pairs slots and objects by attributes, a cost with the
+    # coordinates weighted 10 by position.
+    targets = np.full((1, 2, P), 0.2)
+    targets[0, 1] = 0.8
+    targets[0, 0, :3], targets[0, 1, :3] = 0.0, 1.0
+    predictions = targets.copy()
+    predictions[0, :, :3] = targets[0, ::-1, :3]
+    _, weighted = hungarian_huber_loss(predictions, targets, return_assignment=True, coord_weight=10.0)
+    _, paper = hungarian_huber_loss(predictions, targets, return_assignment=True, coord_weight=10.0,
+                                    matching_coord_weight=1.0)
+    assert weighted[0].tolist() == [[0.0, 1.0], [1.0, 0.0]] and paper[0].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert np.array_equal(paper, hungarian_huber_loss(predictions, targets, return_assignment=True)[1])
+    loss = float(hungarian_huber_loss(predictions, targets, coord_weight=10.0, matching_coord_weight=1.0))
+    assert loss == pytest.approx(sum(literal_cost(predictions[0, j], targets[0, j], 10.0) for j in range(2)),
+                                 rel=1e-12)
+
+
+def test_loss_with_a_matching_weight_has_the_gradient_of_its_matched_costs(rng):
+    predictions, targets = random_sets(rng, 2, 3, 2)
+    check_grads(lambda p: hungarian_huber_loss(p, targets, coord_weight=3.0, matching_coord_weight=1.0),
+                modes=["rev"], order=1)(predictions)
+
+
 def test_gradient_flows_only_through_matched_pairs(rng):
     from autograd import grad
 

@@ -31,6 +31,7 @@ RESUME_FIXED = {
     "decay_steps": ("--decay-steps", lambda c: c.decay_steps),
     "curriculum": ("--curriculum", lambda c: c.curriculum),
     "coord_weight": ("--coord-weight", lambda c: c.coord_weight),
+    "matching_coord_weight": ("--matching-coord-weight", lambda c: c.matching_coord_weight),
     "ema": ("--ema", lambda c: c.ema),
     "position_embedding": ("--position-embedding", lambda c: c.model.position_embedding),
     "soft_kmeans": ("--soft-kmeans", lambda c: c.model.slot_attention.projections == "identity"),
@@ -190,6 +191,10 @@ def _explicit(ctx, name) -> bool:
               help="Set prediction: weight of the coordinates in the Huber loss (default 1, the paper's). W = the "
                    "camera zoom weighs them as the paper does unzoomed scenes; it costs attribute accuracy "
                    "(docs/curriculum.md).")
+@click.option("--matching-coord-weight", type=click.FloatRange(0, 1e6, min_open=True), default=None,
+              help="Set prediction: weight of the coordinates in the cost the Hungarian matching minimises "
+                   "(default: --coord-weight's). 1 with --coord-weight W: slots are paired with objects as the "
+                   "paper's loss pairs them, and W changes only what each pair learns (docs/curriculum.md).")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Evaluate (and report) an exponential moving average of the parameters with this decay, "
                    "restarted at each curriculum stage; 0: the parameters themselves (default: the preset's; "
@@ -214,8 +219,8 @@ def _explicit(ctx, name) -> bool:
 @kernels_option
 @click.pass_context
 def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, model_name, device, steps,
-          batch_size, num_slots, num_iters, lr, init_scheme, warmup_steps, decay_steps, curriculum, coord_weight, ema,
-          seed, data_size, data_dir, out, resume, logger, quiet, procs, **ablations):
+          batch_size, num_slots, num_iters, lr, init_scheme, warmup_steps, decay_steps, curriculum, coord_weight,
+          matching_coord_weight, ema, seed, data_size, data_dir, out, resume, logger, quiet, procs, **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table.
 
     \b
@@ -262,7 +267,8 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, m
         changes = {k: v for k, v in (("batch_size", batch_size), ("learning_rate", lr), ("device", device),
                                      ("data_size", data_size), ("warmup_steps", warmup_steps),
                                      ("decay_steps", decay_steps), ("curriculum", curriculum),
-                                     ("coord_weight", coord_weight), ("ema", ema)) if v is not None}
+                                     ("coord_weight", coord_weight), ("matching_coord_weight", matching_coord_weight),
+                                     ("ema", ema)) if v is not None}
         if not config_file or _explicit(ctx, "seed"):
             changes["seed"] = seed
         if not config_file or _explicit(ctx, "data_dir"):

@@ -50,6 +50,7 @@ class TrainConfig:
     data_zoom: float = 1.0             # camera zoom of the CLEVR generators (objects zoom times larger)
     data_dir: str = "data"
     coord_weight: float = 1.0          # set prediction: weight of the coordinates in the loss (losses.pairwise_huber_cost)
+    matching_coord_weight: float | None = None  # ... and in the matching's cost (None: coord_weight's)
     curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
     ema: float = 0.0                   # decay of the parameter average evaluation reads (optim.ParameterAverage); 0: none
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -58,6 +59,9 @@ class TrainConfig:
         w = self.coord_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
             raise ValueError(f"coord_weight must be a positive number, got {w!r}")
+        w = self.matching_coord_weight
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf):
+            raise ValueError(f"matching_coord_weight must be a positive number or None, got {w!r}")
         e = self.ema
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < 1:
             raise ValueError(f"ema must be 0 (no parameter average) or a decay in (0, 1), got {e!r}")
@@ -96,7 +100,7 @@ LIMITS = {
 # Sizes that may be 0 (the others must be at least 1).
 MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
 # Keys added after runs were first saved: a stored config without one takes this value.
-ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "ema": 0.0}
+ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0}
 
 
 def config_from_stored(d, source) -> TrainConfig:

@@ -187,14 +187,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         for step in range(start, config.steps):
             # Step s's examples and slot noise are drawn for the global batch; this rank keeps its slice.
             # The curriculum's stage sets K (slot noise, target rows), the Adam reset, the learning rate
-            # and the set prediction loss's coordinate weight.
+            # and the set prediction loss's coordinate weights (loss and matching).
             k_step = plan.slots(step, config.model.num_slots)
             images, targets = task.batch(be, train_split, order(step)[local_slice])
             targets = plan.targets(targets, step, config.model.num_slots)
             noise = train_noise(be, config, step, k_step)[local_slice]
             if plan.resets_adam(step):
                 state = adam.init(params)
-            extra = (plan.coord_weight(step, config.coord_weight),) if config.task == "setpred" else ()
+            extra = (plan.coord_weight(step, config.coord_weight),
+                     plan.matching_coord_weight(step, config.matching_coord_weight)) if config.task == "setpred" else ()
             loss, grads = value_and_grad(params.tree, images, targets, noise, *extra)
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)

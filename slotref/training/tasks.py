@@ -31,11 +31,13 @@ class SetPredictionTask:
     def __init__(self, config: TrainConfig):
         self.config = config
 
-    def loss(self, params, images, targets, noise, coord_weight=None):
-        """``coord_weight``: the loss's coordinate weight (default: the run's; a curriculum stage may set it)."""
+    def loss(self, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
+        """``coord_weight``, ``matching_coord_weight``: the coordinate weights of the loss and of the
+        matching (default: the run's; a curriculum stage may set them; losses.hungarian_huber_loss)."""
         predictions = set_prediction(params, images, noise, self.config.model)
         weight = self.config.coord_weight if coord_weight is None else coord_weight
-        return hungarian_huber_loss(predictions, targets, coord_weight=weight)
+        matching = self.config.matching_coord_weight if matching_coord_weight is None else matching_coord_weight
+        return hungarian_huber_loss(predictions, targets, coord_weight=weight, matching_coord_weight=matching)
 
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), be.asarray(split.targets[idx])
