@@ -133,9 +133,9 @@ def test_a_checkpoint_of_an_averaging_run_without_its_average_is_a_one_line_erro
 
 def test_a_shorter_or_longer_budget_scales_the_span_of_the_presets_average():
     config = preset_config("setpred", preset="cpu")
-    assert config.ema == 0.999                                   # about the last 1,000 of 11,000 steps
-    assert scale_budget(config, 1_100).ema == 0.99               # the last 100 of 1,100
-    assert scale_budget(config, 22_000).ema == 0.9995
+    assert config.ema == 0.999                                   # about the last 1,000 of 12,500 steps
+    assert scale_budget(config, 1_250).ema == 0.99               # the last 100 of 1,250
+    assert scale_budget(config, 25_000).ema == 0.9995
     assert fast_dev_run(config).ema == 0.5                       # at least two steps
     assert preset_config("discovery", preset="cpu").ema == 0.0 == scale_budget(preset_config("discovery"), 100).ema
     assert preset_config("setpred", preset="paper").ema == 0.0   # the paper reports its last parameters

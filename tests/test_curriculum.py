@@ -261,10 +261,11 @@ def test_a_scaled_curriculum_keeps_its_stages_in_proportion():
 
 def test_a_shorter_budget_scales_the_presets_curriculum():
     config = preset_config("setpred", preset="cpu")
-    assert scale_budget(config, 1100).curriculum == ("slots=1,objects=1:100; slots=3,warmup=50,reset_adam:550; "
-                                                     "slots=3,coord_weight=2")
+    assert scale_budget(config, 1250).curriculum == ("slots=1,objects=1:100; slots=3,objects=2-3,warmup=50,"
+                                                     "reset_adam:600; slots=3,coord_weight=2,matching_coord_weight=1")
     tiny = fast_dev_run(config)
-    assert tiny.curriculum == "slots=1,objects=1:1; slots=3,warmup=1,reset_adam:2; slots=3,coord_weight=2"
+    assert tiny.curriculum == ("slots=1,objects=1:1; slots=3,objects=2-3,warmup=1,reset_adam:2; "
+                               "slots=3,coord_weight=2,matching_coord_weight=1")
     assert fits(tiny)
 
 
@@ -279,10 +280,10 @@ def test_experiments_scale_the_curriculum_and_drop_it_where_k_is_fixed():
     more = replace(config, max_objects=6, model=replace(config.model, num_slots=6))
     assert [follows(c) for c in (config, mlp, per_slot, more)] == [True, False, False, True]
     assert [fits(c) for c in (config, mlp, per_slot, more)] == [True, False, False, False]
-    opts = plans.Options(preset="cpu", steps=1100)
+    opts = plans.Options(preset="cpu", steps=1250)
     for name, transform, curriculum in (
-            ("default", plans.identity, "slots=1,objects=1:100; slots=3,warmup=50,reset_adam:550; "
-                                        "slots=3,coord_weight=2"),
+            ("default", plans.identity, "slots=1,objects=1:100; slots=3,objects=2-3,warmup=50,reset_adam:600; "
+                                        "slots=3,coord_weight=2,matching_coord_weight=1"),
             ("mlp", plans.with_model(model="slot-mlp"), ""),
             ("max6", plans.compose(plans.with_train(max_objects=6), plans.with_model(num_slots=6)), "")):
         configuration = plans.Configuration(name=name, task="setpred", dataset="clevr-shapes",

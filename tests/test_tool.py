@@ -86,10 +86,10 @@ def test_metrics_print_as_percent_in_every_place():
 
 
 def test_steps_scale_the_budget_as_experiment_steps(tmp_path):
-    result = invoke("train", "--task", "setpred", "--steps", 1100, "--print-config")
+    result = invoke("train", "--task", "setpred", "--steps", 1250, "--print-config")
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
-    expected = scale_budget(preset_config("setpred"), 1100)
+    expected = scale_budget(preset_config("setpred"), 1250)
     for key in ("steps", "warmup_steps", "decay_steps", "eval_every", "checkpoint_every"):
         assert printed[key] == getattr(expected, key), key
     assert printed["warmup_steps"] == 50 and printed["eval_every"] == 100
@@ -112,7 +112,7 @@ def test_data_size_of_a_file_is_refused(tmp_path):
 
 def test_preset_help_states_the_cost_per_task():
     text = "".join(invoke("train", "--help").output.split())
-    for words in ("~20min", "~57min", "Multi-dSprites", "CLEVR6", "GPU", "--fast-dev-run", "scalewithit"):
+    for words in ("~23min", "~57min", "Multi-dSprites", "CLEVR6", "GPU", "--fast-dev-run", "scalewithit"):
         assert words in text, words
     assert "minutesonalaptop" not in text
 
