@@ -101,8 +101,8 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     n = len(split)
     k = num_slots or config.model.num_slots
     images = preprocess(be, split.images)
-    preds, attn = set_prediction(params, images, eval_noise(be, config, n, k, 0), config.model, num_iterations,
-                                 return_attention=True)
+    preds, attn = set_prediction(params, images, eval_noise(be, config, n, k, 0), config.model,
+                                 num_iterations or config.test_iterations, return_attention=True)
     preds, attn = to_host(preds), to_host(attn)                       # (N, K, 19), (N, T, N_in, K)
     t = attn.shape[1]
     feature_hw = config.model.feature_resolution()

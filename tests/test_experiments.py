@@ -254,8 +254,10 @@ def test_every_ablation_changes_only_its_own_switch(task, dataset):
                 "no-layernorm": {"layer_norms"}, "no-residual-mlp": {"residual_mlp"},
                 "temperature-one": {"temperature"}, "epsilon-denominator": {"epsilon_placement"},
                 "no-position-embedding": {"position_embedding"}, "no-decay": {"decay_steps"},
-                "no-warmup": {"warmup_steps"}, "train-iters-1": {"num_iterations"},
-                "train-iters-2": {"num_iterations"}, "train-iters-5": {"num_iterations"},
+                "no-warmup": {"warmup_steps"},
+                # another training T also tests with it (the setpred preset tests with T = 5)
+                **{f"train-iters-{t}": {"num_iterations"} | ({"eval_iterations"} if task == "setpred" else set())
+                   for t in (1, 2, 5)},
                 "more-slots": {"num_slots"} | ({"curriculum"} if task == "setpred" else set()),
                 "soft-kmeans": {"projections", "update", "layer_norms"} | (
                     {"mlp_size", "input_size"} if task == "discovery" else set())}

@@ -72,7 +72,9 @@ def quiet_unless_root() -> None:
         sys.stdout = sys.stderr = open(os.devnull, "w")
 
 
-def result_table(task, config, result) -> str:
+def result_table(task, config, result, test_iterations=None) -> str:
+    """The result's table against the paper's, and how it was trained and evaluated
+    (``test_iterations``: T of the evaluation, default the run's)."""
     if task == "setpred":
         names = ["inf", "1", "0.5", "0.25", "0.125"]
         lines = ["AP (%)                  " + "".join(f"{'AP_' + n:>13}" for n in names),
@@ -93,4 +95,8 @@ def result_table(task, config, result) -> str:
         lines = [line]
     if getattr(config, "ema", 0):
         lines.append(f"evaluated with the parameter average, ema {config.ema:g} (docs/curriculum.md)")
+    t = test_iterations or config.test_iterations
+    if t != config.model.num_iterations:
+        lines.append(f"evaluated with T = {t} iterations, trained with T = {config.model.num_iterations} "
+                     "(as the paper's Figure 22; docs/results.md)")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from slotref.training.config import LIMITS
 @click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None,
               help="K at test time (default: as trained).")
 @click.option("--num-iters", type=click.IntRange(1, LIMITS["model.num_iterations"]), default=None,
-              help="T at test time (default: as trained).")
+              help="T at test time (default: the run's, its train --eval-iters or else T of training).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
 @click.option("--dataset", type=click.Path(dir_okay=False), default=None,
               help="Evaluate on every example of this HDF5 file (default: the run's validation split, "
@@ -53,7 +53,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
         if config.model.model == "slot-mlp" and num_slots not in (None, config.model.num_slots):
             raise click.ClickException("the Slot MLP baseline has a fixed number of slots")
         result = {"step": step, "num_slots": num_slots or config.model.num_slots,
-                  "num_iters": num_iters or config.model.num_iterations, "examples": len(val)}
+                  "num_iters": num_iters or config.test_iterations, "examples": len(val)}
         if config.task == "setpred":
             preds, attn = task.predict(be, params, val, num_slots, num_iters, world=world())
             result.update(task.scores(preds, val.targets))
@@ -77,7 +77,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
     click.echo(f"{run_dir}: step {step}, K={result['num_slots']}, T={result['num_iters']}, {result['examples']} examples")
     if config.task == "setpred":
         click.echo(result_table("setpred", config, {k: v for k, v in result.items() if k.startswith("ap_") and
-                                                     not isinstance(v, dict)}))
+                                                     not isinstance(v, dict)}, result["num_iters"]))
         click.echo("matched objects: " + ", ".join(
             f"{k[4:]} accuracy {100 * result[k]:.1f}%" for k in result if k.startswith("acc_"))
             + f", median position error {result['median_distance']:.2f}")
@@ -93,7 +93,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
                 click.echo(f"  {labels[name]:<30} median {row['median_distance']:.2f}, within 1: "
                            f"{100 * row['within_1']:.1f}%, within 0.5: {100 * row['within_0.5']:.1f}%")
     else:
-        click.echo(result_table("discovery", config, result))
+        click.echo(result_table("discovery", config, result, result["num_iters"]))
         for k, v in result.items():
             if k not in ("step", "num_slots", "num_iters", "examples", "fg_ari"):
                 click.echo(f"  {k}: {format_metric(k, v)}")

@@ -160,7 +160,7 @@ class RunEvaluations:
     def key(self, data: EvalData | None, num_slots: int | None, num_iterations: int | None) -> str:
         name = "validation" if data is None else held_out_file(self.config, data).name
         k = num_slots or self.config.model.num_slots
-        t = self.config.model.num_iterations if num_iterations is None else num_iterations
+        t = self.config.test_iterations if num_iterations is None else num_iterations
         return f"{name} K={k} T={t}"
 
     def remember(self, key: str, metrics: dict) -> None:
@@ -260,7 +260,8 @@ def describe_budget(configuration: Configuration, config: TrainConfig) -> str:
     what = "set prediction" if config.task == "setpred" else "object discovery"
     objects = f"{lo}" if lo == hi else f"{lo}-{hi}"
     zoom = f", camera zoom {config.data_zoom:g}" if config.data_zoom != 1.0 else ""
+    tested = f" (tested with T = {config.test_iterations})" if config.test_iterations != m.num_iterations else ""
     return (f"{configuration.name}: {what} on {configuration.dataset} ({m.resolution[0]}x{m.resolution[1]}{zoom}, "
-            f"{objects} objects, {config.data_size} scenes), {m.model}, K = {m.num_slots}, T = {m.num_iterations}; "
+            f"{objects} objects, {config.data_size} scenes), {m.model}, K = {m.num_slots}, T = {m.num_iterations}{tested}; "
             f"{config.steps} steps x batch {config.batch_size} (warm-up {config.warmup_steps}, decay steps "
             f"{config.decay_steps}); evaluated on {min(config.eval_size, config.data_size // 10)} held-out scenes")

@@ -53,6 +53,7 @@ class TrainConfig:
     matching_coord_weight: float | None = None  # ... and in the matching's cost (None: coord_weight's)
     curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
     ema: float = 0.0                   # decay of the parameter average evaluation reads (optim.ParameterAverage); 0: none
+    eval_iterations: int | None = None  # T of validation and the reported evaluation (None: model.num_iterations)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -65,6 +66,15 @@ class TrainConfig:
         e = self.ema
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < 1:
             raise ValueError(f"ema must be 0 (no parameter average) or a decay in (0, 1), got {e!r}")
+        t = self.eval_iterations
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= LIMITS["eval_iterations"]):
+            raise ValueError(f"eval_iterations must be None or an integer in [1, {LIMITS['eval_iterations']}], "
+                             f"got {t!r}")
+
+    @property
+    def test_iterations(self) -> int:
+        """T at test time: ``eval_iterations``, else the T the model trains with."""
+        return self.model.num_iterations if self.eval_iterations is None else self.eval_iterations
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -89,7 +99,7 @@ class TrainConfig:
 # Largest sizes a stored config may ask for (inclusive); the paper's are far below.
 LIMITS = {
     "steps": 10**8, "batch_size": 4096, "warmup_steps": 10**15, "decay_steps": 10**15, "eval_every": 10**8,
-    "eval_size": 10**6, "checkpoint_every": 10**8, "log_every": 10**8, "max_objects": 255,
+    "eval_size": 10**6, "eval_iterations": 100, "checkpoint_every": 10**8, "log_every": 10**8, "max_objects": 255,
     "data_size": 10**7, "data_resolution": 1024, "data_min_objects": 255, "data_max_objects": 255,
     "model.resolution": 1024, "model.encoder_channels": 4096, "model.encoder_kernel": 64, "model.mlp_size": 4096,
     "model.num_slots": 256, "model.num_iterations": 100, "model.head_hidden": 4096, "model.output_size": 4096,
@@ -100,7 +110,8 @@ LIMITS = {
 # Sizes that may be 0 (the others must be at least 1).
 MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
 # Keys added after runs were first saved: a stored config without one takes this value.
-ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0}
+ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0,
+               "eval_iterations": None}
 
 
 def config_from_stored(d, source) -> TrainConfig:

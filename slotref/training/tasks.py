@@ -52,11 +52,12 @@ class SetPredictionTask:
         w = world or World()
         start, stop = shard_range(len(split), w.rank, w.size, batch_size)
         k = num_slots or self.config.model.num_slots
+        t = num_iterations or self.config.test_iterations
         preds, attns = [], []
         for lo in range(start, stop, batch_size):
             images = preprocess(be, split.images[lo:min(lo + batch_size, stop)])
             noise = eval_noise(be, self.config, images.shape[0], k, lo)
-            p, a = set_prediction(params, images, noise, self.config.model, num_iterations, return_attention=True)
+            p, a = set_prediction(params, images, noise, self.config.model, t, return_attention=True)
             preds.append(to_host(p))
             attns.append(None if a is None or w.size > 1 else to_host(a[:, -1]))
         preds = np.concatenate(preds) if preds else np.zeros((0, k, self.config.model.output_size), np.float32)
@@ -97,13 +98,14 @@ class DiscoveryTask:
 
         ``offset``: the index of ``split``'s first example in the split it was taken from (its noise)."""
         k = num_slots or self.config.model.num_slots
+        t = num_iterations or self.config.test_iterations
         out = {"masks": [], "recon_combined": [], "slots": [], "attention": []}
         if with_recons:
             out["recons"] = []
         for start in range(0, len(split), batch_size):
             images = preprocess(be, split.images[start:start + batch_size])
             noise = eval_noise(be, self.config, images.shape[0], k, offset + start)
-            o = autoencoder(params, images, noise, self.config.model, num_iterations)
+            o = autoencoder(params, images, noise, self.config.model, t)
             out["masks"].append(to_host(o["masks"])[..., 0])
             out["recon_combined"].append(to_host(o["recon_combined"]))
             out["slots"].append(to_host(o["slots"]))
