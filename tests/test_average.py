@@ -17,7 +17,7 @@ from slotref.training.config import TrainConfig, TrainingError, config_from_stor
 from slotref.training.loop import load_run, train
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget
 from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
-from tests.test_train import assert_same_checkpoints, read_checkpoint, records, setpred_run
+from tests.test_train import assert_config_refuses, assert_same_checkpoints, read_checkpoint, records, setpred_run
 
 CURRICULUM = "slots=2,objects=2:2; slots=4,reset_adam"   # stages start at steps 0 and 2
 
@@ -44,12 +44,7 @@ def test_a_decay_outside_0_1_is_refused(decay):
 
 @pytest.mark.parametrize("ema", [1.0, -0.1, True, "0.9", float("nan")])
 def test_a_config_with_an_ema_outside_0_1_is_a_one_line_error(ema):
-    with pytest.raises(ValueError, match="ema must be 0"):
-        TrainConfig(ema=ema)
-    stored = json.loads(TrainConfig().to_json())
-    stored["ema"] = ema
-    with pytest.raises(TrainingError, match=r"config\.ema|ema must be"):
-        config_from_stored(stored, "run/config.json")
+    assert_config_refuses("ema", ema, "ema must be 0")
 
 
 def test_configs_saved_before_the_average_existed_load_without_one():

@@ -11,23 +11,18 @@ import pytest
 
 from slotref.cli.common import result_table
 from slotref.experiments.plans import with_model
-from slotref.training.config import TrainConfig, TrainingError, config_from_stored
+from slotref.training.config import TrainConfig, config_from_stored
 from slotref.training.loop import load_run, train
 from slotref.training.presets import preset_config
 from slotref.training.tasks import SetPredictionTask
 from tests.test_cli import assert_one_line_error, invoke
 from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
-from tests.test_train import records, setpred_run
+from tests.test_train import assert_config_refuses, records, setpred_run
 
 
 @pytest.mark.parametrize("t", [0, 101, True, 2.5, "5"])
 def test_a_config_with_eval_iterations_outside_1_100_is_a_one_line_error(t):
-    with pytest.raises(ValueError, match="eval_iterations must be"):
-        TrainConfig(eval_iterations=t)
-    stored = json.loads(TrainConfig().to_json())
-    stored["eval_iterations"] = t
-    with pytest.raises(TrainingError, match=r"config\.eval_iterations|eval_iterations must be"):
-        config_from_stored(stored, "run/config.json")
+    assert_config_refuses("eval_iterations", t, "eval_iterations must be")
 
 
 def test_configs_saved_before_eval_iterations_existed_test_with_their_training_t():

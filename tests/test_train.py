@@ -21,7 +21,7 @@ import pytest
 from slotref.data.hdf5 import DatasetError, write_dataset
 from slotref.models import discovery_config, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
-from slotref.training.config import DivergenceError, TrainConfig, TrainingError
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError, config_from_stored
 from slotref.training.data import BatchOrder, resolve_dataset
 from slotref.training.loop import load_run, train
 from slotref.training.presets import preset_config
@@ -50,6 +50,16 @@ def setpred_run(data_dir, **overrides) -> TrainConfig:
                 checkpoint_every=2, eval_size=16, log_every=1, warmup_steps=2, decay_steps=100, max_objects=4,
                 model=model)
     return TrainConfig(**{**base, **overrides})
+
+
+def assert_config_refuses(key: str, value, message: str) -> None:
+    """``TrainConfig(key=value)`` and a stored config.json holding it are one-line errors."""
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{key: value})
+    stored = json.loads(TrainConfig().to_json())
+    stored[key] = value
+    with pytest.raises(TrainingError, match=rf"config\.{key}|{message}"):
+        config_from_stored(stored, "run/config.json")
 
 
 def discovery_run(data_dir, **overrides) -> TrainConfig:
