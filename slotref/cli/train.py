@@ -225,7 +225,8 @@ def _explicit(ctx, name) -> bool:
 @click.pass_context
 def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, model_name, device, steps,
           batch_size, num_slots, num_iters, lr, init_scheme, warmup_steps, decay_steps, curriculum, coord_weight,
-          matching_coord_weight, ema, eval_iters, seed, data_size, data_dir, out, resume, logger, quiet, procs, **ablations):
+          matching_coord_weight, ema, eval_iters, seed, data_size, data_dir, out, resume, logger, quiet, procs,
+          **ablations):
     """Train a model; ends with the AP (set prediction) or FG-ARI (discovery) table.
 
     \b

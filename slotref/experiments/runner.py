@@ -262,6 +262,7 @@ def describe_budget(configuration: Configuration, config: TrainConfig) -> str:
     zoom = f", camera zoom {config.data_zoom:g}" if config.data_zoom != 1.0 else ""
     tested = f" (tested with T = {config.test_iterations})" if config.test_iterations != m.num_iterations else ""
     return (f"{configuration.name}: {what} on {configuration.dataset} ({m.resolution[0]}x{m.resolution[1]}{zoom}, "
-            f"{objects} objects, {config.data_size} scenes), {m.model}, K = {m.num_slots}, T = {m.num_iterations}{tested}; "
+            f"{objects} objects, {config.data_size} scenes), {m.model}, K = {m.num_slots}, "
+            f"T = {m.num_iterations}{tested}; "
             f"{config.steps} steps x batch {config.batch_size} (warm-up {config.warmup_steps}, decay steps "
             f"{config.decay_steps}); evaluated on {min(config.eval_size, config.data_size // 10)} held-out scenes")
