@@ -281,7 +281,7 @@ def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_dive
         except DistributedError as err:
             print(f"rank {w.rank} caught: {err}")
         print(w.describe())
-        print("done", w.rank)
+        print(f"done {w.rank}", flush=True)  # one write: the ranks share the pipe
         """)
     assert result.returncode == 0, result.stderr
     assert "done 0" in result.stdout and "done 1" in result.stdout
@@ -343,7 +343,7 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         adam.update(params, summed, state, 1e-3)
         w.check_same(checksum(params.buffers))
         print("parameters after Adam", checksum(params.buffers))
-        print("done", w.rank)
+        print(f"done {w.rank}", flush=True)  # one write: the ranks share the pipe
         """)
     assert result.returncode == 0, result.stderr
     assert "done 0" in result.stdout and "done 1" in result.stdout
