@@ -14,7 +14,7 @@ import slotref
 
 
 def main(checkpoint, images_file, num=4):
-    config, params = slotref.load_checkpoint(checkpoint)                   # host NumPy, float32
+    config, params = slotref.load_model(checkpoint)                        # host NumPy, float32
     model = config.model
     data = slotref.load_dataset(images_file, limit=num)
     images = slotref.images_to_float(data.images)                           # uint8 -> float32 in [-1, 1]

@@ -38,9 +38,11 @@ _EXPORTS = {
     "data.hdf5": ["load_dataset", "write_dataset", "set_prediction_targets", "images_to_float"],
     # runs and checkpoints
     "training": ["TrainConfig", "preset_config", "train", "load_run"],
-    "checkpoints": ["load_checkpoint", "save_checkpoint"],
+    "training.checkpoint": ["load_model", "save_model"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+# Former names, kept working with a DeprecationWarning: old name -> new name.
+_DEPRECATED = {"load_checkpoint": "load_model", "save_checkpoint": "save_model"}
 
 __all__ = ["__version__", "slot_attention", *_WHERE]
 
@@ -52,7 +54,24 @@ def __getattr__(name):
         value = getattr(importlib.import_module(f"slotref.{_WHERE[name]}"), name)
         globals()[name] = value
         return value
+    if name in _DEPRECATED:
+        return _deprecated(name, _DEPRECATED[name])
     raise AttributeError(f"module 'slotref' has no attribute {name!r}")
+
+
+def _deprecated(old: str, new: str):
+    """``new`` under its former name ``old``: the same function, warning on each call."""
+    import functools
+    import warnings
+
+    function = __getattr__(new)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        warnings.warn(f"slotref.{old} is deprecated; use slotref.{new}", DeprecationWarning, stacklevel=2)
+        return function(*args, **kwargs)
+    call.__name__ = call.__qualname__ = old
+    return call
 
 
 def __dir__():

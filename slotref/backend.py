@@ -14,7 +14,7 @@ einsum, ``where`` and ``dot`` make host arrays. Rather than patch autograd, mode
 only the operations whose VJPs are device-agnostic (matmul, elementwise ufuncs,
 reshape/transpose, broadcasting, integer indexing) plus the small primitives
 defined here (``sum``, ``mean``, ``relu``, ``sigmoid``, ``index``) and the layer
-primitives of ``layers.py`` and ``slotref.kernels``, each with a hand-written
+primitives of ``layers.py``, ``convolution.py`` and ``slotref.kernels``, each with a hand-written
 VJP that uses the array module of its input. Nothing private in autograd is patched, so an
 autograd upgrade cannot silently break the device path, and the VJPs are
 visible next to the forward code. The one registration autograd needs for a
@@ -38,8 +38,6 @@ from autograd.extend import VSpace, defvjp, primitive
 from autograd.numpy.numpy_boxes import ArrayBox
 from autograd.numpy.numpy_vspaces import ArrayVSpace
 from autograd.tracer import getval
-
-from slotref.kernels.allocator import keep_freed_host_memory
 
 DEVICE_ENV = "SLOTREF_DEVICE"
 DEVICES = ("cpu", "gpu")
@@ -193,7 +191,6 @@ def get_backend(device: str | None = None, dtype: Any = "float32") -> Backend:
     if dtype not in (np.float32, np.float64):
         raise BackendError(f"dtype must be float32 or float64, got {dtype}")
     xp = np if device == "cpu" else _import_cupy()
-    keep_freed_host_memory()                    # a speed setting of slotref.kernels
     return Backend(device=device, xp=xp, dtype=dtype)
 
 

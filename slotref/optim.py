@@ -1,20 +1,36 @@
 """Adam over parameter trees, and the paper's learning-rate schedule (Table 11).
 
-``Adam.update`` on a plain tree is the specification: Algorithm 1 per leaf.
-On parameters held in flat buffers (``slotref.flat.FlatTree``) the same
-arithmetic runs once over each whole buffer (``slotref.fused.adam_update``),
-a handful of operations per step instead of a handful per leaf; every element
-goes through the same operations in the same order, so the two paths agree
-bit for bit (``tests/test_optim.py``).
+``adam_step`` is Algorithm 1's update of one array. ``Adam.update`` runs it
+leaf by leaf on a plain tree; on parameters held in flat buffers
+(``slotref.flat.FlatTree``) it runs once over each whole buffer, a handful of
+operations per step instead of a handful per leaf; every element goes through
+the same operations in the same order, so the two paths agree bit for bit
+(``tests/test_optim.py``). ``adam_step`` is ``@replaceable`` by a fast kernel
+(``docs/kernels.md``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slotref import fused, paper
+from slotref import paper
 from slotref.backend import tree_leaves, tree_map, xp_of
+from slotref.dispatch import replaceable
 from slotref.flat import FlatTree
+
+
+@replaceable
+def adam_step(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
+    """Algorithm 1's update in place on p, m, v (arrays of one shape: a leaf, or a whole flat buffer).
+
+    step_size = lr / (1 - beta1^t), v_correction = 1 / (1 - beta2^t): the bias corrections folded in.
+    """
+    xp = xp_of(p)
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    p -= step_size * m / (xp.sqrt(v * v_correction) + eps)
 
 
 @dataclass(frozen=True)
@@ -84,12 +100,7 @@ class Adam:
         v_correction = 1 / (1 - self.beta2 ** t)
         for (_, p), (_, g), (_, m), (_, v) in zip(tree_leaves(params), tree_leaves(grads),
                                                   tree_leaves(state["m"]), tree_leaves(state["v"])):
-            xp = xp_of(p)
-            m *= self.beta1
-            m += (1 - self.beta1) * g
-            v *= self.beta2
-            v += (1 - self.beta2) * (g * g)
-            p -= step_size * m / (xp.sqrt(v * v_correction) + self.eps)
+            adam_step(p, g, m, v, step_size, v_correction, self.beta1, self.beta2, self.eps)
         return params, state
 
     def _update_flat(self, params: FlatTree, grads, state, lr: float):
@@ -104,38 +115,9 @@ class Adam:
         t = state["t"]
         step_size = lr / (1 - self.beta1 ** t)
         v_correction = 1 / (1 - self.beta2 ** t)
-        update = fused.lookup("adam_update", params.xp)
         flat_m, flat_v = state["flat"]["m"].buffers, state["flat"]["v"].buffers
         for dtype, p in params.buffers.items():
-            update(p, grads.buffers[dtype], flat_m[dtype], flat_v[dtype],
-                   step_size, v_correction, self.beta1, self.beta2, self.eps)
+            adam_step(p, grads.buffers[dtype], flat_m[dtype], flat_v[dtype],
+                      step_size, v_correction, self.beta1, self.beta2, self.eps)
         return params, state
 
-
-@dataclass(frozen=True)
-class ParameterAverage:
-    """An exponential moving average of the parameters (Polyak averaging), a training choice beyond the paper.
-
-    After each step ``average <- decay * average + (1 - decay) * params``, so
-    the average weighs the last ~1 / (1 - decay) steps; it starts as a copy
-    of the parameters (``start``). Training goes on from the parameters;
-    evaluation reads the average, which smooths the step-to-step noise of
-    the last steps (``docs/curriculum.md``).
-    """
-
-    decay: float
-
-    def __post_init__(self):
-        if not 0 < self.decay < 1:
-            raise ValueError(f"the parameter average's decay must be in (0, 1), got {self.decay!r}")
-
-    @staticmethod
-    def start(params: FlatTree) -> FlatTree:
-        """A new average: a copy of ``params`` in its own flat buffers."""
-        return params.layout.copy_in(params.tree, params.xp)
-
-    def update(self, average: FlatTree, params: FlatTree) -> FlatTree:
-        """One step, in place: ``average += (1 - decay) * (params - average)``, buffer by buffer."""
-        for dtype, a in average.buffers.items():
-            a += (1 - self.decay) * (params.buffers[dtype] - a)
-        return average

@@ -48,6 +48,12 @@ UPDATES = ("gru", "none")
 TEMPERATURES = ("sqrt_d", "one")
 EPSILON_PLACEMENTS = ("attention", "denominator")
 PROJECTIONS = ("linear", "identity")
+# The appendix B switches of ``SlotAttentionConfig``: field -> (the paper's figure, its values; bool:
+# a part switched off).
+ABLATIONS = {"aggregation": ("Figure 7", AGGREGATIONS), "softmax_axis": ("Figure 10", SOFTMAX_AXES),
+             "slot_init": ("Figure 9", SLOT_INITS), "update": ("Figure 11", UPDATES),
+             "layer_norms": ("Figure 13", bool), "residual_mlp": ("Figure 14", bool),
+             "temperature": ("Figure 15", TEMPERATURES), "epsilon_placement": ("Figure 16", EPSILON_PLACEMENTS)}
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,8 @@ class SlotAttentionConfig:
     projections: str = "linear"   # soft k-means: "identity" k, q, v
 
     def __post_init__(self):
-        for name, allowed in [("aggregation", AGGREGATIONS), ("softmax_axis", SOFTMAX_AXES),
-                              ("slot_init", SLOT_INITS), ("update", UPDATES),
-                              ("temperature", TEMPERATURES), ("epsilon_placement", EPSILON_PLACEMENTS),
-                              ("projections", PROJECTIONS)]:
+        choices = [(name, values) for name, (_, values) in ABLATIONS.items() if values is not bool]
+        for name, allowed in choices + [("projections", PROJECTIONS)]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"SlotAttentionConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.projections == "identity" and self.input_size != self.slot_size:

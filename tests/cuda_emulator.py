@@ -3,16 +3,19 @@
 ``emulated_cupy()`` is a module-like object with ``ElementwiseKernel`` and
 ``ReductionKernel`` that translate a kernel's parameter lists and C code into
 a C++ loop, compile it with g++ (``-ffp-contract=off``, as ``--fmad=false``
-asks of nvcc), and run it on NumPy arrays. The kernel bodies in
-``slotref/fused.py`` are thereby compiled and checked against their twins on a
-machine without a GPU. Covered: ``T`` and concrete scalar/array types,
+asks of nvcc), and run it on NumPy arrays. ``cupy_kernels_on_numpy()`` makes
+the kernels of ``slotref/kernels/fused_cupy.py`` (registered for CuPy arrays
+only) apply to NumPy arrays through it, so that they are compiled and checked
+against their specification functions on a machine without a GPU. Covered: ``T`` and concrete scalar/array types,
 ``raw`` arrays indexed linearly (C-contiguous), broadcasting of non-raw
 arguments, reductions over one axis with ``_in_ind.size()`` / ``_out_ind.size()``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -166,3 +169,25 @@ def emulated_cupy():
                                    ascontiguousarray=np.ascontiguousarray, empty_like=np.empty_like)
     module.__name__ = "cupy_emulated_on_cpu"
     return module
+
+
+@contextlib.contextmanager
+def cupy_kernels_on_numpy():
+    """Inside the block, every fast kernel registered for CuPy arrays applies to NumPy arrays
+    (when ``SLOTREF_KERNELS`` is fast), its CuPy kernels compiled for the CPU by ``emulated_cupy``."""
+    from slotref import dispatch
+    from slotref.kernels import fused_cupy
+
+    dispatch.kernel_for(None)                       # the kernel modules, imported
+    saved, module_of = dict(dispatch._fast), fused_cupy._module_of
+    cp = emulated_cupy()
+    fused_cupy._module_of = lambda x: cp
+    for spec, entry in saved.items():
+        if entry.on == "cupy":
+            dispatch._fast[spec] = dataclasses.replace(entry, on=None)
+    try:
+        yield cp
+    finally:
+        dispatch._fast.clear()
+        dispatch._fast.update(saved)
+        fused_cupy._module_of = module_of

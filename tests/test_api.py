@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api")
     config = fast_dev_run(preset_config("setpred"))
     params = slotref.init_model(np.random.default_rng(0), config.model, dtype=np.float32)
-    slotref.save_checkpoint(tmp / "run", config, params, step=7)
+    slotref.save_model(tmp / "run", config, params, step=7)
     data = tmp / "scenes.h5"
     write_dataset("clevr-shapes", data, 4, 0, resolution=32, min_objects=1, max_objects=3, zoom=3.0,
                   progress=False, workers=1)
@@ -67,22 +67,35 @@ def test_without_dtype_the_parameters_stay_float64():
     assert {leaf.dtype for _, leaf in tree_leaves(params)} == {np.dtype(np.float64)}
 
 
-def test_save_and_load_checkpoint_round_trip(tiny_run):
+def test_save_and_load_model_round_trip(tiny_run):
     run, _, config, params = tiny_run
     for path in (run, run / "checkpoint.h5"):
-        loaded_config, loaded = slotref.load_checkpoint(path)
+        loaded_config, loaded = slotref.load_model(path)
         assert loaded_config == config
         for (name, a), (_, b) in zip(tree_leaves(params), tree_leaves(loaded)):
             np.testing.assert_array_equal(a, b, err_msg=name)
             assert b.dtype == np.float32
 
 
-def test_load_checkpoint_of_something_else_is_a_one_line_error(tmp_path):
+def test_load_model_of_something_else_is_a_one_line_error(tmp_path):
     with pytest.raises(TrainingError, match="no checkpoint"):
-        slotref.load_checkpoint(tmp_path)
+        slotref.load_model(tmp_path)
     (tmp_path / "x.h5").write_bytes(b"not hdf5")
     with pytest.raises(TrainingError, match="x.h5"):
-        slotref.load_checkpoint(tmp_path / "x.h5")
+        slotref.load_model(tmp_path / "x.h5")
+
+
+def test_the_former_checkpoint_names_still_work_and_name_their_successors(tiny_run, tmp_path):
+    run, _, config, params = tiny_run
+    with pytest.warns(DeprecationWarning, match="use slotref.load_model"):
+        loaded_config, loaded = slotref.load_checkpoint(run)
+    assert loaded_config == config
+    with pytest.warns(DeprecationWarning, match="use slotref.save_model"):
+        slotref.save_checkpoint(tmp_path / "again", config, loaded, step=7)
+    with open(run / "checkpoint.h5", "rb") as a, open(tmp_path / "again" / "checkpoint.h5", "rb") as b:
+        assert len(a.read()) == len(b.read())   # the same file, written by the same function
+    from slotref import load_checkpoint         # importable by name as before
+    assert load_checkpoint.__name__ == "load_checkpoint" and "load_checkpoint" not in slotref.__all__
 
 
 def test_example_slot_attention_on_features():
@@ -104,5 +117,5 @@ def test_example_inference_from_checkpoint(tiny_run, tmp_path):
 
 
 def test_config_of_a_saved_checkpoint_is_a_train_config(tiny_run):
-    config, _ = slotref.load_checkpoint(tiny_run[0])
+    config, _ = slotref.load_model(tiny_run[0])
     assert isinstance(config, TrainConfig) and config.model.resolution == (32, 32)

@@ -1,4 +1,4 @@
-"""The parameter average (``--ema``, slotref/optim.py ParameterAverage): its arithmetic, where a run
+"""The parameter average (``--ema``, slotref/training/average.py ParameterAverage): its arithmetic, where a run
 starts it, that evaluation and the checkpoint's model read it, exact resume, and one-line errors."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 import slotref
 from slotref.flat import FlatTree
-from slotref.optim import Adam, ParameterAverage
+from slotref.optim import Adam
+from slotref.training.average import ParameterAverage
 from slotref.training import tasks as train_module
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import load_run, train
@@ -89,7 +90,7 @@ def test_a_run_averages_from_each_stages_first_step_and_evaluates_the_average(da
     ckpt = read_checkpoint(tmp_path / "ema" / "checkpoint.h5")
     layout = FlatTree.from_tree(load_run(tmp_path / "ema")[2]).buffers
     np.testing.assert_allclose(layout["float32"], expected[5]["float32"], rtol=1e-6, atol=1e-7)
-    config, params = slotref.load_checkpoint(tmp_path / "ema")
+    config, params = slotref.load_model(tmp_path / "ema")
     assert config.ema == decay
     np.testing.assert_array_equal(FlatTree.from_tree(params).buffers["float32"], layout["float32"])
     assert any(name.startswith("average/") for name in ckpt) and any(name.startswith("params/") for name in ckpt)
@@ -119,7 +120,7 @@ def test_a_checkpoint_of_an_averaging_run_without_its_average_is_a_one_line_erro
     train(setpred_run(data_dir, ema=0.9, steps=2), run_dir, progress=False)
     with h5py.File(run_dir / "checkpoint.h5", "a") as f:
         del f["average"]
-    for load in (lambda: load_run(run_dir), lambda: slotref.load_checkpoint(run_dir),
+    for load in (lambda: load_run(run_dir), lambda: slotref.load_model(run_dir),
                  lambda: train(setpred_run(data_dir, ema=0.9, steps=4), run_dir, resume=True, progress=False)):
         with pytest.raises(TrainingError, match=r"checkpoint\.h5: average/.*missing") as err:
             load()

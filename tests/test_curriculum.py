@@ -1,4 +1,4 @@
-"""Curricula (slotref/curriculum.py): parsing, one-line errors, stage switching,
+"""Curricula (slotref/training/curriculum.py): parsing, one-line errors, stage switching,
 what each step of a run uses, and exact resume across a stage boundary."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from slotref.curriculum import Curriculum, Stage, fits, follows, num_objects
+from slotref.training.curriculum import Curriculum, Stage, fits, follows
+from slotref.training.data import num_objects
 from slotref.optim import Schedule
 from slotref.training.config import TrainConfig
 from slotref.training.data import BatchOrder

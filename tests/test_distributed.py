@@ -27,10 +27,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import standin
-from slotref import bench_allreduce
 from slotref.backend import get_backend, host_rng
-from slotref.distributed import (SIZE_ENV, DistributedError, GradientSync, World, checksum, launched_size,
-                                 local_slice, shard_range)
+from slotref.bench import allreduce as bench_allreduce
+from slotref.training.collectives import DistributedError, GradientSync, World, checksum, local_slice, shard_range
+from slotref.training.launch import SIZE_ENV, launched_size
 from slotref.flat import FlatLayout, FlatTree
 from slotref.models import discovery_config, init_model, setpred_config
 from slotref.slot_attention import SlotAttentionConfig
@@ -128,7 +128,7 @@ def test_launched_size_reads_the_launchers_variables(monkeypatch):
 
 def test_one_process_never_imports_mpi4py():
     env = {k: v for k, v in os.environ.items() if k not in SIZE_ENV and k != "SLOTREF_MPI"}
-    code = ("import sys; from slotref.distributed import world; w = world(); "
+    code = ("import sys; from slotref.training.launch import world; w = world(); "
             "assert w.size == 1 and 'mpi4py' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, timeout=60)
 
@@ -224,9 +224,9 @@ def test_projected_efficiency_falls_with_overhead_and_bandwidth_and_ranks_stop_a
 # Under mpiexec -n 2.
 
 def mpiexec() -> str | None:
-    from slotref import distributed
+    from slotref.training import launch
 
-    return distributed.mpiexec_path() if distributed.can_launch() else None
+    return launch.mpiexec_path() if launch.can_launch() else None
 
 
 needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpiexec and mpi4py (pip install 'slotref[mpi]')")
@@ -235,7 +235,7 @@ needs_mpi = pytest.mark.skipif(mpiexec() is None, reason="needs mpiexec and mpi4
 # A failed assertion on one rank ends every rank at once instead of leaving the others waiting.
 ABORT_ON_UNCAUGHT = """\
 import sys, traceback
-from slotref.distributed import world
+from slotref.training.launch import world
 def abort_on_uncaught(kind, err, tb):
     traceback.print_exception(kind, err, tb)
     world().abort(f"{kind.__name__}: {err}")
@@ -257,7 +257,8 @@ def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_dive
     result = run_ranks(tmp_path, """
         import numpy as np
         import standin
-        from slotref.distributed import DistributedError, MPIWorld, local_slice, world
+        from slotref.training.collectives import DistributedError, MPIWorld, local_slice
+        from slotref.training.launch import world
         from slotref.flat import FlatTree
 
         w = world()
@@ -295,7 +296,7 @@ def test_two_ranks_sum_host_and_device_buffers_gather_broadcast_and_catch_a_dive
 def test_a_failing_rank_ends_the_job_with_one_line_naming_it(tmp_path):
     result = run_ranks(tmp_path, """
         import numpy as np
-        from slotref.distributed import world
+        from slotref.training.launch import world
 
         w = world()
         with w.fail_fast():
@@ -315,7 +316,8 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
         import autograd
         import numpy as np
         from slotref.backend import get_backend, host_rng, tree_leaves
-        from slotref.distributed import GradientSync, checksum, world
+        from slotref.training.collectives import GradientSync, checksum
+        from slotref.training.launch import world
         from slotref.flat import FlatTree
         from slotref.models import init_model
         from slotref.optim import Adam
@@ -400,7 +402,7 @@ TRAIN_ON_RANKS = """
     import os, signal, sys
     from dataclasses import replace
     from pathlib import Path
-    from slotref.distributed import world
+    from slotref.training.launch import world
     from slotref.training.loop import train
     from slotref.training.tasks import DiscoveryTask, SetPredictionTask
     from test_train import discovery_run, setpred_run
@@ -507,7 +509,7 @@ def test_info_under_mpiexec_names_the_world_the_ranks_and_the_allreduce_path(tmp
 # train --procs: the ranks started by the command itself.
 
 def test_auto_procs_takes_the_largest_divisor_of_the_batch_within_the_cores_and_4_examples_a_rank():
-    from slotref.distributed import auto_procs
+    from slotref.training.launch import auto_procs
 
     assert [auto_procs(16, cores) for cores in (1, 2, 3, 4, 8, 64)] == [1, 2, 2, 4, 4, 4]
     assert auto_procs(32, 3) == 2 and auto_procs(32, 64) == 8 and auto_procs(512, 12) == 8
@@ -549,7 +551,7 @@ def test_procs_auto_uses_the_cores_for_a_typed_command_and_one_process_in_proces
     from click.testing import CliRunner
 
     from slotref.cli import main
-    from slotref.distributed import auto_procs, usable_cores
+    from slotref.training.launch import auto_procs, usable_cores
 
     args = ["--steps", "2", "--data-size", "64", "--batch-size", "8"]
     env = {k: v for k, v in os.environ.items() if k != "SLOTREF_PROCS"}
@@ -564,12 +566,12 @@ def test_procs_auto_uses_the_cores_for_a_typed_command_and_one_process_in_proces
 
 
 def test_a_launcher_that_cannot_start_ranks_is_reported_in_one_line(tmp_path, monkeypatch):
-    from slotref import distributed
+    from slotref.training import launch
 
     fake = tmp_path / "mpiexec"
     fake.write_text("#!/bin/sh\necho 'starting' >&2\necho 'Fatal error in MPI_Init: no shared memory' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(distributed, "mpiexec_path", lambda: str(fake))
-    assert distributed.launch_error(2) == "Fatal error in MPI_Init: no shared memory"
+    monkeypatch.setattr(launch, "mpiexec_path", lambda: str(fake))
+    assert launch.launch_error(2) == "Fatal error in MPI_Init: no shared memory"
     fake.write_text("#!/bin/sh\nexit 0\n")
-    assert distributed.launch_error(2) is None
+    assert launch.launch_error(2) is None

@@ -29,7 +29,7 @@ from slotref.cli import main as cli
 from slotref.data.hdf5 import write_dataset
 from slotref.models import setpred_config
 from slotref.slot_attention import SlotAttentionConfig
-from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config
+from slotref.training.checkpoint import load_training_state, read_checkpoint_config
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import _StopRequest, train
 
@@ -557,5 +557,5 @@ def test_checkpoint_loads_after_a_resume_with_the_run_config(run):
     config = read_checkpoint_config(run / "checkpoint.h5")
     be = get_backend("cpu", config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
-    params, state, step, fingerprint = load_checkpoint(run / "checkpoint.h5", be, template, config)
+    params, state, step, fingerprint = load_training_state(run / "checkpoint.h5", be, template, config)
     assert step == 4 and state["t"] == 4 and fingerprint

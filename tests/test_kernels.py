@@ -1,10 +1,14 @@
-"""The fast kernels (slotref/kernels) equal the specification (slotref/layers.py).
+"""The fast kernels (slotref/kernels) equal the specification (slotref/layers.py, convolution.py, optim.py).
 
-- the registry: which kernel implements which specification function, how the
-  implementation is chosen (``SLOTREF_KERNELS``, ``use``, ``using``), and that
-  the choice reaches the layer calls;
-- every fast kernel against its specification function, forward and the
-  gradient of every argument, float64: Hypothesis over shapes, strides, kernel
+- the registry (slotref/dispatch.py): which kernel implements which
+  specification function, how the implementation is chosen
+  (``SLOTREF_KERNELS``, ``use``, ``using``), and that the choice reaches the
+  layer calls;
+- every registered kernel against its specification function, forward and
+  the gradient of every argument, float64 (the CuPy kernels compiled for the
+  CPU by tests/cuda_emulator.py); a kernel registered without an example here
+  fails;
+- the convolution kernels again: Hypothesis over shapes, strides, kernel
   sizes, channel counts and the kernels' own tuning constants (row blocks,
   the wide path, the patch-matrix threshold), and every layer shape of the
   paper's models (Tables 4-7);
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 
 import autograd.numpy as anp
@@ -25,7 +30,8 @@ from autograd import grad, value_and_grad
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slotref import backend, kernels, layers
+import cuda_emulator
+from slotref import backend, convolution, dispatch, layers, optim
 from slotref.backend import host_rng, tree_leaves
 from slotref.kernels import allocator, broadcast, conv, im2col
 from slotref.losses import hungarian_huber_loss, mse
@@ -57,7 +63,7 @@ def on_both_paths(fn, args, seed=0):
     """{'fast' | 'reference': (fn(*args), gradient of <fn(*args), r> in every leaf of args)}."""
     results = {}
     for choice in ("fast", "reference"):
-        with kernels.using(choice):
+        with dispatch.using(choice):
             out = fn(*args)
             r = np.random.default_rng(seed).standard_normal(np.shape(out))
             grads = grad(lambda a: anp.sum(fn(*a) * r))(tuple(args))
@@ -88,15 +94,25 @@ def normal(rng, *shape):
 # --------------------------------------------------------------------------
 # The registry.
 
-def test_every_fast_kernel_implements_a_specification_function_of_layers():
-    assert kernels.registered() == {
-        "slotref.layers.conv2d_same": "slotref.kernels.conv.conv2d_same",
-        "slotref.layers.conv_transpose2d_same": "slotref.kernels.conv.conv_transpose2d_same",
+def test_every_fast_kernel_implements_a_specification_function():
+    fused = {f"slotref.{spec}": (f"slotref.kernels.fused_cupy.{spec.rsplit('.', 1)[1]}", "cupy")
+             for spec in ("layers.normalize", "layers.softmax", "layers.huber", "layers.gru_gates", "optim.adam_step")}
+    assert dispatch.registered() == {
+        "slotref.convolution.conv2d_same": ("slotref.kernels.conv.conv2d_same", None),
+        "slotref.convolution.conv_transpose2d_same": ("slotref.kernels.conv.conv_transpose2d_same", None),
         "slotref.layers.broadcast_embed_conv_transpose2d":
-            "slotref.kernels.broadcast.broadcast_embed_conv_transpose2d",
+            ("slotref.kernels.broadcast.broadcast_embed_conv_transpose2d", None),
+        **fused,
     }
-    assert kernels.kernel_for(layers.conv2d_same) is conv.conv2d_same
-    assert kernels.kernel_for(layers.broadcast_embed_conv_transpose2d) is broadcast.broadcast_embed_conv_transpose2d
+    assert dispatch.kernel_for(convolution.conv2d_same) is conv.conv2d_same
+    assert dispatch.kernel_for(layers.broadcast_embed_conv_transpose2d) is broadcast.broadcast_embed_conv_transpose2d
+
+
+def test_info_lists_every_kernel_beside_the_function_it_replaces():
+    lines = dispatch.status()
+    for spec, (kernel, on) in dispatch.registered().items():
+        assert any(spec in line and kernel in line and (on is None or f"on {on} arrays only" in line)
+                   for line in lines[1:]), spec
 
 
 def test_the_choice_reaches_the_layer_calls(monkeypatch, rng):
@@ -104,48 +120,48 @@ def test_the_choice_reaches_the_layer_calls(monkeypatch, rng):
     fast_forward = conv._conv_forward
     monkeypatch.setattr(conv, "_conv_forward", lambda *a: calls.append(a) or fast_forward(*a))
     params, x = layers.init_conv2d(rng, 3, 2, 4), normal(rng, 1, 5, 5, 2)
-    with kernels.using("fast"):
+    with dispatch.using("fast"):
         fast = layers.conv2d(params, x)
-    with kernels.using("reference"):
+    with dispatch.using("reference"):
         reference = layers.conv2d(params, x)
     assert len(calls) == 1
     np.testing.assert_allclose(fast, reference, rtol=1e-12, atol=1e-14)
 
 
 def test_the_environment_chooses_and_use_overrides_it(monkeypatch):
-    previous = kernels.use(None)
+    previous = dispatch.use(None)
     try:
-        monkeypatch.delenv(kernels.KERNELS_ENV, raising=False)
-        assert kernels.active() == "fast"
-        monkeypatch.setenv(kernels.KERNELS_ENV, "reference")
-        assert kernels.active() == "reference"
-        kernels.use("fast")
-        assert kernels.active() == "fast"
-        with kernels.using("reference"):
-            assert kernels.active() == "reference"
-        assert kernels.active() == "fast"
-        kernels.use(None)
-        assert kernels.active() == "reference"
-        assert kernels.status().startswith("kernels: reference (every layer as written")
+        monkeypatch.delenv(dispatch.KERNELS_ENV, raising=False)
+        assert dispatch.active() == "fast"
+        monkeypatch.setenv(dispatch.KERNELS_ENV, "reference")
+        assert dispatch.active() == "reference"
+        dispatch.use("fast")
+        assert dispatch.active() == "fast"
+        with dispatch.using("reference"):
+            assert dispatch.active() == "reference"
+        assert dispatch.active() == "fast"
+        dispatch.use(None)
+        assert dispatch.active() == "reference"
+        assert dispatch.status()[0].startswith("kernels: reference (every function as written")
     finally:
-        kernels.use(previous)
+        dispatch.use(previous)
 
 
 def test_a_bad_choice_is_a_one_line_error(monkeypatch):
-    previous = kernels.use(None)
+    previous = dispatch.use(None)
     try:
-        monkeypatch.setenv(kernels.KERNELS_ENV, "turbo")
+        monkeypatch.setenv(dispatch.KERNELS_ENV, "turbo")
         with pytest.raises(ValueError, match=r"^\$SLOTREF_KERNELS must be one of reference, fast, got 'turbo'$"):
-            kernels.active()
+            dispatch.active()
         with pytest.raises(ValueError, match="kernels must be one of reference, fast"):
-            kernels.use("turbo")
+            dispatch.use("turbo")
     finally:
-        kernels.use(previous)
+        dispatch.use(previous)
 
 
 def test_only_a_replaceable_function_can_get_a_kernel():
     with pytest.raises(TypeError, match="layer_norm is not marked @replaceable"):
-        kernels.implements(layers.layer_norm)
+        dispatch.implements(layers.layer_norm)
 
 
 # --------------------------------------------------------------------------
@@ -157,7 +173,7 @@ def test_fast_conv2d_equals_the_specification(seed, batch, h, w, c_in, c_out, ke
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
     with blocks_of(rows, wide):
-        assert_kernel_matches_specification(lambda a, b: layers.conv2d_same(a, b, stride), (x, k))
+        assert_kernel_matches_specification(lambda a, b: convolution.conv2d_same(a, b, stride), (x, k))
 
 
 @given(seed=seeds, batch=st.integers(1, 2), h=st.integers(1, 4), w=st.integers(1, 4), c_in=conv_channels,
@@ -167,7 +183,7 @@ def test_fast_conv_transpose2d_equals_the_specification(seed, batch, h, w, c_in,
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
     with blocks_of(rows, wide):
-        assert_kernel_matches_specification(lambda a, b: layers.conv_transpose2d_same(a, b, stride), (x, k))
+        assert_kernel_matches_specification(lambda a, b: convolution.conv_transpose2d_same(a, b, stride), (x, k))
 
 
 def broadcast_layer(stride, resolution):
@@ -188,6 +204,60 @@ def test_fast_broadcast_decoder_layer_equals_the_specification(seed, batch, k, d
     rng = np.random.default_rng(seed)
     assert_kernel_matches_specification(broadcast_layer(stride, (h, w)),
                                         broadcast_args(rng, batch, k, d, c_out, kernel))
+
+
+# Every registered kernel: one example per specification function it replaces.
+
+def _adam_arguments(rng):
+    p, g, m, v = normal(rng, 4, 23)
+    return p, g, m, np.abs(v), 1e-3 / (1 - 0.9 ** 3), 1 / (1 - 0.999 ** 3), 0.9, 0.999, 1e-8
+
+
+# spec function -> (function of the arguments, arguments(rng)); None for the arguments' gradients: the
+# function updates its array arguments in place (the Adam step) and those are compared instead.
+EXAMPLES = {
+    "slotref.convolution.conv2d_same": (lambda x, w: convolution.conv2d_same(x, w, 2),
+                                        lambda rng: (normal(rng, 2, 5, 6, 3), normal(rng, 3, 3, 3, 4))),
+    "slotref.convolution.conv_transpose2d_same": (lambda x, w: convolution.conv_transpose2d_same(x, w, 2),
+                                                  lambda rng: (normal(rng, 2, 3, 4, 3), normal(rng, 5, 5, 2, 3))),
+    "slotref.layers.broadcast_embed_conv_transpose2d": (broadcast_layer(2, (3, 4)),
+                                                        lambda rng: broadcast_args(rng, 2, 2, 3, 2, 5)),
+    "slotref.layers.normalize": (layers.normalize, lambda rng: (normal(rng, 3, 4, 33),)),
+    "slotref.layers.softmax": (lambda x: layers.softmax(x, axis=1), lambda rng: (normal(rng, 2, 6, 5),)),
+    "slotref.layers.huber": (layers.huber, lambda rng: (2 * normal(rng, 4, 9),)),
+    "slotref.layers.gru_gates": (layers.gru_gates, lambda rng: (normal(rng, 3, 2, 15), normal(rng, 3, 2, 15),
+                                                                normal(rng, 3, 2, 5))),
+    "slotref.optim.adam_step": (optim.adam_step, _adam_arguments),
+}
+
+
+@pytest.mark.parametrize("spec", sorted(dispatch.registered()))
+def test_every_registered_kernel_equals_its_specification(spec):
+    assert spec in EXAMPLES, f"{spec} has a fast kernel but no example in EXAMPLES"
+    fn, arguments = EXAMPLES[spec]
+    kernel, on = dispatch.registered()[spec]
+    if on is not None and not cuda_emulator.available():
+        pytest.skip("needs g++ to compile the CuPy kernel sources")
+    with cuda_emulator.cupy_kernels_on_numpy() if on == "cupy" else contextlib.nullcontext():
+        calls = []
+        entry = dispatch._fast[dispatch.specifications()[spec]]
+        counted = lambda *a, **k: calls.append(1) or entry.fn(*a, **k)  # noqa: E731
+        dispatch._fast[dispatch.specifications()[spec]] = dataclasses.replace(entry, fn=counted)
+        try:
+            if spec == "slotref.optim.adam_step":
+                results = {}
+                for choice in ("fast", "reference"):
+                    args = arguments(np.random.default_rng(0))
+                    with dispatch.using(choice):
+                        fn(*args)
+                    results[choice] = args[:4]
+                for name, f, r in zip("pgmv", results["fast"], results["reference"]):
+                    assert_close(f, r, name, rtol=1e-14)
+            else:
+                assert_kernel_matches_specification(fn, arguments(np.random.default_rng(0)))
+        finally:
+            dispatch._fast[dispatch.specifications()[spec]] = entry
+    assert calls, f"{kernel} was not called"
 
 
 # Every convolution of the paper's models, batch 1: (kind, input size, kernel, stride, C_in, C_out).
@@ -233,10 +303,10 @@ def test_fast_kernels_equal_the_specification_at_the_papers_layer_shapes(name, s
                                             broadcast_args(rng, 1, 2, c_in, c_out, kernel))
     elif kind == "conv":
         x, k = normal(rng, 1, size, size, c_in), 0.1 * normal(rng, kernel, kernel, c_in, c_out)
-        assert_kernel_matches_specification(lambda a, b: layers.conv2d_same(a, b, stride), (x, k))
+        assert_kernel_matches_specification(lambda a, b: convolution.conv2d_same(a, b, stride), (x, k))
     else:
         x, k = normal(rng, 1, size, size, c_in), 0.1 * normal(rng, kernel, kernel, c_out, c_in)
-        assert_kernel_matches_specification(lambda a, b: layers.conv_transpose2d_same(a, b, stride), (x, k))
+        assert_kernel_matches_specification(lambda a, b: convolution.conv_transpose2d_same(a, b, stride), (x, k))
 
 
 def test_broadcast_taps_count_the_kernel_taps_that_reach_each_pixel():
@@ -253,7 +323,7 @@ def test_broadcast_taps_count_the_kernel_taps_that_reach_each_pixel():
 
 def test_the_fast_broadcast_layer_rejects_slots_that_are_not_a_set(rng):
     embed, conv_params, _ = broadcast_args(rng, 1, 2, 3, 2, 3)
-    with kernels.using("fast"), pytest.raises(ValueError, match=r"slots \(B, K, D\), got shape \(6, 3\)"):
+    with dispatch.using("fast"), pytest.raises(ValueError, match=r"slots \(B, K, D\), got shape \(6, 3\)"):
         layers.broadcast_embed_conv_transpose2d(embed, conv_params, np.zeros((6, 3)), (4, 4), 1)
 
 
@@ -292,7 +362,7 @@ def assert_same_training_step(name, batch):
     params = backend.tree_map(lambda a: a + 0.05 * rng.standard_normal(a.shape), params)  # off the zero biases
     results = {}
     for choice in ("fast", "reference"):
-        with kernels.using(choice):
+        with dispatch.using(choice):
             results[choice] = value_and_grad(loss)(params)
     (loss_f, grads_f), (loss_r, grads_r) = results["fast"], results["reference"]
     assert loss_f == pytest.approx(loss_r, rel=1e-12)
@@ -316,9 +386,13 @@ def test_a_clevr6_training_step_at_full_resolution_is_the_same_on_both_paths():
 
 
 # --------------------------------------------------------------------------
-# The allocator setting (applied by get_backend).
+# The allocator setting (applied by the entry points, not by get_backend).
 
-def test_get_backend_keeps_freed_host_memory_on_glibc(monkeypatch):
+def test_the_command_line_keeps_freed_host_memory_on_glibc_and_get_backend_does_not(monkeypatch):
+    from click.testing import CliRunner
+
+    from slotref.cli import main
+
     calls = []
 
     class FakeLibc:
@@ -328,7 +402,10 @@ def test_get_backend_keeps_freed_host_memory_on_glibc(monkeypatch):
     monkeypatch.setattr(allocator, "_allocator_tuned", None)
     monkeypatch.setattr("ctypes.CDLL", lambda name: FakeLibc())
     backend.get_backend("cpu")
-    backend.get_backend("cpu")                       # once per process
+    assert calls == []
+    monkeypatch.setattr(main.commands["selfcheck"], "callback", lambda **kw: None)
+    for _ in range(2):                               # once per process
+        assert CliRunner().invoke(main, ["selfcheck"]).exit_code == 0
     assert calls == [(allocator._M_MMAP_MAX, 0), (allocator._M_TRIM_THRESHOLD, allocator.TRIM_THRESHOLD_BYTES)]
     assert allocator.keep_freed_host_memory() is True
 

@@ -1,5 +1,5 @@
 """Specification of the hand-written layers (slotref/layers.py), run as written
-(``kernels.using("reference")``; tests/test_kernels.py holds the fast kernels to it).
+(``dispatch.using("reference")``; tests/test_kernels.py holds the fast kernels to it).
 
 - every layer's gradient against central finite differences in float64
   (``autograd.test_util.check_grads``: a random projection of the VJP against
@@ -24,7 +24,7 @@ from autograd.test_util import check_grads
 from hypothesis import given
 from hypothesis import strategies as st
 
-from slotref import backend, kernels, layers
+from slotref import backend, convolution, dispatch, layers
 
 seeds = st.integers(0, 2**32 - 1)
 kernel_sizes = st.sampled_from([1, 3, 5])
@@ -36,7 +36,7 @@ spatial = st.integers(1, 7)  # odd and even sizes
 @pytest.fixture(autouse=True)
 def specification():
     """Every test here runs the functions of slotref/layers.py, not a registered fast kernel."""
-    with kernels.using("reference"):
+    with dispatch.using("reference"):
         yield
 
 
@@ -56,8 +56,8 @@ def naive_conv2d(x, w, stride):
     """SAME convolution as a loop over kernel taps, each a strided slice of the padded input."""
     _, h, wd, _ = x.shape
     kh, kw, _, _ = w.shape
-    ho, pt, pb = layers.same_padding(h, kh, stride)
-    wo, pl, pr = layers.same_padding(wd, kw, stride)
+    ho, pt, pb = convolution.same_padding(h, kh, stride)
+    wo, pl, pr = convolution.same_padding(wd, kw, stride)
     x_pad = anp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), "constant")
     out = 0.0
     for i in range(kh):
@@ -71,8 +71,8 @@ def loop_conv2d(x, w, stride):
     """SAME convolution as a plain loop over output positions (NumPy, forward only)."""
     b, h, wd, _ = x.shape
     kh, kw, _, c_out = w.shape
-    ho, pt, pb = layers.same_padding(h, kh, stride)
-    wo, pl, pr = layers.same_padding(wd, kw, stride)
+    ho, pt, pb = convolution.same_padding(h, kh, stride)
+    wo, pl, pr = convolution.same_padding(wd, kw, stride)
     x_pad = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     out = np.zeros((b, ho, wo, c_out))
     for y in range(ho):
@@ -90,8 +90,8 @@ def naive_conv_transpose2d(x, w, stride):
     b, h, wd, _ = x.shape
     kh, kw, c_out, _ = w.shape
     out_h, out_w = h * stride, wd * stride
-    _, pt, _ = layers.same_padding(out_h, kh, stride)
-    _, pl, _ = layers.same_padding(out_w, kw, stride)
+    _, pt, _ = convolution.same_padding(out_h, kh, stride)
+    _, pl, _ = convolution.same_padding(out_w, kw, stride)
     full_h, full_w = out_h + kh - 1, out_w + kw - 1
     # Zero insertion: u[:, s*a, s*c] = contribution[:, a, c], zeros between.
     corner = np.zeros((1, 1, stride, 1, stride, 1))
@@ -254,8 +254,8 @@ def test_broadcast_embed_conv_transpose2d_is_the_three_decoder_rows(rng):
 def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_in, c_out)
-    np.testing.assert_allclose(layers.conv2d_same(x, k, stride), loop_conv2d(x, k, stride), rtol=1e-10, atol=1e-12)
-    assert_same_forward_and_gradient(lambda a, b: layers.conv2d_same(a, b, stride),
+    np.testing.assert_allclose(convolution.conv2d_same(x, k, stride), loop_conv2d(x, k, stride), rtol=1e-10, atol=1e-12)
+    assert_same_forward_and_gradient(lambda a, b: convolution.conv2d_same(a, b, stride),
                                      lambda a, b: naive_conv2d(a, b, stride), (x, k), rng)
 
 
@@ -264,7 +264,7 @@ def test_conv2d_matches_naive_convolution(seed, batch, h, w, c_in, c_out, kernel
 def test_conv_transpose2d_matches_naive_scatter(seed, batch, h, w, c_in, c_out, kernel, stride):
     rng = np.random.default_rng(seed)
     x, k = normal(rng, batch, h, w, c_in), normal(rng, kernel, kernel, c_out, c_in)
-    assert_same_forward_and_gradient(lambda a, b: layers.conv_transpose2d_same(a, b, stride),
+    assert_same_forward_and_gradient(lambda a, b: convolution.conv_transpose2d_same(a, b, stride),
                                      lambda a, b: naive_conv_transpose2d(a, b, stride), (x, k), rng)
 
 
@@ -321,10 +321,10 @@ def test_conv_transpose2d_is_the_adjoint_of_strided_conv2d(seed, batch, h, w, c_
     k = normal(rng, kernel, kernel, c_in, c_out)
     z = normal(rng, batch, h * stride, w * stride, c_in)
     y = normal(rng, batch, h, w, c_out)
-    conv_z = layers.conv2d_same(z, k, stride)
+    conv_z = convolution.conv2d_same(z, k, stride)
     assert conv_z.shape == y.shape
     lhs = np.vdot(conv_z, y)
-    rhs = np.vdot(z, layers.conv_transpose2d_same(y, k, stride))
+    rhs = np.vdot(z, convolution.conv_transpose2d_same(y, k, stride))
     assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
 
 
@@ -349,7 +349,7 @@ TF_SAME_PADDING = {
 
 @pytest.mark.parametrize("size, kernel, stride", list(TF_SAME_PADDING))
 def test_same_padding_gives_tensorflows_sizes(size, kernel, stride):
-    assert layers.same_padding(size, kernel, stride) == TF_SAME_PADDING[size, kernel, stride]
+    assert convolution.same_padding(size, kernel, stride) == TF_SAME_PADDING[size, kernel, stride]
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -374,12 +374,12 @@ def one_tap_kernel(kernel, i, j):
 def test_extra_padding_goes_to_the_bottom_right():
     x = np.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1)
     # Kernel 2, stride 1: one pixel of padding, at the bottom/right (TF), not the top/left.
-    np.testing.assert_array_equal(layers.conv2d_same(x, one_tap_kernel(2, 0, 0))[0, :, :, 0], [[1, 2], [3, 4]])
-    np.testing.assert_array_equal(layers.conv2d_same(x, one_tap_kernel(2, 1, 1))[0, :, :, 0], [[4, 0], [0, 0]])
+    np.testing.assert_array_equal(convolution.conv2d_same(x, one_tap_kernel(2, 0, 0))[0, :, :, 0], [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(convolution.conv2d_same(x, one_tap_kernel(2, 1, 1))[0, :, :, 0], [[4, 0], [0, 0]])
     # Kernel 3, stride 2: one output pixel; padding 0 before and 1 after.
-    assert layers.conv2d_same(x, one_tap_kernel(3, 0, 0), 2)[0, 0, 0, 0] == 1.0
-    assert layers.conv2d_same(x, one_tap_kernel(3, 1, 1), 2)[0, 0, 0, 0] == 4.0
-    assert layers.conv2d_same(x, one_tap_kernel(3, 2, 2), 2)[0, 0, 0, 0] == 0.0
+    assert convolution.conv2d_same(x, one_tap_kernel(3, 0, 0), 2)[0, 0, 0, 0] == 1.0
+    assert convolution.conv2d_same(x, one_tap_kernel(3, 1, 1), 2)[0, 0, 0, 0] == 4.0
+    assert convolution.conv2d_same(x, one_tap_kernel(3, 2, 2), 2)[0, 0, 0, 0] == 0.0
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -388,12 +388,12 @@ def test_extra_padding_goes_to_the_bottom_right():
 def test_each_kernel_tap_reads_the_tf_padded_pixel(size, kernel, stride):
     """Brute force: with a one-hot kernel at tap (i, j), out[y, x] == x_pad[y*s + i, x*s + j]."""
     x = (np.arange(size * (size + 1), dtype=float) + 1).reshape(1, size, size + 1, 1)
-    _, pt, pb = layers.same_padding(size, kernel, stride)
-    _, pl, pr = layers.same_padding(size + 1, kernel, stride)
+    _, pt, pb = convolution.same_padding(size, kernel, stride)
+    _, pl, pr = convolution.same_padding(size + 1, kernel, stride)
     x_pad = np.pad(x[0, :, :, 0], ((pt, pb), (pl, pr)))
     for i in range(kernel):
         for j in range(kernel):
-            out = layers.conv2d_same(x, one_tap_kernel(kernel, i, j), stride)[0, :, :, 0]
+            out = convolution.conv2d_same(x, one_tap_kernel(kernel, i, j), stride)[0, :, :, 0]
             expected = x_pad[i::stride, j::stride][:out.shape[0], :out.shape[1]]
             np.testing.assert_array_equal(out, expected, err_msg=f"tap ({i}, {j})")
 
@@ -402,11 +402,11 @@ def test_conv2d_adds_its_bias(rng):
     params = layers.init_conv2d(rng, 3, 2, 4)
     params["b"] = normal(rng, 4)
     x = normal(rng, 1, 3, 3, 2)
-    np.testing.assert_allclose(layers.conv2d(params, x), layers.conv2d_same(x, params["w"]) + params["b"])
+    np.testing.assert_allclose(layers.conv2d(params, x), convolution.conv2d_same(x, params["w"]) + params["b"])
     params_t = layers.init_conv_transpose2d(rng, 3, 2, 4)
     params_t["b"] = normal(rng, 4)
     np.testing.assert_allclose(layers.conv_transpose2d(params_t, x, 2),
-                               layers.conv_transpose2d_same(x, params_t["w"], 2) + params_t["b"])
+                               convolution.conv_transpose2d_same(x, params_t["w"], 2) + params_t["b"])
 
 
 # --------------------------------------------------------------------------

@@ -3,7 +3,11 @@
 * Architecture: the encoder of Table 4 (CLEVR; strides 1, 2, 2, 1 for property
   prediction) and Table 5 (Tetrominoes / Multi-dSprites), the decoders of
   Tables 6 and 7, the set-prediction head of Table 8, the Slot MLP baseline of
-  Tables 9 and 10: read off the parameter shapes at the paper's sizes.
+  Tables 9 and 10: read off the parameter shapes at the paper's sizes; and
+  Tables 4-8 row by row from the layer calls the models make (``LayerTrace``):
+  each row's activation (ReLU where the table says, none on the last layer,
+  the sigmoid of the head, the softmax of the alpha masks across slots) and
+  its stride, as the spatial size after it at the paper's image sizes.
 * Output shapes and ranges of ``set_prediction`` and ``autoencoder`` at tiny
   sizes; K and T as call arguments; alpha masks that sum to one over slots.
 * Proposition 1 at model level: permuting the initial slot noise permutes the
@@ -22,6 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slotref import layers, models
 from slotref.backend import host_rng, tree_leaves
 from slotref.losses import hungarian_huber_loss, mse
 from slotref.models import (ModelConfig, autoencoder, decoder_layers, discovery_config, encoder, init_model,
@@ -139,6 +144,169 @@ def test_slot_mlp_baseline_is_tables_9_and_10():
     p = init_model(host_rng(0, 0), discovery_config("clevr6", model="slot-mlp"))
     assert [l["w"].shape for l in p["slot_mlp"]["mlp"]] == [(768, 512), (512, 1024), (1024, 1024), (1024, 448)]
     assert [l["w"].shape for l in p["slot_mlp"]["slot_mlp"]] == [(64, 64), (64, 64)]
+
+
+# --------------------------------------------------------------------------
+# Activations and strides, table by table: the layer calls of the model traced.
+#
+# Each table is written out below as the rows the model must call, in order: the
+# layer, the shape of its output (batch 1; 8 channels, which the tests above
+# check at the paper's sizes, keep these cheap) and the activation applied to
+# that output (None: it goes on as it is). Strides show as the spatial size after
+# each row, at the paper's image sizes.
+
+C = 8   # channels of every layer here
+
+
+class LayerTrace:
+    """Records the layer calls the model functions make: (layer, output shape, activation of that output).
+
+    Layers are spied where ``slotref.models`` calls them, and ``layers.linear`` where ``layers.mlp``
+    calls it; a call made inside a spied layer (the linear map of a position embedding) is part of that
+    row. An activation belongs to a row when it is applied to that row's output array itself.
+    """
+
+    LAYERS = ((models, "conv2d"), (models, "conv_transpose2d"), (models, "broadcast_embed_conv_transpose2d"),
+              (models, "soft_position_embed"), (models, "layer_norm"), (layers, "linear"))
+    ACTIVATIONS = ((models, "relu"), (layers, "relu"), (models, "sigmoid"))
+
+    def __init__(self, monkeypatch):
+        self.calls, self.activated, self.softmax, self.depth = [], {}, [], 0
+        for module, name in self.LAYERS:
+            monkeypatch.setattr(module, name, self._layer(name, getattr(module, name)))
+        for module, name in self.ACTIVATIONS:
+            monkeypatch.setattr(module, name, self._activation(name, getattr(module, name)))
+        real_softmax = models.softmax
+
+        def softmax(x, axis=-1):
+            self.softmax.append((x.shape, axis))
+            return real_softmax(x, axis)
+        monkeypatch.setattr(models, "softmax", softmax)
+
+    def _layer(self, name, fn):
+        def spy(*args, **kwargs):
+            self.depth += 1
+            try:
+                out = fn(*args, **kwargs)
+            finally:
+                self.depth -= 1
+            if self.depth == 0:
+                self.calls.append((name, out))   # the reference keeps the array's id unique
+            return out
+        return spy
+
+    def _activation(self, name, fn):
+        def spy(x):
+            self.activated.setdefault(id(x), []).append(name)
+            return fn(x)
+        return spy
+
+    def rows(self):
+        return [(name, tuple(out.shape), "+".join(self.activated.get(id(out), [])) or None)
+                for name, out in self.calls]
+
+
+def narrow(config: ModelConfig) -> ModelConfig:
+    """``config`` with C channels in the encoder, its MLP and the decoder (Slot Attention reads C inputs)."""
+    return replace(config, encoder_channels=C, mlp_size=C, decoder_channels=C,
+                   slot_attention=replace(config.slot_attention, input_size=C))
+
+
+def spatial_sizes(size: int, strides) -> list[int]:
+    """The output size of each SAME row of a CNN with these strides: ceil(size / stride), row by row."""
+    sizes = []
+    for s in strides:
+        size = -(-size // s)
+        sizes.append(size)
+    return sizes
+
+
+# Tables 4 and 5, the encoder's Conv 5x5 rows: the image size and each row's stride (Table 4's rows
+# marked * have stride 2 for property prediction); every Conv row ReLU.
+ENCODER_TABLES = {
+    "table 4, set prediction": (setpred_config(128), 128, (1, 2, 2, 1)),
+    "table 4, clevr6": (discovery_config("clevr6"), 128, (1, 1, 1, 1)),
+    "table 5, tetrominoes": (discovery_config("tetrominoes"), 35, (1, 1, 1, 1)),
+    "table 5, multi-dsprites": (discovery_config("multi-dsprites"), 64, (1, 1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("table", list(ENCODER_TABLES))
+def test_encoder_rows_have_the_tables_strides_and_activations(monkeypatch, table):
+    config, size, strides = ENCODER_TABLES[table]
+    config = narrow(config)
+    params = init_model(host_rng(0, 0), config)["encoder"]
+    trace = LayerTrace(monkeypatch)
+    encoder(params, images_for(config, batch=1), config)
+    h = spatial_sizes(size, strides)[-1]
+    assert trace.rows() == [
+        *[("conv2d", (1, s, s, C), "relu") for s in spatial_sizes(size, strides)],  # Conv 5x5, ReLU
+        ("soft_position_embed", (1, h, h, C), None),                                 # Position Embedding
+        ("layer_norm", (1, h * h, C), None),                                         # Flatten, Layer Norm
+        ("linear", (1, h * h, C), "relu"),                                           # MLP (per location), ReLU
+        ("linear", (1, h * h, C), None),                                             # MLP (per location), -
+    ]
+
+
+# Tables 6 and 7, the decoder: the broadcast grid, then each Conv row's stride; ReLU on every row
+# but the last (Conv 3x3 to RGB and alpha), whose alpha masks get a softmax across the slots.
+DECODER_TABLES = {
+    "table 6, clevr6": (discovery_config("clevr6"), 8, (2, 2, 2, 2, 1, 1)),
+    "table 7, tetrominoes": (discovery_config("tetrominoes"), 35, (1, 1, 1, 1)),
+    "table 7, multi-dsprites": (discovery_config("multi-dsprites"), 64, (1, 1, 1, 1)),
+}
+
+
+@pytest.mark.parametrize("table", list(DECODER_TABLES))
+def test_decoder_rows_have_the_tables_strides_and_activations(monkeypatch, table):
+    config, grid, strides = DECODER_TABLES[table]
+    config = replace(narrow(config), num_slots=2)
+    params = init_model(host_rng(0, 0), config)
+    slots = noise_for(config, batch=1)                                         # (1, K, D)
+    monkeypatch.setattr(models, "infer_slots", lambda *args, **kwargs: (slots, None))
+    trace = LayerTrace(monkeypatch)
+    out = autoencoder(params, images_for(config, batch=1), noise_for(config, batch=1), config)
+    sizes = [grid * int(np.prod(strides[:i + 1])) for i in range(len(strides))]
+    k, size = config.num_slots, sizes[-1]
+    assert trace.rows() == [
+        ("broadcast_embed_conv_transpose2d", (k, sizes[0], sizes[0], C), "relu"),  # Spatial Broadcast, Position
+        *[("conv_transpose2d", (k, s, s, C), "relu") for s in sizes[1:-1]],       # Embedding, Conv 5x5: ReLU
+        ("conv_transpose2d", (k, size, size, 4), None),                             # Conv 3x3, no activation
+    ]
+    assert trace.softmax == [((1, k, size, size, 1), 1)]                            # alpha masks, across slots
+    assert out["recon_combined"].shape == (1, size, size, 3)
+
+
+def test_set_prediction_head_rows_have_table_8s_activations(monkeypatch):
+    config = narrow(setpred_config(128))
+    params = init_model(host_rng(0, 0), config)
+    slots = noise_for(config, batch=1)                                          # (1, K, D)
+    monkeypatch.setattr(models, "infer_slots", lambda *args, **kwargs: slots)
+    trace = LayerTrace(monkeypatch)
+    predictions = set_prediction(params, images_for(config, batch=1), noise_for(config, batch=1), config)
+    k = config.num_slots
+    assert trace.rows() == [
+        ("linear", (1, k, 64), "relu"),        # MLP (per slot), 64, ReLU
+        ("linear", (1, k, 19), "sigmoid"),     # MLP (per slot), output size, Sigmoid
+    ]
+    assert trace.softmax == [] and predictions.shape == (1, k, 19)
+
+
+def test_the_trace_sees_a_wrong_activation_or_stride(monkeypatch):
+    # The tracer itself: a model with one activation or one stride changed gives other rows.
+    config = narrow(setpred_config(32))
+    params = init_model(host_rng(0, 0), config)["encoder"]
+    traces = []
+    for strides, last_relu in [((1, 2, 2, 1), False), ((1, 2, 1, 1), False), ((1, 2, 2, 1), True)]:
+        with monkeypatch.context() as m:
+            trace = LayerTrace(m)
+            if last_relu:
+                mlp = models.mlp
+                m.setattr(models, "mlp", lambda p, x: models.relu(mlp(p, x)))
+            encoder(params, images_for(config, batch=1), replace(config, encoder_strides=strides))
+            traces.append(trace.rows())
+    assert traces[0] != traces[1] and traces[0] != traces[2]
+    assert traces[0][-1][2] is None and traces[2][-1][2] == "relu"
 
 
 @pytest.mark.parametrize("init", ["glorot", "torch"])

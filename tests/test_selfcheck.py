@@ -1,4 +1,5 @@
-"""The device self-check (slotref/selfcheck.py) on the CPU and on the stand-in device.
+"""The device self-check (slotref/selfcheck/) on the CPU, on the stand-in device, and with the
+CuPy kernels compiled for the CPU.
 
 On a CUDA machine the same function runs on CuPy: ``python cli.py selfcheck
 --device gpu``.
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 from autograd.extend import defvjp, primitive
 
+import cuda_emulator
 import standin
-from slotref import backend, selfcheck
+from slotref import backend, dispatch, optim, selfcheck
 from slotref.backend import BackendError
 
 
@@ -32,18 +34,26 @@ def test_selfcheck_passes_on_the_cpu_with_one_line_per_check():
     checks = check_lines(lines)
     assert ok, "\n".join(lines)
     cases = selfcheck.layer_cases()
-    assert len(checks) == 3 * len(cases) + sum(case.kernel for case in cases)
+    assert len(checks) == 3 * len(cases) + sum(case.kernel for case in cases) + 1   # + the Adam step
     assert all(line.startswith("PASS") for line in checks)
     for case in cases:
         for check in ("grad-fd", "numpy float64", "numpy float32") + (("kernel==spec",) if case.kernel else ()):
             assert any(case.name in line and check in line for line in checks), (case.name, check)
+    assert any("adam_step" in line and "kernel==spec" in line for line in checks)
     assert lines[-1] == "selfcheck PASSED"
 
 
-def test_every_layer_with_a_fast_kernel_is_compared_with_its_specification():
-    names = [case.name for case in selfcheck.layer_cases() if case.kernel]
-    for layer in ("conv2d k3 s1", "conv2d k5 s2", "conv_transpose2d k5 s2", "broadcast_embed_conv_t k5 s2"):
-        assert any(layer in name for name in names)
+def test_every_registered_kernel_is_reached_by_a_kernel_check(monkeypatch):
+    reached = set()
+    dispatch.kernel_for(None)                       # the kernel modules, imported
+    for spec in list(dispatch._fast):
+        record = (lambda s: lambda *a, **k: reached.add(s) or s.specification(*a, **k))(spec)
+        monkeypatch.setitem(dispatch._fast, spec, dispatch.Kernel(record, None))
+    with dispatch.using("fast"):
+        for case in selfcheck.layer_cases():
+            if case.kernel:
+                case.fn(case.params, *case.inputs)
+    assert reached | {optim.adam_step} == set(dispatch._fast)   # the Adam step has its own check
 
 
 def test_a_training_step_and_proposition_1_on_the_standin_device():
@@ -131,23 +141,21 @@ def test_selfcheck_accepts_a_backend_of_either_dtype():
         assert ok
 
 
-def test_selfcheck_compares_every_fused_kernel_with_its_twin(monkeypatch):
-    from slotref import fused
+@pytest.mark.skipif(not cuda_emulator.available(), reason="needs g++ to compile the kernel sources")
+def test_selfcheck_compares_the_cupy_kernels_with_their_specification(monkeypatch):
+    from slotref.kernels import fused_cupy
 
-    # Stand in for CuPy: every chain "has" a device kernel, here its own twin, so every check passes...
-    monkeypatch.setattr(fused, "device_kernel", lambda name, xp: fused.FUSED[name].twin)
-    lines = []
-    assert selfcheck.run_selfcheck("cpu", out=lines.append, cases=[], steps=[], proposition1=False)
-    fused_lines = [line for line in lines if "fused " in line]
-    assert len(fused_lines) == 2 * len(fused.FUSED) and all(line.startswith("PASS") for line in fused_lines)
+    # The CuPy kernels, compiled for the CPU, applied to NumPy arrays: every kernel check passes...
+    fused_cases = [case for case in selfcheck.layer_cases() if case.name in ("layer_norm", "huber", "gru_cell")]
+    with cuda_emulator.cupy_kernels_on_numpy():
+        ok, lines = run("cpu", cases=fused_cases)
+    assert ok, "\n".join(lines)
+    assert sum("kernel==spec" in line for line in check_lines(lines)) == 3
 
     # ...and a kernel that is off by 1e-3 fails its check and the selfcheck.
-    def off(name, xp):
-        twin = fused.FUSED[name].twin
-        if name != "huber":
-            return twin
-        return lambda *args: twin(*args) * (1 + 1e-3)
-    monkeypatch.setattr(fused, "device_kernel", off)
-    lines = []
-    assert not selfcheck.run_selfcheck("cpu", out=lines.append, cases=[], steps=[], proposition1=False)
-    assert any(line.startswith("FAIL") and "fused huber" in line for line in lines)
+    build = fused_cupy.build_huber
+    monkeypatch.setattr(fused_cupy, "build_huber", lambda cp: (lambda x, delta=1.0: build(cp)(x, delta) * 1.001))
+    with cuda_emulator.cupy_kernels_on_numpy():
+        ok, lines = run("cpu", cases=fused_cases)
+    assert not ok
+    assert [line.split()[1] for line in check_lines(lines) if line.startswith("FAIL")] == ["huber", "huber"]

@@ -17,7 +17,7 @@ import pytest
 from autograd import grad
 
 import standin
-from slotref import backend, kernels, layers, selfcheck
+from slotref import backend, dispatch, layers, selfcheck
 from slotref.kernels import im2col
 from slotref import slot_attention as sa
 from standin import StandinArray, assert_same_on_standin, standin_xp
@@ -164,7 +164,7 @@ KERNEL_CASES = [c for c in CASES if c.kernel]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=[c.name for c in KERNEL_CASES])
 def test_the_specification_of_each_kernel_layer_runs_on_the_device(case, dtype, rng):
-    with kernels.using("reference"):
+    with dispatch.using("reference"):
         assert_same_on_standin(projected(case.fn), case.params, *case.inputs, projection_for(case, rng), dtype=dtype)
 
 
@@ -223,7 +223,7 @@ def test_a_failure_names_the_source_line(rng):
         assert_same_on_standin(lambda p, x: backend.sum(x * p["w"] * np.float64(0.5)), params, x, dtype=np.float32)
 
 
-@pytest.mark.parametrize("choice", kernels.CHOICES)
+@pytest.mark.parametrize("choice", dispatch.CHOICES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_device_convolutions_agree_with_numpy_on_either_kernel_choice(monkeypatch, choice, stride):
     # The fast device path builds patch matrices in batch chunks (one example
@@ -238,5 +238,5 @@ def test_device_convolutions_agree_with_numpy_on_either_kernel_choice(monkeypatc
         y = layers.conv_transpose2d(p["deconv"], layers.conv2d(p["conv"], images, stride), stride)
         return backend.sum(y * y)
 
-    with kernels.using(choice):
+    with dispatch.using(choice):
         assert_same_on_standin(loss, {"conv": conv, "deconv": deconv}, x, dtype=np.float64)

@@ -296,17 +296,17 @@ def test_validation_note_when_the_file_is_too_small_for_eval_size(tmp_path):
 
 
 def test_bench_step_measures_pytorch_or_leaves_the_column_out(monkeypatch):
-    from slotref import bench, bench_torch
     from slotref.backend import get_backend
+    from slotref.bench import step as bench, torch_twin
 
-    monkeypatch.setattr(bench, "_time", lambda fn, xp, repeats: 0.5)
+    monkeypatch.setattr(bench, "best_seconds", lambda fn, xp, repeats: 0.5)
     be = get_backend("cpu", "float32")
-    monkeypatch.setattr(bench_torch, "available", lambda: False)
+    monkeypatch.setattr(torch_twin, "available", lambda: False)
     lines = []
     bench.bench_step(be, "setpred", resolution=16, batch_size=2, repeats=1, echo=lines.append)
     assert "PyTorch" not in lines[0] and len(lines) == 2
-    monkeypatch.setattr(bench_torch, "available", lambda: True)
-    monkeypatch.setattr(bench_torch, "step_seconds_apart", lambda task, dataset, b, repeats: 0.25)
+    monkeypatch.setattr(torch_twin, "available", lambda: True)
+    monkeypatch.setattr(torch_twin, "step_seconds_apart", lambda task, dataset, b, repeats: 0.25)
     lines = []
     [row] = bench.bench_step(be, "setpred", resolution=16, batch_size=2, repeats=1, echo=lines.append)
     assert "PyTorch CPU" in lines[0] and row["torch_images_per_s"] == 8.0
@@ -315,12 +315,12 @@ def test_bench_step_measures_pytorch_or_leaves_the_column_out(monkeypatch):
 
 @pytest.fixture
 def restore_kernels(monkeypatch):
-    from slotref import kernels
+    from slotref import dispatch
 
-    monkeypatch.setenv(kernels.KERNELS_ENV, "fast")    # restored after the test, as --kernels sets it
-    previous = kernels.use(None)
-    yield kernels
-    kernels.use(previous)
+    monkeypatch.setenv(dispatch.KERNELS_ENV, "fast")    # restored after the test, as --kernels sets it
+    previous = dispatch.use(None)
+    yield dispatch
+    dispatch.use(previous)
 
 
 @pytest.mark.parametrize("task, extra", [("setpred", ()), ("discovery", ()), ("setpred", ("--model", "slot-mlp"))],

@@ -25,7 +25,8 @@ from slotref.training.config import DivergenceError, TrainConfig, TrainingError,
 from slotref.training.data import BatchOrder, resolve_dataset
 from slotref.training.loop import load_run, train
 from slotref.training.presets import preset_config
-from slotref.training.tasks import SetPredictionTask, collapse_diagnostics, looks_collapsed
+from slotref.training.diagnostics import collapse_diagnostics, looks_collapsed
+from slotref.training.tasks import SetPredictionTask
 
 SA16 = SlotAttentionConfig(input_size=16, slot_size=16, mlp_hidden_size=32)
 SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)

@@ -1,4 +1,4 @@
-"""slotref command line: train, eval, viz, bench, data, info, selfcheck, experiment.
+"""slotref command line: train, eval, viz, bench, data, info, selfcheck, experiment, import-tf, conformance.
 
     slotref train --task setpred          # the main job, on built-in data
     slotref eval runs/setpred-...         # AP / FG-ARI of a run
@@ -15,9 +15,11 @@ import click
 
 from slotref import __version__
 from slotref.cli.bench import bench
+from slotref.cli.conformance import conformance
 from slotref.cli.data import data
 from slotref.cli.eval import evaluate
 from slotref.cli.experiment import experiment
+from slotref.cli.import_tf import import_tf
 from slotref.cli.info import info
 from slotref.cli.selfcheck import selfcheck
 from slotref.cli.train import train
@@ -37,9 +39,11 @@ class _Group(click.Group):
 def main():
     """slotref: a readable, tested reference implementation of Slot Attention."""
     from slotref.cli.common import quiet_unless_root
+    from slotref.kernels.allocator import keep_freed_host_memory
 
     quiet_unless_root()
+    keep_freed_host_memory()  # every command's arrays reuse freed host pages (docs/kernels.md)
 
 
-for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment):
+for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment, import_tf, conformance):
     main.add_command(command)

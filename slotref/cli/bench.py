@@ -27,23 +27,34 @@ def bench(what, task, dataset, device, batch_size, resolution, repeats, profile)
     slice plus the allreduce); --what allreduce times the gradient allreduce of the paper's models and prints
     the projected scaling to 8/64/512 GPUs (docs/scale.md).
     """
-    from slotref import bench as bench_module
-
     if what == "allreduce":
-        from slotref import bench_allreduce
-        from slotref.distributed import world
+        from slotref.bench import allreduce
+        from slotref.training.launch import world
 
         w = world()
         with w.fail_fast():
-            rows = bench_allreduce.time_allreduce(w, repeats=max(repeats, 20), device=device or "cpu")
+            rows = allreduce.time_allreduce(w, repeats=max(repeats, 20), device=device or "cpu")
         click.echo(w.describe())
-        click.echo(bench_allreduce.format_timing(rows))
-        click.echo("\nprojected scaling of the paper presets (python -m slotref.bench_allreduce project):")
-        click.echo(bench_allreduce.format_projection(bench_allreduce.project()))
+        click.echo(allreduce.format_timing(rows))
+        click.echo("\nprojected scaling of the paper presets (python -m slotref.bench.allreduce project):")
+        click.echo(allreduce.format_projection(allreduce.project()))
         return
 
     if (task is not None or dataset is not None) and what != "step":
         raise click.UsageError(f"--task and --dataset choose configurations of --what step, not of --what {what}; "
                                "leave them out or pass --what step")
-    bench_module.run(what=what, task=task, dataset=dataset, device=device, batch_size=batch_size,
-                     resolution=resolution, repeats=repeats, profile=profile, echo=click.echo)
+    from slotref.backend import get_backend
+
+    be = get_backend(device, "float32")
+    if what in ("layers", "all"):
+        from slotref.bench.convolutions import bench_layers
+        bench_layers(be, repeats, click.echo)
+    if what in ("module", "all"):
+        from slotref.bench.module import bench_module, format_bench_module
+        click.echo(format_bench_module(bench_module(repeats=repeats)))
+    if what in ("step", "all"):
+        from slotref.bench.step import bench_step
+        bench_step(be, task, dataset, batch_size, resolution, repeats, profile, click.echo)
+    if what in ("data", "all"):
+        from slotref.bench.step import bench_data
+        bench_data(click.echo)

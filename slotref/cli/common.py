@@ -12,17 +12,17 @@ from slotref import paper
 
 def _select_kernels(ctx, param, value):
     if value is not None:
-        from slotref import kernels
+        from slotref import dispatch
 
-        kernels.use(value)
-        os.environ[kernels.KERNELS_ENV] = value     # and for the processes this command starts
+        dispatch.use(value)
+        os.environ[dispatch.KERNELS_ENV] = value     # and for the processes this command starts
     return value
 
 
 kernels_option = click.option(
     "--kernels", type=click.Choice(["fast", "reference"]), default=None, callback=_select_kernels,
     expose_value=False, is_eager=True,
-    help="fast: the optimised kernels (default); reference: every layer as written in slotref/layers.py "
+    help="fast: the optimised kernels (default); reference: every function as written in the specification "
          "(slower; the same results to rounding). Default: $SLOTREF_KERNELS or fast.")
 
 
@@ -66,9 +66,9 @@ def quiet_unless_root() -> None:
     import os
     import sys
 
-    from slotref import distributed
+    from slotref.training import launch
 
-    if distributed.launched_size() > 1 and not distributed.world().is_root:
+    if launch.launched_size() > 1 and not launch.world().is_root:
         sys.stdout = sys.stderr = open(os.devnull, "w")
 
 

@@ -25,7 +25,7 @@ from slotref.training.config import LIMITS
 @click.option("--curve", is_flag=True, help="Print the run's validation curve (metrics.jsonl) as a Markdown table.")
 @click.option("--positions", is_flag=True,
               help="Set prediction: also the position error of the model, of a fit from where each slot's "
-                   "attention lies, and of a constant (metrics.position_readout).")
+                   "attention lies, and of a constant (training.diagnostics.position_readout).")
 @kernels_option
 def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, positions):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
@@ -44,8 +44,9 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
     from slotref import metrics
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
-    from slotref.distributed import world  # under mpiexec -n N the examples are shared out among the ranks
+    from slotref.training.launch import world  # under mpiexec -n N the examples are shared out among the ranks
     from slotref.training import TrainingError, load_run, threshold_name
+    from slotref.training.diagnostics import position_readout
     from slotref.training.logs import format_metric
 
     try:
@@ -64,7 +65,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
                 if attn is None:
                     raise ValueError("--positions needs the attention, which one process gathers: run it "
                                      "without mpiexec")
-                result["positions"] = metrics.position_readout(preds, val.targets, attn)
+                result["positions"] = position_readout(preds, val.targets, attn)
         elif positions:
             raise click.UsageError("--positions is for set prediction runs")
         else:

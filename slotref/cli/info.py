@@ -1,4 +1,4 @@
-"""``info``: versions, BLAS, the default device, CuPy/GPU status, and the MPI world."""
+"""``info``: versions, BLAS, the default device, CuPy/GPU status, the fast kernels, and the MPI world."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 @click.command()
 def info():
-    """Versions, BLAS, the default device, CuPy/GPU status, and (under mpiexec) the ranks and allreduce path."""
+    """Versions, BLAS, the default device, CuPy/GPU status, the fast kernels, and (under mpiexec) the ranks."""
     import importlib.metadata
     import platform
 
@@ -29,13 +29,13 @@ def info():
     import os
     click.echo(f"default device: {os.environ.get(backend.DEVICE_ENV) or 'cpu'} (set {backend.DEVICE_ENV} or --device)")
     click.echo(f"GPU: {backend.gpu_status()}")
-    from slotref import kernels
+    from slotref import dispatch
 
     try:
-        click.echo(kernels.status())
+        click.echo("\n".join(dispatch.status()))   # every fast kernel beside the function it replaces
     except ValueError as err:  # a bad $SLOTREF_KERNELS
         click.echo(f"kernels: {err}")
-    from slotref.distributed import world
+    from slotref.training.launch import world
 
     w = world()
     click.echo(w.describe())

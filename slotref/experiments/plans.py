@@ -115,20 +115,21 @@ def identity(config: TrainConfig) -> TrainConfig:
 
 
 def with_model(**fields) -> Callable[[TrainConfig], TrainConfig]:
-    """A transform setting ``ModelConfig`` fields (``model="slot-mlp"``, ``position_embedding=False``).
-    Another training T also sets T at test time to it (the preset's test-time T goes with its own)."""
-    def transform(config):
-        if "num_iterations" in fields and fields["num_iterations"] != config.model.num_iterations:
-            config = replace(config, eval_iterations=None)
-        return replace(config, model=replace(config.model, **fields))
-    return transform
+    """A transform setting ``ModelConfig`` fields (``model="slot-mlp"``, ``position_embedding=False``), as
+    ``train``'s options set them (``training.resolve.set_field``: another training T also sets T at test time)."""
+    return _setting("model.", fields)
 
 
 def with_slot_attention(**fields) -> Callable[[TrainConfig], TrainConfig]:
     """A transform setting ``SlotAttentionConfig`` fields: the appendix B switches."""
+    return _setting("model.slot_attention.", fields)
+
+
+def _setting(prefix: str, fields: dict) -> Callable[[TrainConfig], TrainConfig]:
     def transform(config):
-        sa = replace(config.model.slot_attention, **fields)
-        return replace(config, model=replace(config.model, slot_attention=sa))
+        from slotref.training.resolve import set_field
+
+        return functools.reduce(lambda c, item: set_field(c, prefix + item[0], item[1]), fields.items(), config)
     return transform
 
 
@@ -143,19 +144,10 @@ def compose(*transforms) -> Callable[[TrainConfig], TrainConfig]:
 
 
 def soft_kmeans(config: TrainConfig) -> TrainConfig:
-    """Appendix B: identity k, q, v, no GRU, no LayerNorm (``SlotAttentionConfig.soft_kmeans``).
+    """Appendix B's soft k-means, as ``train --soft-kmeans`` (``training.resolve.soft_kmeans``)."""
+    from slotref.training.resolve import soft_kmeans as rule
 
-    Identity projections compare inputs with slots directly, so the inputs must
-    be as wide as the slots: the per-location MLP is widened to the slot size
-    (Tetrominoes and Multi-dSprites have 32-wide inputs and 64-wide slots).
-    """
-    from slotref.slot_attention import SlotAttentionConfig
-
-    sa = config.model.slot_attention
-    d = sa.slot_size
-    sa = SlotAttentionConfig.soft_kmeans(input_size=d, slot_size=d, mlp_hidden_size=sa.mlp_hidden_size,
-                                         epsilon=sa.epsilon)
-    return replace(config, model=replace(config.model, mlp_size=d, slot_attention=sa))
+    return rule(config)
 
 
 def more_slots(config: TrainConfig) -> TrainConfig:

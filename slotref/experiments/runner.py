@@ -20,15 +20,15 @@ paper's seeds share CLEVR; test-only files (more objects) use ``TEST_DATA_SEED``
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
 
 import h5py
 
-from slotref.curriculum import fits
 from slotref.data import generators
-from slotref.distributed import world
+from slotref.training.launch import world
 from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, configurations
 from slotref.experiments.report import json_safe, render_markdown, summarise
 from slotref.io import LockError
@@ -36,6 +36,7 @@ from slotref.training import data as run_data
 from slotref.training import loop
 from slotref.training.config import DivergenceError, TrainConfig
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget  # noqa: F401 (scale_budget: re-exported)
+from slotref.training.resolve import resolve_config
 
 DATA_SEED = 0
 TEST_DATA_SEED = 1000
@@ -46,15 +47,13 @@ EVALUATIONS_FILE = "evaluations.json"
 # Budgets and run configurations.
 
 def run_config(configuration: Configuration, opts: Options, seed: int) -> TrainConfig:
-    """The TrainConfig of one run: preset -> budget -> overrides -> the configuration's transform -> seed."""
-    config = preset_config(configuration.task, configuration.dataset, opts.preset)
-    config = scale_budget(config, opts.steps)
-    if opts.overrides is not None:
-        config = opts.overrides(config)
-    config = configuration.transform(config)
-    if not fits(config):  # the Slot MLP, per-slot slots (K fixed) and other K: without the preset's curriculum
-        config = replace(config, curriculum="")
-    return replace(config, seed=seed, device=opts.device)
+    """The TrainConfig of one run, resolved as ``train`` resolves its options (``training.resolve``):
+    preset -> budget -> overrides -> the configuration's transform -> seed and device."""
+    flags = {"--seed": seed, "--device": opts.device, **({"--steps": opts.steps} if opts.steps else {})}
+    transforms = [t for t in (opts.overrides, configuration.transform) if t is not None]
+    config, _ = resolve_config(configuration.task, configuration.dataset, opts.preset, flags=flags,
+                               transform=lambda c: functools.reduce(lambda c, t: t(c), transforms, c))
+    return config
 
 
 def pin_dataset(config: TrainConfig) -> TrainConfig:

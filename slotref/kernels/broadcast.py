@@ -12,7 +12,7 @@ from autograd.tracer import getval
 
 from slotref import layers
 from slotref.backend import xp_of
-from slotref.kernels import implements
+from slotref.dispatch import implements
 from slotref.kernels.conv import _conv_backward_input, conv_transpose2d_same
 from slotref.layers import build_grid, linear
 

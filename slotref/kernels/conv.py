@@ -1,7 +1,7 @@
-"""Convolutions as shifted GEMMs: the fast kernels of ``layers.conv2d_same`` and
-``layers.conv_transpose2d_same``.
+"""Convolutions as shifted GEMMs: the fast kernels of ``convolution.conv2d_same`` and
+``convolution.conv_transpose2d_same``.
 
-NHWC, SAME padding with TF semantics (``layers.same_padding``), kernels
+NHWC, SAME padding with TF semantics (``convolution.same_padding``), kernels
 (kh, kw, in, out). Three functions do all the work:
   _conv_forward          y = conv(x, w)
   _conv_backward_input   dx = conv^T(dy, w)   (the adjoint; also conv_transpose2d)
@@ -27,11 +27,11 @@ from __future__ import annotations
 import numpy as np
 from autograd.extend import defvjp, primitive
 
-from slotref import layers
+from slotref import convolution
 from slotref.backend import xp_of
-from slotref.kernels import implements
+from slotref.convolution import same_padding
+from slotref.dispatch import implements
 from slotref.kernels.im2col import patch_chunks, patch_matrix, use_patches
-from slotref.layers import same_padding
 
 # Rows per block of the shifted GEMMs: blocks that stay in cache on CPUs; one
 # block (the whole array, few large kernels) on GPUs.
@@ -264,7 +264,7 @@ def _conv_backward_weight(x, g, stride, w_shape):
     return dw
 
 
-@implements(layers.conv2d_same)
+@implements(convolution.conv2d_same)
 @primitive
 def conv2d_same(x, w, stride=1):
     """SAME convolution without bias. x: (B, H, W, Cin), w: (kh, kw, Cin, Cout)."""
@@ -276,7 +276,7 @@ defvjp(conv2d_same,
        lambda ans, x, w, stride=1: lambda g: _conv_backward_weight(x, g, stride, w.shape))
 
 
-@implements(layers.conv_transpose2d_same)
+@implements(convolution.conv_transpose2d_same)
 @primitive
 def conv_transpose2d_same(x, w, stride=1):
     """SAME transposed convolution: the adjoint of ``conv2d_same`` in its input.

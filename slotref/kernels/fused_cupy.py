@@ -1,13 +1,32 @@
-"""The CuPy kernels of the fused chains in ``slotref.fused``.
+"""Fused CuPy kernels for the hot elementwise chains: LayerNorm's normalisation,
+softmax, Huber, the GRU gates (each with its VJP) and the Adam step.
 
-Each builder takes the cupy module and returns a function with its twin's
-signature (``slotref.fused`` holds the twins, the specification each kernel
-is checked against). Device kernels take C-contiguous inputs; products and
-sums are rounded one at a time, as NumPy does.
+On a GPU a small model is launch-bound: each of these chains is 5-15 tiny
+kernels when written with array operations. Here each is one to three
+``cupy.ElementwiseKernel`` / ``cupy.ReductionKernel`` calls, compiled with
+``--fmad=false`` so that products and sums round one at a time, as NumPy's
+do. Each registers against the specification function it replaces
+(``layers.normalize``, ``layers.softmax``, ``layers.huber``,
+``layers.gru_gates``, ``optim.adam_step``) with ``on="cupy"``: it runs only
+when the call's first argument is a CuPy array and ``SLOTREF_KERNELS`` is
+``fast``; on NumPy (and any other array module) the specification runs, so
+CPU results and speed are those of the specification.
+
+The kernels are built on first use, per array module (``_module_of``; the
+tests substitute a CUDA emulator that compiles the sources for the CPU).
+Reductions are over the last axis (softmax: over ``axis``); the GRU gate
+matrices are (..., 3d) in the order [z, r, n], the state (..., d).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+from autograd.extend import defvjp, defvjp_argnums, primitive
+
+from slotref import layers, optim
+from slotref.backend import xp_of
+from slotref.dispatch import implements
 from slotref.layers import LAYER_NORM_EPS
 
 _NO_FMA = ("--fmad=false",)   # round each product and sum, as NumPy does
@@ -143,3 +162,68 @@ def build_adam_update(cp):
     def run(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
         kernel(g, beta1, 1 - beta1, beta2, 1 - beta2, step_size, v_correction, eps, p, m, v)
     return run
+
+
+# --------------------------------------------------------------------------
+# The kernels registered against the specification: autograd primitives whose
+# VJPs are the fused VJP kernels above.
+
+_module_of = xp_of                          # the CuPy module of an array (the tests substitute an emulator)
+_built: dict[tuple[int, Callable], Callable] = {}
+
+
+def _kernel(build: Callable, x) -> Callable:
+    """``build``'s kernel for the array module of ``x``, compiled on first use."""
+    cp = _module_of(x)
+    key = (id(cp), build)
+    if key not in _built:
+        _built[key] = build(cp)
+    return _built[key]
+
+
+@implements(layers.normalize, on="cupy")
+@primitive
+def normalize(x, eps=LAYER_NORM_EPS):
+    return _kernel(build_normalize, x)(x, eps)
+
+
+defvjp(normalize, lambda ans, x, eps=LAYER_NORM_EPS: lambda g: _kernel(build_normalize_vjp, x)(g, x, ans, eps))
+
+
+@implements(layers.softmax, on="cupy")
+@primitive
+def softmax(x, axis=-1):
+    return _kernel(build_softmax, x)(x, axis)
+
+
+defvjp(softmax, lambda ans, x, axis=-1: lambda g: _kernel(build_softmax_vjp, x)(g, ans, axis))
+
+
+@implements(layers.huber, on="cupy")
+@primitive
+def huber(x, delta=1.0):
+    return _kernel(build_huber, x)(x, delta)
+
+
+defvjp(huber, lambda ans, x, delta=1.0: lambda g: _kernel(build_huber_vjp, x)(g, x, delta))
+
+
+@implements(layers.gru_gates, on="cupy")
+@primitive
+def gru_gates(gates_x, gates_h, h):
+    return _kernel(build_gru_gates, h)(gates_x, gates_h, h)
+
+
+def _gru_gates_vjp(argnums, ans, args, kwargs):
+    def vjp(g):
+        grads = _kernel(build_gru_gates_vjp, args[2])(g, *args)   # (d gates_x, d gates_h, d h)
+        return tuple(grads[i] for i in argnums)
+    return vjp
+
+
+defvjp_argnums(gru_gates, _gru_gates_vjp)
+
+
+@implements(optim.adam_step, on="cupy")
+def adam_step(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
+    _kernel(build_adam_update, p)(p, g, m, v, step_size, v_correction, beta1, beta2, eps)

@@ -4,7 +4,12 @@
 - ``presets``: the 'cpu' and 'paper' presets, ``fit_to_file``;
 - ``data``: the run's file, splits, batch order, preprocessing, slot noise;
 - ``tasks``: set prediction and object discovery;
-- ``checkpoint``: HDF5 checkpoints, written atomically;
+- ``setpred_loss``: the set loss with weighted coordinates, built on ``slotref.losses``;
+- ``average``: the parameter average (``--ema``);
+- ``diagnostics``: collapse diagnostics and the position readout, beside the paper's metrics;
+- ``checkpoint``: HDF5 checkpoints, written atomically; ``load_model``/``save_model``;
+- ``launch``: starting the ranks (``--procs``, mpiexec) and the world of this process;
+- ``collectives``: what the ranks exchange (batch slices, the gradient's allreduce);
 - ``loop``: ``train`` and ``load_run``.
 """
 

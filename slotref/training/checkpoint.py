@@ -2,8 +2,19 @@
 adam/v/<path>, average/<path> for a run that keeps a parameter average, and
 attributes: step, task, config, dataset fingerprint), written atomically.
 
+Two pairs of functions read and write the one format:
+
+- ``load_model``/``save_model``, for users of the Python API: a run's
+  ``checkpoint.h5`` (or its run directory) is all a model needs::
+
+      config, params = slotref.load_model("runs/setpred-.../checkpoint.h5")
+      predictions = slotref.set_prediction(params, images, noise, config.model)
+
+- ``save_training_state``/``load_training_state``, for the training loop:
+  the parameters, Adam's state, the step and the dataset's fingerprint.
+
 ``params`` are the parameters training goes on from; a run with ``ema`` > 0
-evaluates, and reports, the average (``load_checkpoint(..., model=True)``).
+evaluates, and reports, the average (``load_training_state(..., model=True)``).
 
 A checkpoint is checked like a dataset before anything in it is used: its
 format, task and step; its stored config (every key known, every value of
@@ -21,16 +32,18 @@ import h5py
 import numpy as np
 
 from slotref import __version__
-from slotref.backend import to_host, tree_leaves
+from slotref.backend import get_backend, host_rng, to_host, tree_leaves
 from slotref.io import atomic_path
+from slotref.models import init_model
+from slotref.optim import Adam
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 
 CHECKPOINT_FORMAT = "slotref-checkpoint"
 TASKS = ("setpred", "discovery")
 
 
-def save_checkpoint(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str,
-                    average=None) -> None:
+def save_training_state(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str,
+                        average=None) -> None:
     """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced.
 
     ``average``: the parameter average (a tree shaped like ``params``) of a run with ``ema`` > 0.
@@ -116,7 +129,7 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
         return _check_header(path, f)[0]
 
 
-def load_checkpoint(path: Path, be, template_params, config: TrainConfig, model: bool = False):
+def load_training_state(path: Path, be, template_params, config: TrainConfig, model: bool = False):
     """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``.
 
     ``adam_state`` holds the parameter average as ``"average"`` (None for a run without one).
@@ -168,3 +181,44 @@ def load_checkpoint(path: Path, be, template_params, config: TrainConfig, model:
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:  # damage seen only when read
         raise _error(path, "data", f"cannot be read (truncated or corrupt?): {str(err).splitlines()[0]}",
                      "resume from an intact copy or train a new run") from None
+
+
+# --------------------------------------------------------------------------
+# The model alone, for users of the Python API.
+
+def _checkpoint_path(path) -> Path:
+    """A .h5/.hdf5 file as given; anything else is a run directory holding checkpoint.h5."""
+    path = Path(path)
+    return path if path.suffix in (".h5", ".hdf5") and not path.is_dir() else path / "checkpoint.h5"
+
+
+def load_model(path, device: str | None = None, dtype=None) -> tuple[TrainConfig, dict]:
+    """(config, params) of a checkpoint file (.h5) or a run directory.
+
+    ``params`` are the model the run evaluates (its parameter average for a run with ``ema`` > 0), on
+    ``device`` ('cpu': NumPy, 'gpu': CuPy; default $SLOTREF_DEVICE or cpu) in ``dtype`` (default: the
+    run's, float32). ``config.model`` is what the model functions take.
+    Raises TrainingError (one line) for a file that is not a slotref checkpoint.
+    """
+    path = _checkpoint_path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}")
+    config = read_checkpoint_config(path)
+    be = get_backend(device, dtype or config.dtype)
+    template = init_model(host_rng(config.seed, 0), config.model)
+    params, _, _, _ = load_training_state(path, be, template, config, model=True)
+    return config, params
+
+
+def save_model(path, config: TrainConfig, params: dict, step: int = 0, adam_state: dict | None = None) -> None:
+    """Write ``params`` (and Adam's state, zeros when None) to ``path`` (a .h5 file, or a run directory's
+    checkpoint.h5) as a checkpoint ``load_model``, ``slotref eval`` and ``slotref viz`` read.
+
+    ``config``: a ``TrainConfig`` whose ``model`` built ``params`` (``slotref.TrainConfig(task=...,
+    model=...)``); with ``config.ema`` > 0, ``params`` are also the average.
+    """
+    path = _checkpoint_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = adam_state if adam_state is not None else Adam().init(params)
+    save_training_state(path, params, state, step, config, fingerprint="",
+                        average=params if config.ema > 0 else None)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import numbers
+import stat
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slotref import paper
 from slotref.models import ModelConfig
-from slotref.slot_attention import SlotAttentionConfig
 
 _SETPRED = paper.HYPERPARAMETERS["setpred"]
 
@@ -49,27 +53,32 @@ class TrainConfig:
     data_max_objects: int | None = None
     data_zoom: float = 1.0             # camera zoom of the CLEVR generators (objects zoom times larger)
     data_dir: str = "data"
-    coord_weight: float = 1.0          # set prediction: weight of the coordinates in the loss (losses.pairwise_huber_cost)
+    coord_weight: float = 1.0          # set prediction: weight of the coordinates in the loss (training.setpred_loss)
     matching_coord_weight: float | None = None  # ... and in the matching's cost (None: coord_weight's)
-    curriculum: str = ""               # training stages (slotref/curriculum.py); "" trains with num_slots throughout
-    ema: float = 0.0                   # decay of the parameter average evaluation reads (optim.ParameterAverage); 0: none
+    curriculum: str = ""               # training stages (slotref/training/curriculum.py); "" trains with num_slots throughout
+    ema: float = 0.0                   # decay of the parameter average evaluation reads (training.average.ParameterAverage); 0: none
     eval_iterations: int | None = None  # T of validation and the reported evaluation (None: model.num_iterations)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
         w = self.coord_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf:
-            raise ValueError(f"coord_weight must be a positive number, got {w!r}")
+            raise ConfigError("coord_weight", f"must be a positive number, got {w!r}")
         w = self.matching_coord_weight
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < math.inf):
-            raise ValueError(f"matching_coord_weight must be a positive number or None, got {w!r}")
+            raise ConfigError("matching_coord_weight", f"must be a positive number or None, got {w!r}")
         e = self.ema
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < 1:
-            raise ValueError(f"ema must be 0 (no parameter average) or a decay in (0, 1), got {e!r}")
+            raise ConfigError("ema", f"must be 0 (no parameter average) or a decay in (0, 1), got {e!r}")
         t = self.eval_iterations
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= LIMITS["eval_iterations"]):
-            raise ValueError(f"eval_iterations must be None or an integer in [1, {LIMITS['eval_iterations']}], "
-                             f"got {t!r}")
+            raise ConfigError("eval_iterations", f"must be None or an integer in [1, {LIMITS['eval_iterations']}], "
+                                                 f"got {t!r}")
+        for name, hint in _fields(TrainConfig):  # every field of its type and within LIMITS
+            check_value(hint, getattr(self, name), name)
+        lo, hi = self.data_min_objects, self.data_max_objects
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError("data_min_objects", f"is {lo}, more than data_max_objects ({hi})")
 
     @property
     def test_iterations(self) -> int:
@@ -81,26 +90,29 @@ class TrainConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "TrainConfig":
-        d = dict(d)
-        for key, default in ADDED_LATER.items():   # configs saved before the key existed
-            d.setdefault(key, default)
-        m = dict(d.pop("model"))
-        sa = SlotAttentionConfig(**m.pop("slot_attention"))
-        for key in ("resolution", "encoder_strides", "decoder_init_resolution"):
-            m[key] = tuple(m[key])
-        return TrainConfig(model=ModelConfig(slot_attention=sa, **m), **d)
+        """A config from its JSON form (``to_json``), checked as ``config_from_dict``."""
+        return config_from_dict(d)
 
 
 # --------------------------------------------------------------------------
-# Stored configs (config.json, a checkpoint's ``config`` attribute) are data:
-# every key known, every value of its type and within sane limits, before
-# anything is allocated or any file is touched.
+# One validation for every way a config arrives (flags, a config file, a stored
+# run, ``TrainConfig(...)``): every key known, every value of its type and
+# within sane limits, before anything is allocated or any file is touched.
 
-# Largest sizes a stored config may ask for (inclusive); the paper's are far below.
+class ConfigError(ValueError):
+    """A refused config value, one line naming the field: ``<key> <problem>``."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key} {problem}")
+        self.key, self.problem = key, problem
+
+
+# Largest sizes a config may ask for (inclusive); the paper's are far below.
 LIMITS = {
     "steps": 10**8, "batch_size": 4096, "warmup_steps": 10**15, "decay_steps": 10**15, "eval_every": 10**8,
     "eval_size": 10**6, "eval_iterations": 100, "checkpoint_every": 10**8, "log_every": 10**8, "max_objects": 255,
     "data_size": 10**7, "data_resolution": 1024, "data_min_objects": 255, "data_max_objects": 255,
+    "seed": 2**63 - 1,
     "model.resolution": 1024, "model.encoder_channels": 4096, "model.encoder_kernel": 64, "model.mlp_size": 4096,
     "model.num_slots": 256, "model.num_iterations": 100, "model.head_hidden": 4096, "model.output_size": 4096,
     "model.decoder_channels": 4096, "model.decoder_init_resolution": 1024, "model.encoder_strides": 16,
@@ -109,79 +121,127 @@ LIMITS = {
 }
 # Sizes that may be 0 (the others must be at least 1).
 MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
+# Ranges of the real-valued fields: (low, high, whether low itself is allowed); the others: any finite number.
+FLOAT_RANGES = {"learning_rate": (0.0, 1.0, False), "data_zoom": (0.0, 16.0, False),
+                "model.slot_attention.epsilon": (0.0, 1.0, True)}
 # Keys added after runs were first saved: a stored config without one takes this value.
 ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0,
                "eval_iterations": None}
 
 
-def config_from_stored(d, source) -> TrainConfig:
-    """A ``TrainConfig`` from stored JSON ``d``; TrainingError ``<source>: config.<key>: <problem>; <todo>``."""
-    import typing
+@functools.cache
+def _fields(cls) -> tuple[tuple[str, object], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls))
 
-    def bad(key, problem):
-        return TrainingError(f"{source}: config.{key}: {problem}; the run directory is damaged or not slotref's "
-                             f"(train a new run)")
 
-    def check(cls, data, prefix):
-        if not isinstance(data, dict):
-            raise bad(prefix.rstrip(".") or "", f"is {type(data).__name__}, expected an object")
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise bad(prefix + str(key), "unknown key")
-        values = {}
-        for name in names:
-            key = prefix + name
-            if name not in data and key in ADDED_LATER:
-                values[name] = ADDED_LATER[key]
-                continue
-            if name not in data:
-                raise bad(key, "missing")
-            values[name] = value(hints[name], data[name], key)
-        try:
-            return cls(**values)
-        except (ValueError, TypeError) as err:
-            raise bad(prefix.rstrip(".") or "config", str(err).splitlines()[0]) from None
-
-    def value(hint, v, key):
-        args = typing.get_args(hint)
-        if dataclasses.is_dataclass(hint):
-            return check(hint, v, key + ".")
-        if type(None) in args:                       # X | None
-            if v is None:
-                return None
-            return value(next(a for a in args if a is not type(None)), v, key)
-        if typing.get_origin(hint) is tuple:
-            if not isinstance(v, list) or not v or len(v) > 8:
-                raise bad(key, f"is {v!r}, expected a short list of integers")
-            return tuple(number(int, x, key) for x in v)
-        if hint in (int, float):
-            return number(hint, v, key)
-        if hint is bool:
-            if not isinstance(v, bool):
-                raise bad(key, f"is {v!r}, expected true or false")
+def check_value(hint, v, key: str):
+    """``v`` as a value of type ``hint`` for the field ``key`` (JSON lists as tuples, objects as dataclasses);
+    ConfigError naming ``key`` when it is of another type or out of range."""
+    if dataclasses.is_dataclass(hint):
+        if isinstance(v, hint):  # a built config: its fields checked, nothing rebuilt
+            for name, field_hint in _fields(hint):
+                check_value(field_hint, getattr(v, name), f"{key}.{name}")
             return v
-        if hint is str:
-            if not isinstance(v, str) or len(v) > 4096:
-                raise bad(key, f"is {v!r:.60}, expected a string")
-            return v
-        raise bad(key, f"has an unsupported type {hint}")
-
-    def number(kind, v, key):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
-            raise bad(key, f"is {v!r:.60}, expected {'an integer' if kind is int else 'a number'}")
-        if kind is float:
-            if not math.isfinite(v):
-                raise bad(key, f"is {v}, expected a finite number")
-            return float(v)
-        name = key.removeprefix("config.")
-        low = 0 if name in MAY_BE_ZERO or name.split(".")[-1] == "seed" else 1
-        high = LIMITS.get(name)
-        if name == "seed":
-            high = 2**63 - 1
-        if v < low or (high is not None and v > high):
-            raise bad(key, f"{v} is outside the sane range [{low}, {high if high is not None else 'inf'}]")
+        return _from_dict(hint, v, key + ".")
+    args = typing.get_args(hint)
+    if type(None) in args:                       # X | None
+        return None if v is None else check_value(next(a for a in args if a is not type(None)), v, key)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(v, (list, tuple)) or not v or len(v) > 8:
+            raise ConfigError(key, f"is {v!r:.60}, expected a short list of integers")
+        return tuple(_number(int, x, key) for x in v)
+    if hint in (int, float):
+        return _number(hint, v, key)
+    if hint is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(key, f"is {v!r:.60}, expected true or false")
         return v
+    if hint is str:
+        if not isinstance(v, str) or len(v) > 4096:
+            raise ConfigError(key, f"is {v!r:.60}, expected a string")
+        return v
+    raise ConfigError(key, f"has an unsupported type {hint}")
 
-    return check(TrainConfig, d, "")
+
+def _number(kind, v, key: str):
+    integral = isinstance(v, numbers.Integral)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or (kind is int and not integral):
+        raise ConfigError(key, f"is {v!r:.60}, expected {'an integer' if kind is int else 'a number'}")
+    if kind is float:
+        if not math.isfinite(v):
+            raise ConfigError(key, f"is {v}, expected a finite number")
+        low, high, closed = FLOAT_RANGES.get(key, (-math.inf, math.inf, True))
+        if not (low <= v if closed else low < v) or v > high:
+            raise ConfigError(key, f"is {v:g}, outside the range {'[' if closed else '('}{low:g}, {high:g}]")
+        return float(v)
+    low = 0 if key in MAY_BE_ZERO else 1
+    high = LIMITS.get(key)
+    if v < low or (high is not None and v > high):
+        raise ConfigError(key, f"is {v}, outside the sane range [{low}, {high if high is not None else 'inf'}]")
+    return int(v)
+
+
+def _from_dict(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(prefix.rstrip(".") or "config", f"is {type(data).__name__}, expected an object")
+    names = [name for name, _ in _fields(cls)]
+    for key in data:
+        if key not in names:
+            raise ConfigError(prefix + str(key)[:60], "is not a known key")
+    values = {}
+    for name, hint in _fields(cls):
+        key = prefix + name
+        if name not in data and key in ADDED_LATER:
+            values[name] = ADDED_LATER[key]
+        elif name not in data:
+            raise ConfigError(key, "is missing")
+        else:
+            values[name] = check_value(hint, data[name], key)
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(prefix + err.key, err.problem) from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(prefix.rstrip(".") or "config", str(err).splitlines()[0]) from None
+
+
+def config_from_dict(d) -> TrainConfig:
+    """A ``TrainConfig`` from its JSON form ``d`` (every key present, or added later); ConfigError."""
+    return _from_dict(TrainConfig, d, "")
+
+
+def config_from_stored(d, source) -> TrainConfig:
+    """A ``TrainConfig`` from stored JSON ``d``; TrainingError ``<source>: config.<key> <problem>; <todo>``."""
+    try:
+        return config_from_dict(d)
+    except ConfigError as err:
+        raise TrainingError(f"{source}: config.{err.key}: {err.problem}; the run directory is damaged or not "
+                            "slotref's (train a new run)") from None
+
+
+def read_json(path: Path, limit: int = 2**20):
+    """The JSON value of a regular file of at most ``limit`` bytes (ConfigError naming the file: a FIFO, a
+    device, a huge or deeply nested file is refused before it is read or parsed)."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), "is not a regular file")
+        if info.st_size > limit:
+            raise ConfigError(str(path), f"holds {info.st_size} bytes, more than a config's {limit}")
+        return json.loads(path.read_bytes())
+    except OSError as err:
+        raise ConfigError(str(path), f"cannot be read ({err.strerror or err})") from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting
+        raise ConfigError(str(path), f"is not JSON ({str(err).splitlines()[0] or 'nested too deeply'})") from None
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The checked ``config.json`` of a run directory (TrainingError, one line)."""
+    path = Path(run_dir) / "config.json"
+    try:
+        stored = read_json(path)
+    except ConfigError as err:
+        raise TrainingError(f"{path}: config: {err.problem}; not a slotref run (choose another --out)") from None
+    return config_from_stored(stored, path)

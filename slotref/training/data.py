@@ -20,6 +20,7 @@ from slotref.training.config import TrainConfig, TrainingError
 
 TRAIN_NOISE_STREAM = 2     # be.rng(seed, TRAIN_NOISE_STREAM, step): the slot noise of training step ``step``
 EVAL_NOISE_STREAM = 999_999  # the slot noise of evaluation: fixed, independent of the step
+STAGE_ORDER_STREAM = 7     # host_rng key of the batch orders of curriculum stages that draw from a subset
 
 def resolve_dataset(config: TrainConfig, create: bool = True) -> Path:
     """The HDF5 file of the run: the user's file, or the built-in data made once and cached.
@@ -143,3 +144,45 @@ def eval_noise(be: backend.Backend, config: TrainConfig, batch: int, num_slots: 
     """The slot noise (batch, num_slots, D) of evaluating the examples from ``start`` on."""
     return slot_noise(be.rng(config.seed, EVAL_NOISE_STREAM, start), batch, num_slots,
                       config.model.slot_attention.slot_size, be.dtype)
+
+
+def num_objects(targets: np.ndarray | None) -> np.ndarray | None:
+    """Objects per scene from set prediction targets (the last number of a row: 1 for a real object)."""
+    return None if targets is None else (np.asarray(targets)[..., -1] > 0.5).sum(axis=1)
+
+
+class StageBatchOrder:
+    """Example indices of step s. A stage that draws from every scene uses the run's plain
+    order (a function of (seed, s)); a stage that draws from a subset permutes the subset
+    epoch by epoch, seeded by (seed, stage, epoch), counting steps from the stage's start."""
+
+    def __init__(self, curriculum, plain_order, num_objects, batch_size: int, seed: int):
+        self.curriculum, self.plain_order, self.batch_size, self.seed = curriculum, plain_order, batch_size, seed
+        self.subsets: dict[int, np.ndarray | None] = {}
+        for s in curriculum.stages:
+            if s.max_objects is None:
+                self.subsets[s.index] = None
+                continue
+            n = np.asarray(num_objects)
+            keep = np.flatnonzero((n >= (s.min_objects or 1)) & (n <= s.max_objects))
+            if len(keep) < batch_size:
+                raise ValueError(f"curriculum stage {s.describe()!r}: only {len(keep)} training scenes have "
+                                 f"that many objects, fewer than one batch of {batch_size}")
+            self.subsets[s.index] = None if len(keep) == len(n) else keep
+        self._perm_key, self._perm = None, None
+
+    def _permutation(self, stage: int, epoch: int, n: int) -> np.ndarray:
+        if self._perm_key != (stage, epoch):  # one permutation at a time
+            self._perm_key = (stage, epoch)
+            self._perm = host_rng(self.seed, STAGE_ORDER_STREAM, stage, epoch).permutation(n)
+        return self._perm
+
+    def __call__(self, step: int) -> np.ndarray:
+        stage = self.curriculum.stage_at(step)
+        subset = self.subsets[stage.index]
+        if subset is None:
+            return self.plain_order(step)
+        positions = (step - stage.start) * self.batch_size + np.arange(self.batch_size)
+        epochs, offsets = positions // len(subset), positions % len(subset)
+        return np.concatenate([subset[self._permutation(stage.index, int(e), len(subset))[offsets[epochs == e]]]
+                               for e in np.unique(epochs)])

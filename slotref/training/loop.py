@@ -13,7 +13,6 @@ alone prints and writes. A single process never touches MPI.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -25,67 +24,26 @@ from pathlib import Path
 import autograd
 from tqdm import tqdm
 
-from slotref import backend, distributed, io
-from slotref.curriculum import num_objects, run_plan
+from slotref import backend, io
+from slotref.training.curriculum import run_plan
 from slotref.backend import get_backend, host_rng, to_float, tree_leaves
 from slotref.flat import FlatTree
+from slotref.kernels.allocator import keep_freed_host_memory
 from slotref.models import init_model
-from slotref.optim import Adam, ParameterAverage, Schedule
-from slotref.training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from slotref.training.config import DivergenceError, TrainConfig, TrainingError, config_from_stored
+from slotref.optim import Adam, Schedule
+from slotref.training.average import ParameterAverage
+from slotref.training import collectives
+from slotref.training.checkpoint import load_training_state, read_checkpoint_config, save_training_state
+from slotref.training.config import DivergenceError, TrainConfig, TrainingError, read_run_config
+from slotref.training.resolve import check_new_run_dir, resumed
 from slotref.training.logs import RunLog, format_metrics, write_command
-from slotref.training.data import BatchOrder, load_file, load_splits, resolve_dataset, train_noise
-from slotref.training.tasks import looks_collapsed, make_task
+from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
+from slotref.training.diagnostics import looks_collapsed
+from slotref.training.launch import world
+from slotref.training.tasks import make_task
 
-# Fields a resumed run may change: how long it runs, where, and how often it reports.
-RESUME_MAY_CHANGE = ("steps", "device", "log_every", "eval_every", "checkpoint_every", "data_dir")
 # Ranks other than 0 of an MPI job neither lock nor write the run directory.
 RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
-
-
-def read_run_config(run_dir: Path) -> TrainConfig:
-    """The checked ``config.json`` of a run directory (TrainingError, one line)."""
-    path = Path(run_dir) / "config.json"
-    try:
-        stored = json.loads(path.read_text())
-    except ValueError as err:
-        raise TrainingError(f"{path}: config: not JSON ({str(err).splitlines()[0]}); not a slotref run "
-                            "(choose another --out)") from None
-    except OSError as err:
-        raise TrainingError(f"{path}: config: cannot be read ({err.strerror or err})") from None
-    return config_from_stored(stored, path)
-
-
-def config_changes(saved: TrainConfig, config: TrainConfig, prefix: str = "") -> list[tuple[str, object, object]]:
-    """(field, saved value, new value) for every field that differs, nested fields as ``model.num_slots``."""
-    out = []
-    for name in saved.__dataclass_fields__:
-        a, b = getattr(saved, name), getattr(config, name)
-        if hasattr(a, "__dataclass_fields__") and hasattr(b, "__dataclass_fields__"):
-            out += config_changes(a, b, f"{prefix}{name}.")
-        elif a != b:
-            out.append((prefix + name, a, b))
-    return out
-
-
-def _check_new_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """A new run goes into a missing or empty folder, or restarts the same run that never saved a checkpoint."""
-    if not run_dir.exists():
-        return
-    if not run_dir.is_dir():
-        raise TrainingError(f"{run_dir}: not a folder; choose another --out")
-    if (run_dir / "checkpoint.h5").exists():
-        raise TrainingError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
-    entries = [p.name for p in run_dir.iterdir() if p.name != io.LOCK_NAME]
-    if not entries:
-        return
-    if "config.json" not in entries:
-        raise TrainingError(f"{run_dir}: not empty and not a slotref run (no config.json); choose another --out")
-    changes = [c for c in config_changes(read_run_config(run_dir), config) if c[0] != "device"]
-    if changes:
-        key, old, new = changes[0]
-        raise TrainingError(f"{run_dir}: holds another run ({key}: {old!r} there, {new!r} here); "
-                            "choose another --out")
 
 
 def _is_writer() -> bool:
@@ -107,17 +65,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     if resume:
         if not (run_dir / "config.json").exists():
             raise TrainingError(f"nothing to resume in {run_dir}: no config.json")
-        saved = read_run_config(run_dir)
-        if saved.task != config.task:
-            raise TrainingError(f"{run_dir} holds a {saved.task} run; cannot resume it as {config.task}")
-        changed = [c for c in config_changes(saved, config) if c[0] not in RESUME_MAY_CHANGE]
-        if changed:
-            key, old, new = changed[0]
-            raise TrainingError(f"{run_dir}: cannot resume with {key} = {new!r}: the run was trained with "
-                                f"{old!r}; keep it, or start a new run with another --out")
-        config = replace(saved, **{k: getattr(config, k) for k in RESUME_MAY_CHANGE})
+        config = resumed(read_run_config(run_dir), config, run_dir)  # the one resume policy
     else:
-        _check_new_run_dir(run_dir, config)
+        check_new_run_dir(run_dir, config)
     run_plan(config)  # a curriculum the run cannot follow: a one-line ValueError, before any file is made
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,14 +82,15 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
 def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_eval, tensorboard: bool,
            echo, command) -> dict:
     ckpt_path = run_dir / "checkpoint.h5"
-    w = distributed.world()
-    local_slice = distributed.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
+    w = world()
+    local_slice = collectives.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
     plan = run_plan(config)  # checked before the backend is made
     data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
     failure = None
     try:  # what may fail on one rank alone (its GPU, its copy of the file) fails on every rank
         if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
             w.use_device()  # this rank's GPU, before the backend is made
+        keep_freed_host_memory()  # a training step reuses freed host pages (kernels.allocator)
         be = get_backend(config.device, config.dtype)
         config = replace(config, device=be.device)
         task = make_task(config)
@@ -151,8 +102,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         average = None  # started at each stage's first step
         start = 0
         if resume and ckpt_path.exists():
-            tree, tree_state, start, saved_fp = load_checkpoint(ckpt_path, be, params.tree, config)
-            if saved_fp != fingerprint:
+            tree, tree_state, start, saved_fp = load_training_state(ckpt_path, be, params.tree, config)
+            # An empty fingerprint: weights written without data (save_model, import-tf), fine-tuned on any file.
+            if saved_fp and saved_fp != fingerprint:
                 raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
             params.assign(tree)
             state = adam.from_tree(tree_state, params)
@@ -173,7 +125,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
     order = plan.batch_order(order, num_objects(train_split.targets), config.batch_size, config.seed)
-    sync = distributed.GradientSync(w, config.batch_size, params.layout)
+    sync = collectives.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
     last_eval: dict = {}
     say = tqdm.write if w.is_root else (lambda _: None)
@@ -218,15 +170,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             if averaging is not None:  # a stage's first step starts the average from its parameters
                 average = averaging.start(params) if plan.starts_stage(step) else averaging.update(average, params)
             if w.size > 1 and (step + 1) % config.log_every == 0:
-                w.check_same(distributed.checksum(params.buffers), f"parameters after step {step + 1}")
+                w.check_same(collectives.checksum(params.buffers), f"parameters after step {step + 1}")
             bar.update(1)
             done = step + 1
             stopping = stop.requested if w.size == 1 else to_float(stops) > 0
             if done % config.checkpoint_every == 0 or done == config.steps or stopping:
                 _check_finite_params(params.tree, done, ckpt_path)
                 if w.is_root:
-                    save_checkpoint(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
-                                    average=None if average is None else average.tree)
+                    save_training_state(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
+                                        average=None if average is None else average.tree)
                 w.barrier()  # on disk before any rank goes on: a rank failing later leaves it whole
             if stopping:
                 interrupted = True
@@ -322,12 +274,12 @@ def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path
     config = read_checkpoint_config(ckpt)  # checked: known keys, types, sane sizes
     if device:
         config = replace(config, device=device)
-    w = distributed.world()
+    w = world()
     if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
         w.use_device()  # this rank's GPU, before the backend is made
     be = get_backend(config.device, config.dtype)
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
-    params, _, step, _ = load_checkpoint(ckpt, be, template, config, model=True)
+    params, _, step, _ = load_training_state(ckpt, be, template, config, model=True)
     if dataset is not None:
         if not Path(dataset).is_file():
             raise TrainingError(f"dataset file {dataset} does not exist")

@@ -18,7 +18,7 @@ DISCOVERY_CPU_INIT = "torch"
 
 # Camera zoom of the set-prediction CPU preset's built-in data (data make --zoom).
 CPU_SETPRED_ZOOM = 3.0
-# The set-prediction CPU preset's training stages (slotref/curriculum.py, docs/curriculum.md).
+# The set-prediction CPU preset's training stages (slotref/training/curriculum.py, docs/curriculum.md).
 # One slot on one-object scenes, then K = 3 on the two- and three-object scenes;
 # from step 7,000, once the attributes are learned, K = 3 on every scene with the
 # coordinates weighing twice in the loss but not in the matching.
@@ -77,9 +77,9 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
                                data_resolution=res, model=discovery_config(arch))
         if preset == "cpu":
             # Batch 16 at twice the paper's learning rate: in a sweep of the
-            # Tetrominoes preset on a GPU (bench/preset_sweep.sh, docs/results.md)
-            # it reached the highest FG-ARI at the step counts an hour of two CPU
-            # cores allows (batch 32: about 3,000 steps; batch 16: about 5,500).
+            # Tetrominoes preset on a GPU (docs/results.md, "The sweep behind the
+            # preset") it reached the highest FG-ARI at the step counts an hour of
+            # two CPU cores allows (batch 32: about 3,000 steps; batch 16: about 5,500).
             # On the CPU: FG-ARI 0.895 after 5,500 steps, 57 minutes.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=5_500, batch_size=16,
                                learning_rate=2 * paper.LEARNING_RATE, warmup_steps=300, decay_steps=5_000,
@@ -152,7 +152,7 @@ def _scaled_ema(decay: float, factor: float) -> float:
 
 
 def _scaled_curriculum(text: str, factor: float) -> str:
-    from slotref.curriculum import Curriculum
+    from slotref.training.curriculum import Curriculum
 
     return str(Curriculum.parse(text).scaled(factor)) if text else ""
 

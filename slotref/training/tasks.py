@@ -4,7 +4,7 @@
 - ``DiscoveryTask``: reconstruction MSE, FG-ARI (Table 1), and the collapse
   diagnostics that tell the 'stripes' failure of section 4.1.
 
-Evaluation takes a ``slotref.distributed.World`` (default: this process
+Evaluation takes a ``slotref.training.collectives.World`` (default: this process
 alone): each rank evaluates its share of the examples in whole evaluation
 batches (so every example keeps the slot noise it has in one process), the
 per-example results (predictions; ARI, MSE and diagnostics per image) are
@@ -19,11 +19,13 @@ import numpy as np
 
 from slotref import metrics
 from slotref.backend import to_host
-from slotref.distributed import World, shard_range
-from slotref.losses import hungarian_huber_loss, mse
+from slotref.losses import mse
 from slotref.models import autoencoder, set_prediction
+from slotref.training.collectives import World, shard_range
 from slotref.training.config import TrainConfig
 from slotref.training.data import Split, eval_noise, preprocess
+from slotref.training.diagnostics import collapse_per_example, summarise_collapse
+from slotref.training.setpred_loss import setpred_loss
 
 class SetPredictionTask:
     name = "setpred"
@@ -33,11 +35,11 @@ class SetPredictionTask:
 
     def loss(self, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
         """``coord_weight``, ``matching_coord_weight``: the coordinate weights of the loss and of the
-        matching (default: the run's; a curriculum stage may set them; losses.hungarian_huber_loss)."""
+        matching (default: the run's; a curriculum stage may set them; ``setpred_loss``)."""
         predictions = set_prediction(params, images, noise, self.config.model)
         weight = self.config.coord_weight if coord_weight is None else coord_weight
         matching = self.config.matching_coord_weight if matching_coord_weight is None else matching_coord_weight
-        return hungarian_huber_loss(predictions, targets, coord_weight=weight, matching_coord_weight=matching)
+        return setpred_loss(predictions, targets, coord_weight=weight, matching_coord_weight=matching)
 
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), be.asarray(split.targets[idx])
@@ -141,47 +143,6 @@ class DiscoveryTask:
         result = {"fg_ari": float(np.nanmean(rows["ari"])), "mse": float(np.mean(rows["mse"]))}
         result.update(summarise_collapse(rows))
         return result
-
-
-def collapse_diagnostics(masks: np.ndarray, slots: np.ndarray, attention: np.ndarray | None) -> dict:
-    """Numbers that tell the 'stripes' failure (section 4.1) from objects without pictures.
-
-    - mask areas: the share of pixels each slot wins (sorted, mean over images);
-    - attention entropy over slots of the last iteration, normalised by log K
-      (1: every input split evenly between slots; 0: each input to one slot);
-    - mean pairwise cosine similarity of the slots of an image.
-    """
-    return summarise_collapse(collapse_per_example(masks, slots, attention))
-
-
-def collapse_per_example(masks: np.ndarray, slots: np.ndarray, attention: np.ndarray | None) -> dict:
-    """The diagnostics of each image: sorted areas (N, K), attention entropy (N,) or None, slot cosine (N,)."""
-    n, k = masks.shape[:2]
-    winners = np.argmax(masks, axis=1).reshape(n, -1)
-    areas = np.stack([(winners == j).mean(axis=1) for j in range(k)], axis=1)   # (N, K)
-    entropy = None
-    if attention is not None:
-        a = np.clip(attention[:, -1], 1e-12, 1.0)                              # (N, N_in, K)
-        entropy = (-(a * np.log(a)).sum(-1)).mean(axis=1) / np.log(max(k, 2))
-    unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + 1e-12)
-    cos = unit @ unit.transpose(0, 2, 1)
-    off = ~np.eye(k, dtype=bool)
-    cosine = cos[:, off].mean(axis=1) if k > 1 else np.ones(n)
-    return {"areas": np.sort(areas, axis=1)[:, ::-1], "entropy": entropy, "cosine": cosine}
-
-
-def summarise_collapse(rows: dict) -> dict:
-    """Means over images of ``collapse_per_example``'s rows."""
-    result = {"slot_area_sorted": [round(float(a), 4) for a in rows["areas"].mean(axis=0)]}
-    if rows["entropy"] is not None:
-        result["attention_entropy"] = float(np.mean(rows["entropy"]))
-    result["slot_cosine"] = float(np.mean(rows["cosine"]))
-    return result
-
-
-def looks_collapsed(diag: dict) -> bool:
-    """Heuristic warning: attention spread evenly (no competition won) or slots nearly identical."""
-    return diag.get("attention_entropy", 0.0) > 0.9 or diag.get("slot_cosine", 0.0) > 0.95
 
 
 def threshold_name(t: float) -> str:

@@ -1,8 +1,8 @@
 """What the gradient allreduce of data-parallel training costs: measured here, projected at scale.
 
-``mpiexec -n 2 python -m slotref.bench_allreduce time`` times one allreduce of
+``mpiexec -n 2 python -m slotref.bench.allreduce time`` times one allreduce of
 each paper model's gradient buffer (float32, every parameter plus the loss)
-under the current world; ``python -m slotref.bench_allreduce project`` projects
+under the current world; ``python -m slotref.bench.allreduce project`` projects
 the scaling of each paper preset from a ring-allreduce cost model.
 
 The projection's model of one training step on N GPUs at global batch B:
@@ -30,7 +30,8 @@ import time
 
 import numpy as np
 
-from slotref.distributed import World, world
+from slotref.training.collectives import World
+from slotref.training.launch import world
 
 # One H100 (docs/performance.md), training step at the paper batch (Table 11).
 H100_IMAGES_PER_S = {"setpred": 2780.0, "clevr6": 118.0, "multi-dsprites": 492.0, "tetrominoes": 1150.0}
@@ -160,7 +161,7 @@ def _duration(days: float) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m slotref.bench_allreduce", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m slotref.bench.allreduce", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("time", "project"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")

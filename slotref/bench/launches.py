@@ -1,7 +1,7 @@
-"""What a step launches: array-module calls on the CPU, device time on CuPy.
+"""What a step launches: array-library calls on NumPy, device time on CuPy.
 
 On a GPU a small model's step time is set by how many kernels it launches,
-not by its FLOPs. Two measurements for ``bench --device gpu --profile``:
+not by its FLOPs. Two measurements, one per array module (``launches``):
 
 - ``count_calls(fn, *args)`` runs ``fn`` on NumPy with every input array
   wrapped so that each ufunc call (``a + b``, ``np.exp``, ``x.sum()``, matmul)
@@ -13,8 +13,6 @@ not by its FLOPs. Two measurements for ``bench --device gpu --profile``:
   kernel launch, so the count is a launch proxy measured without a GPU.
 - ``device_time(fn, *args, xp=cupy)`` brackets ``fn`` with CUDA events and
   returns the device milliseconds between them (one host sync, at the end).
-
-``profile_step`` gives whichever of the two fits the array module.
 """
 
 from __future__ import annotations
@@ -107,25 +105,17 @@ class _recording:
 register_array_type(CountingArray, np)   # autograd traces it like any host array
 
 
-def _wrap_tree(tree):
+def _map_arrays(tree, fn):
     if isinstance(tree, dict):
-        return {k: _wrap_tree(v) for k, v in tree.items()}
+        return {k: _map_arrays(v, fn) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_wrap_tree(v) for v in tree)
-    return tree.view(CountingArray) if isinstance(tree, np.ndarray) else tree
-
-
-def _unwrap_tree(tree):
-    if isinstance(tree, dict):
-        return {k: _unwrap_tree(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_unwrap_tree(v) for v in tree)
-    return tree.view(np.ndarray) if isinstance(tree, CountingArray) else tree
+        return type(tree)(_map_arrays(v, fn) for v in tree)
+    return fn(tree) if isinstance(tree, np.ndarray) else tree
 
 
 def counting(tree: Any) -> Any:
     """``tree`` (nested dicts/lists/tuples of NumPy arrays) with every array a counted view (no copy)."""
-    return _wrap_tree(tree)
+    return _map_arrays(tree, lambda a: a.view(CountingArray))
 
 
 def count_calls(fn: Callable, *args, **kwargs) -> tuple[Any, CallCounts]:
@@ -133,10 +123,10 @@ def count_calls(fn: Callable, *args, **kwargs) -> tuple[Any, CallCounts]:
     previous = getattr(_state, "counts", None)
     _state.counts = counts = CallCounts()
     try:
-        result = fn(*_wrap_tree(args), **_wrap_tree(kwargs))
+        result = fn(*counting(args), **counting(kwargs))
     finally:
         _state.counts = previous
-    return _unwrap_tree(result), counts
+    return _map_arrays(result, lambda a: a.view(np.ndarray)), counts
 
 
 def device_time(fn: Callable, *args, xp: Any, **kwargs) -> tuple[Any, float]:
@@ -150,7 +140,7 @@ def device_time(fn: Callable, *args, xp: Any, **kwargs) -> tuple[Any, float]:
 
 
 @dataclass(frozen=True)
-class StepProfile:
+class Launches:
     wall_ms: float
     calls: CallCounts | None      # NumPy: the launch proxy
     device_ms: float | None       # CuPy: CUDA-event time
@@ -165,11 +155,11 @@ class StepProfile:
         return "; ".join(parts)
 
 
-def profile_step(fn: Callable, *args, xp: Any = np, **kwargs) -> tuple[Any, StepProfile]:
-    """Run one step ``fn(*args)``: counted calls on NumPy, CUDA-event time on CuPy."""
+def launches(fn: Callable, *args, xp: Any = np, **kwargs) -> tuple[Any, Launches]:
+    """Run ``fn(*args)`` once: counted calls on NumPy, CUDA-event time on CuPy."""
     t0 = time.perf_counter()
     if getattr(xp, "__name__", "") == "cupy":
         result, device_ms = device_time(fn, *args, xp=xp, **kwargs)
-        return result, StepProfile((time.perf_counter() - t0) * 1e3, None, device_ms)
+        return result, Launches((time.perf_counter() - t0) * 1e3, None, device_ms)
     result, calls = count_calls(fn, *args, **kwargs)
-    return result, StepProfile((time.perf_counter() - t0) * 1e3, calls, None)
+    return result, Launches((time.perf_counter() - t0) * 1e3, calls, None)

@@ -6,22 +6,14 @@ the last stage has no length and lasts to the end of the run::
 
     slots=1,objects=1:1000; slots=3,reset_adam,warmup=500
 
-Keys (all optional; a key left out keeps the run's setting):
+Keys (all optional; a key left out keeps the run's setting; docs/curriculum.md):
 
-- ``slots``: K, the number of slots of the stage's forward passes. The last
-  stage's K must be the run's ``num_slots`` (evaluation always uses it).
-- ``objects``: the training scenes the stage draws from: ``2`` (at most 2
-  objects) or ``1-2`` (1 to 2 objects). Set prediction only; at most K.
-- ``lr``: the base learning rate of the stage, a value (``2e-4``) or a
-  multiple of the run's (``0.5x``). The run's warm-up and decay still apply.
-- ``warmup``: a linear warm-up of N steps from the stage's start (a restart
-  of the learning rate after a switch).
-- ``reset_adam`` (or ``reset_adam=1``): a fresh Adam state at the stage's start.
-- ``coord_weight``: the weight of the coordinates in the set prediction loss
-  during the stage (``losses.pairwise_huber_cost``; the run's otherwise).
-- ``matching_coord_weight``: their weight in the cost the Hungarian matching
-  minimises during the stage (``losses.hungarian_huber_loss``; the run's
-  otherwise, and by default ``coord_weight``'s).
+- ``slots``: K of the stage's forward passes; the last stage's K is the run's ``num_slots``.
+- ``objects``: the scenes the stage draws from, ``2`` (at most 2) or ``1-2``; set prediction, at most K.
+- ``lr``: the stage's base learning rate (``2e-4``) or a multiple of the run's (``0.5x``).
+- ``warmup``: a linear warm-up of N steps from the stage's start; ``reset_adam``: a fresh Adam state there.
+- ``coord_weight``, ``matching_coord_weight``: the coordinates' weight in the set prediction loss and
+  in the Hungarian matching's cost during the stage (``training.setpred_loss``; the run's otherwise).
 
 Why it is sound: Slot Attention (Algorithm 1) runs with any K and no
 parameter depends on K (the slots are drawn from one shared Gaussian), so the
@@ -37,14 +29,15 @@ boundaries too.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from slotref.backend import host_rng
+from slotref.training.config import LIMITS
 
 KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight", "matching_coord_weight")
-_ORDER_KEY = 7  # host_rng key of the batch orders of stages that draw from a subset of the scenes
+MAX_SLOTS = LIMITS["model.num_slots"]
 
 
 @dataclass(frozen=True)
@@ -69,58 +62,72 @@ class Stage:
         return float("inf") if self.length is None else self.start + self.length
 
     def describe(self) -> str:
-        parts = []
-        if self.slots is not None:
-            parts.append(f"slots={self.slots}")
-        if self.max_objects is not None:
-            lo = self.min_objects or 1
-            parts.append(f"objects={self.max_objects}" if lo == 1 else f"objects={lo}-{self.max_objects}")
-        if self.lr is not None:
-            parts.append(f"lr={self.lr:g}")
-        if self.lr_scale is not None:
-            parts.append(f"lr={self.lr_scale:g}x")
-        if self.warmup:
-            parts.append(f"warmup={self.warmup}")
-        if self.reset_adam:
-            parts.append("reset_adam")
-        if self.coord_weight is not None:
-            parts.append(f"coord_weight={self.coord_weight:g}")
-        if self.matching_coord_weight is not None:
-            parts.append(f"matching_coord_weight={self.matching_coord_weight:g}")
-        return ",".join(parts) + ("" if self.length is None else f":{self.length}")
+        """The stage as written in a curriculum (``Curriculum.parse`` reads it back)."""
+        lo = self.min_objects or 1
+        parts = [f"slots={self.slots}" if self.slots is not None else "",
+                 "" if self.max_objects is None else f"objects={self.max_objects}" if lo == 1
+                 else f"objects={lo}-{self.max_objects}",
+                 f"lr={self.lr:g}" if self.lr is not None else "",
+                 f"lr={self.lr_scale:g}x" if self.lr_scale is not None else "",
+                 f"warmup={self.warmup}" if self.warmup else "", "reset_adam" if self.reset_adam else "",
+                 *(f"{key}={getattr(self, key):g}" for key in ("coord_weight", "matching_coord_weight")
+                   if getattr(self, key) is not None)]
+        return ",".join(filter(None, parts)) + ("" if self.length is None else f":{self.length}")
 
 
-def _int(value: str, what: str, part: str, minimum: int) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = None
-    if n is None or n < minimum:
-        raise ValueError(f"curriculum stage {part!r}: {what} must be an integer >= {minimum}, got {value!r}")
+def _int(value: str, what: str, part: str, minimum: int, maximum: int = 10**15) -> int:
+    n = int(value) if value.strip().lstrip("+-").isdigit() else None
+    if n is None or not minimum <= n <= maximum:
+        raise ValueError(f"curriculum stage {part!r}: {what} must be an integer in [{minimum}, {maximum}], "
+                         f"got {value!r}")
     return n
 
 
-def _positive(text: str) -> float | None:
-    """The finite positive number ``text`` spells, else None."""
+def _positive(text: str, key: str, part: str) -> float:
+    """The finite positive number ``text`` spells (ValueError naming the stage and ``key``)."""
     try:
         number = float(text)
     except ValueError:
-        return None
-    return number if 0 < number < float("inf") else None
+        number = math.nan
+    if not 0 < number < math.inf:
+        raise ValueError(f"curriculum stage {part!r}: {key} must be a positive number (an lr also a multiple "
+                         f"such as 0.5x), got {text!r}")
+    return number
+
+
+def _parse_item(stage: Stage, key: str, has_value: bool, value: str, part: str) -> Stage:
+    """``stage`` with one ``key=value`` of a stage's text applied."""
+    if key == "reset_adam":
+        if has_value and value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(f"curriculum stage {part!r}: reset_adam takes 1/0/true/false, got {value!r}")
+        return replace(stage, reset_adam=not has_value or value.lower() in ("1", "true", "yes"))
+    if not has_value or not value:
+        raise ValueError(f"curriculum stage {part!r}: {key} needs a value ({key}=...)")
+    if key == "slots":
+        return replace(stage, slots=_int(value, "slots", part, 1, MAX_SLOTS))
+    if key == "warmup":
+        return replace(stage, warmup=_int(value, "warmup", part, 0))
+    if key == "objects":
+        lo_text, dash, hi_text = value.partition("-")
+        lo = _int(lo_text, "objects", part, 1, MAX_SLOTS) if dash else 1
+        hi = _int(hi_text if dash else lo_text, "objects", part, 1, MAX_SLOTS)
+        if lo > hi:
+            raise ValueError(f"curriculum stage {part!r}: objects range {value!r} is empty")
+        return replace(stage, min_objects=lo, max_objects=hi)
+    if key == "lr" and value.endswith("x"):
+        return replace(stage, lr_scale=_positive(value[:-1], key, part))
+    return replace(stage, **{key: _positive(value, key, part)})  # lr, coord_weight, matching_coord_weight
 
 
 def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
     part = text.strip()
     body, sep, length_text = part.partition(":")
-    length = None
-    if sep:
-        if last:
-            raise ValueError(f"curriculum stage {part!r}: the last stage lasts to the end of the run; "
-                             "drop its ':N'")
-        length = _int(length_text.strip(), "the length after ':'", part, 1)
-    elif not last:
+    if sep and last:
+        raise ValueError(f"curriculum stage {part!r}: the last stage lasts to the end of the run; drop its ':N'")
+    if not sep and not last:
         raise ValueError(f"curriculum stage {part!r}: every stage but the last needs a length ':N' (steps)")
-    stage = Stage(index=index, start=start, length=length)
+    stage = Stage(index=index, start=start,
+                  length=_int(length_text.strip(), "the length after ':'", part, 1) if sep else None)
     seen = set()
     for item in filter(None, (s.strip() for s in body.split(","))):
         key, has_value, value = (s.strip() for s in item.partition("="))
@@ -129,36 +136,7 @@ def _parse_stage(text: str, index: int, start: int, last: bool) -> Stage:
         if key in seen:
             raise ValueError(f"curriculum stage {part!r}: {key} given twice")
         seen.add(key)
-        if key == "reset_adam":
-            if has_value and value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(f"curriculum stage {part!r}: reset_adam takes 1/0/true/false, got {value!r}")
-            stage = replace(stage, reset_adam=not has_value or value.lower() in ("1", "true", "yes"))
-            continue
-        if not has_value or not value:
-            raise ValueError(f"curriculum stage {part!r}: {key} needs a value ({key}=...)")
-        if key == "slots":
-            stage = replace(stage, slots=_int(value, "slots", part, 1))
-        elif key == "warmup":
-            stage = replace(stage, warmup=_int(value, "warmup", part, 0))
-        elif key == "objects":
-            lo_text, dash, hi_text = value.partition("-")
-            lo = _int(lo_text, "objects", part, 1) if dash else 1
-            hi = _int(hi_text if dash else lo_text, "objects", part, 1)
-            if lo > hi:
-                raise ValueError(f"curriculum stage {part!r}: objects range {value!r} is empty")
-            stage = replace(stage, min_objects=lo, max_objects=hi)
-        elif key in ("coord_weight", "matching_coord_weight"):
-            number = _positive(value)
-            if number is None:
-                raise ValueError(f"curriculum stage {part!r}: {key} must be a positive number, got {value!r}")
-            stage = replace(stage, **{key: number})
-        elif key == "lr":
-            scale = value.endswith("x")
-            number = _positive(value[:-1] if scale else value)
-            if number is None:
-                raise ValueError(f"curriculum stage {part!r}: lr must be a positive value (2e-4) "
-                                 f"or multiple (0.5x), got {value!r}")
-            stage = replace(stage, lr_scale=number) if scale else replace(stage, lr=number)
+        stage = _parse_item(stage, key, bool(has_value), value, part)
         if stage.slots is not None and stage.max_objects is not None and stage.max_objects > stage.slots:
             raise ValueError(f"curriculum stage {part!r}: objects={stage.max_objects} needs at least as many "
                              f"slots, got slots={stage.slots}")
@@ -227,6 +205,9 @@ class Curriculum:
                                    ("matching_coord_weight", s.matching_coord_weight)):
                     if value is not None:
                         raise ValueError(f"curriculum stage {s.describe()!r}: {key}= needs set prediction targets")
+            elif max_objects > k and self.plain:
+                raise ValueError(f"num_slots is {k}, fewer than the {max_objects} objects of the largest scenes "
+                                 "(max_objects): one slot per object, raise the slots")
             elif (s.max_objects or max_objects) > k:
                 raise ValueError(f"curriculum stage {s.describe()!r}: scenes with up to "
                                  f"{s.max_objects or max_objects} objects need as many slots; "
@@ -269,49 +250,15 @@ class Curriculum:
         return lr
 
     def batch_order(self, plain_order, num_objects: np.ndarray | None, batch_size: int, seed: int):
+        """The example indices of each step (``training.data.StageBatchOrder``)."""
+        from slotref.training.data import StageBatchOrder
+
         return StageBatchOrder(self, plain_order, num_objects, batch_size, seed)
 
     def targets(self, targets, step: int, num_slots: int):
         """Set prediction targets cut to the stage's K rows (its scenes have at most K objects)."""
         k = self.slots(step, num_slots)
         return targets if targets is None or targets.shape[1] <= k else targets[:, :k]
-
-
-class StageBatchOrder:
-    """Example indices of step s. A stage that draws from every scene uses the run's plain
-    order (a function of (seed, s)); a stage that draws from a subset permutes the subset
-    epoch by epoch, seeded by (seed, stage, epoch), counting steps from the stage's start."""
-
-    def __init__(self, curriculum: Curriculum, plain_order, num_objects, batch_size: int, seed: int):
-        self.curriculum, self.plain_order, self.batch_size, self.seed = curriculum, plain_order, batch_size, seed
-        self.subsets: dict[int, np.ndarray | None] = {}
-        for s in curriculum.stages:
-            if s.max_objects is None:
-                self.subsets[s.index] = None
-                continue
-            n = np.asarray(num_objects)
-            keep = np.flatnonzero((n >= (s.min_objects or 1)) & (n <= s.max_objects))
-            if len(keep) < batch_size:
-                raise ValueError(f"curriculum stage {s.describe()!r}: only {len(keep)} training scenes have "
-                                 f"that many objects, fewer than one batch of {batch_size}")
-            self.subsets[s.index] = None if len(keep) == len(n) else keep
-        self._perm_key, self._perm = None, None
-
-    def _permutation(self, stage: int, epoch: int, n: int) -> np.ndarray:
-        if self._perm_key != (stage, epoch):  # one permutation at a time
-            self._perm_key = (stage, epoch)
-            self._perm = host_rng(self.seed, _ORDER_KEY, stage, epoch).permutation(n)
-        return self._perm
-
-    def __call__(self, step: int) -> np.ndarray:
-        stage = self.curriculum.stage_at(step)
-        subset = self.subsets[stage.index]
-        if subset is None:
-            return self.plain_order(step)
-        positions = (step - stage.start) * self.batch_size + np.arange(self.batch_size)
-        epochs, offsets = positions // len(subset), positions % len(subset)
-        return np.concatenate([subset[self._permutation(stage.index, int(e), len(subset))[offsets[epochs == e]]]
-                               for e in np.unique(epochs)])
 
 
 def follows(config) -> bool:
@@ -340,8 +287,3 @@ def fits(config) -> bool:
     except ValueError:
         return False
     return True
-
-
-def num_objects(targets: np.ndarray | None) -> np.ndarray | None:
-    """Objects per scene from set prediction targets (the last number of a row: 1 for a real object)."""
-    return None if targets is None else (np.asarray(targets)[..., -1] > 0.5).sum(axis=1)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from slotref.bench.timing import best_seconds, blas_threads
 
 
 def available() -> bool:
@@ -189,23 +190,14 @@ def step_seconds(config, batch_size: int, repeats: int = 3, seed: int = 0) -> fl
         loss.backward()
         optimiser.step()
 
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(step, np, repeats)
 
 
 def step_seconds_apart(task: str, dataset, batch_size: int, repeats: int = 3) -> float:
     """``step_seconds`` in a process of its own, so PyTorch's memory and threads stay out of slotref's
     measurement (peak memory is per process); as many threads as slotref's BLAS has."""
-    from threadpoolctl import threadpool_info
-
-    threads = max((p.get("num_threads") or 1 for p in threadpool_info() if p.get("user_api") == "blas"), default=1)
-    command = [sys.executable, "-m", "slotref.bench_torch", task, str(dataset), str(batch_size), str(repeats),
-               str(threads)]
+    command = [sys.executable, "-m", "slotref.bench.torch_twin", task, str(dataset), str(batch_size), str(repeats),
+               str(blas_threads() or 1)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode != 0:
         raise RuntimeError("the PyTorch benchmark failed: " + (result.stderr.strip().splitlines() or ["?"])[-1])

@@ -1,0 +1,126 @@
+"""Launching the ranks of data-parallel training (docs/scale.md), and which of them this process is.
+
+``mpiexec -n N python cli.py train ...`` starts N ranks; ``train --procs``
+starts them itself (``relaunch``). A process started without mpiexec gets the
+single-process ``World`` and never imports mpi4py. What the ranks exchange is
+``slotref.training.collectives``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from slotref.training.collectives import DistributedError, MPIWorld, World
+
+# Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
+# (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
+SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+MPI_ENV = "SLOTREF_MPI"              # 1: use MPI even for one rank; 0: never
+
+
+def launched_size() -> int:
+    """The world size the launcher announced in the environment (1 without a launcher)."""
+    values = [os.environ.get(name, "") for name in SIZE_ENV]
+    return next((int(v) for v in values if v.isdigit()), 1)
+
+
+# --------------------------------------------------------------------------
+# Launching ranks on this machine (train --procs).
+
+BLAS_THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def mpiexec_path() -> str | None:
+    """The launcher: the one beside this Python (the mpich wheel's), else the first on PATH; None if neither."""
+    import shutil
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def can_launch() -> bool:
+    """Whether ranks can be started here: mpi4py importable and an mpiexec found (neither is imported or run)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mpi4py") is not None and mpiexec_path() is not None
+
+
+def launch_error(n: int, timeout: float = 60.0) -> str | None:
+    """Why ``mpiexec -n n`` cannot run ranks that meet in a barrier here (None: it can). About a second."""
+    import subprocess
+
+    probe = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+    env = {**os.environ, **{name: "1" for name in BLAS_THREAD_ENV}}
+    try:
+        done = subprocess.run([mpiexec_path(), "-n", str(n), sys.executable, "-c", probe], env=env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    if done.returncode:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return lines[-1] if lines else f"exit status {done.returncode}"
+    return None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_procs(global_batch: int, cores: int, min_local_batch: int = 4) -> int:
+    """How many single-threaded ranks to train on ``cores`` CPU cores: the largest divisor of the batch
+    that is at most the cores and leaves every rank at least ``min_local_batch`` examples (1 if none)."""
+    limit = min(cores, global_batch // min_local_batch)
+    return max([n for n in range(1, limit + 1) if global_batch % n == 0], default=1)
+
+
+def relaunch(n: int) -> None:
+    """Replace this process by ``mpiexec -n n`` running this same command, one BLAS thread per rank.
+
+    The command is this interpreter with its original arguments (``cli.py train ...``, ``-m slotref
+    train ...`` or the ``slotref`` script), so every rank parses what the user typed; under the launcher
+    ``launched_size()`` is n and no rank launches again. Ctrl-C then reaches the ranks as under a
+    hand-typed mpiexec (docs/scale.md). Does not return.
+    """
+    launcher = mpiexec_path()
+    if launcher is None:
+        raise DistributedError(f"--procs {n} needs mpiexec: pip install 'slotref[mpi]' (mpi4py and mpich)")
+    env = dict(os.environ)
+    for name in BLAS_THREAD_ENV:
+        env.setdefault(name, "1")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(launcher, [launcher, "-n", str(n), sys.executable, *sys.orig_argv[1:]], env)
+
+
+# --------------------------------------------------------------------------
+# The world of this process.
+
+_WORLD: World | None = None
+
+
+def world(use_mpi: bool | None = None) -> World:
+    """The world of this process, made once: MPI when launched on several ranks (or asked), else one process.
+
+    ``use_mpi`` (default: $SLOTREF_MPI, else whether the launcher's size is > 1):
+    mpi4py is imported only when it is true.
+    """
+    global _WORLD
+    if _WORLD is None:
+        if use_mpi is None:
+            env = os.environ.get(MPI_ENV, "")
+            use_mpi = env == "1" if env in ("0", "1") else launched_size() > 1
+        if use_mpi:
+            try:
+                _WORLD = MPIWorld()
+            except ImportError as err:
+                raise DistributedError(f"{launched_size()} ranks were launched but mpi4py is missing: "
+                                       "pip install 'slotref[mpi]' (mpi4py and mpich)") from err
+        else:
+            _WORLD = World()
+    return _WORLD
