@@ -14,8 +14,8 @@ transposed ones (kh, kw, out, in) as Keras, the GRU's gates in Keras' order [z, 
 
 What the shapes give: every width, the encoder's and the decoder's depth (6 transposed
 convolutions: Table 6's CLEVR decoder; 4: Table 7's). What they do not: K and T (call
-arguments), the image size (the official position embeddings are built over a fixed grid that
-is not saved: 128x128 in both official models), and the encoder's strides (1, 2, 2, 1 for set
+arguments), the image size (the official position embeddings are built over fixed grids that
+are not saved; both official models take 128x128 images), and the encoder's strides (1, 2, 2, 1 for set
 prediction and 1, 1, 1, 1 for discovery, as the official code).
 
 Optimizer state (slots ``.OPTIMIZER_SLOT/...`` and ``optimizer/...``), ``global_step``,
@@ -25,7 +25,7 @@ Optimizer state (slots ``.OPTIMIZER_SLOT/...`` and ``optimizer/...``), ``global_
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,8 @@ OFFICIAL_STRIDES = {"setpred": (1, 2, 2, 1), "discovery": (1, 1, 1, 1)}
 OFFICIAL_RESOLUTION = 128
 # The parts a partial checkpoint may hold, by the official attribute names.
 ALL_PARTS = ("encoder", "slot_attention", "head")
-PARTS = {"encoder": ("encoder_cnn/", "encoder_pos/", "layer_norm/", "mlp/"), "slot_attention": ("slot_attention/",)}
+PARTS = {"encoder": ("encoder_cnn/", "encoder_pos/", "layer_norm/", "mlp/"), "slot_attention": ("slot_attention/",),
+         "head": ("mlp_classifier/", "decoder_pos/", "decoder_cnn/")}
 
 
 @dataclass
@@ -67,7 +68,7 @@ def read_official(prefix) -> Official:
     ``checkpoint`` file), each read and checksummed; BundleError (one line) if anything is wrong."""
     bundle = read_bundle(resolve_prefix(prefix))
     index = Path(f"{bundle.prefix}.index")
-    anchor = re.compile(r"(.*?)(encoder_cnn/layer_with_weights-0/kernel|slot_attention/slots_mu)"
+    anchor = re.compile(r"(.*?)(encoder_cnn/layer(?:_with_weights)?-0/kernel|slot_attention/slots_mu)"
                         + re.escape(SUFFIX) + "$")
     roots = [m.group(1) for m in map(anchor.match, bundle.entries) if m]
     if not roots:
@@ -86,7 +87,7 @@ def read_official(prefix) -> Official:
             if not np.isfinite(value).all():
                 raise BundleError(f"{bundle.shard_path(bundle.entries[key].shard)}: {key}: holds NaN or infinite "
                                   "values (a diverged run?)")
-            official.variables[key[len(root):-len(SUFFIX)]] = value
+            official.variables[_attribute_path(key[len(root):-len(SUFFIX)])] = value
         else:
             raise BundleError(f"{index}: {key}: extra variable, not part of the official model")
     step = f"global_step{SUFFIX}"
@@ -106,7 +107,16 @@ def resolve_prefix(prefix) -> Path:
     match = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state.read_text(errors="replace"), re.M)
     if not match:
         raise BundleError(f"{state}: names no model_checkpoint_path: give the checkpoint's prefix")
-    return prefix / match.group(1)
+    named = prefix / match.group(1)
+    # A path saved absolute names the trainer's folder: the files are the ones beside the state file.
+    return named if Path(f"{named}.index").exists() else prefix / Path(match.group(1)).name
+
+
+def _attribute_path(name: str) -> str:
+    """Keras tracks a Sequential's layers twice, as ``layer-N`` and (those with weights) as
+    ``layer_with_weights-N``; a checkpoint keeps one path. Every layer of the official Sequentials
+    has weights, so both number them alike: the map reads ``layer_with_weights-N``."""
+    return re.sub(r"(^|/)layer-(\d+)/", r"\1layer_with_weights-\2/", name)
 
 
 def _ignored_kind(key: str, root: str) -> str | None:
@@ -144,9 +154,8 @@ def model_config(official: Official, task: str, num_slots: int | None = None, nu
     """The ``ModelConfig`` of the checkpoint's model (its ``parts``: without 'head', the head's widths
     are slotref's defaults); K (default: the official code's, 10 for set prediction and 7 for
     discovery), T and the image size are not in the checkpoint."""
-    config = ModelConfig(task=task, resolution=(resolution, resolution), encoder_strides=OFFICIAL_STRIDES[task],
-                         num_slots=num_slots or (10 if task == "setpred" else 7), num_iterations=num_iterations,
-                         decoder_init_resolution=(resolution // 16, resolution // 16))
+    fields = dict(task=task, resolution=(resolution, resolution), encoder_strides=OFFICIAL_STRIDES[task],
+                  num_slots=num_slots or (10 if task == "setpred" else 7), num_iterations=num_iterations)
     if "encoder" in parts:
         depth = _depth(official, "encoder_cnn")
         if depth != len(OFFICIAL_STRIDES[task]):
@@ -154,32 +163,38 @@ def model_config(official: Official, task: str, num_slots: int | None = None, nu
                                  f"missing: the official encoder has {len(OFFICIAL_STRIDES[task])} convolutions, "
                                  f"this checkpoint {depth}")
         conv = _shape(official, "encoder_cnn/layer_with_weights-0/kernel", 4)
-        config = replace(config, encoder_channels=conv[3], encoder_kernel=conv[0],
-                         mlp_size=_shape(official, "mlp/layer_with_weights-1/kernel", 2)[1])
+        fields.update(encoder_channels=conv[3], encoder_kernel=conv[0],
+                      mlp_size=_shape(official, "mlp/layer_with_weights-1/kernel", 2)[1])
     if "slot_attention" in parts:
-        sa = SlotAttentionConfig(input_size=_shape(official, "slot_attention/project_k/kernel", 2)[0],
-                                 slot_size=_shape(official, "slot_attention/slots_mu", 3)[-1],
-                                 mlp_hidden_size=_shape(official, "slot_attention/mlp/layer_with_weights-0/kernel", 2)[1])
-        config = replace(config, slot_attention=sa)
-    if "head" not in parts:
-        return config
-    other, head = ("discovery", "decoder_cnn") if task == "setpred" else ("setpred", "mlp_classifier")
-    if f"{head}/layer_with_weights-0/kernel" in official.variables:
-        raise official.error(f"{head}/layer_with_weights-0/kernel", f"the checkpoint holds a {other} model, "
-                                                                    f"not {task}: import it as {other}")
-    if task == "setpred":
-        head = [official.shape(f"mlp_classifier/layer_with_weights-{i}/kernel") for i in (0, 1)]
-        return replace(config, head_hidden=head[0][-1], output_size=head[1][-1])
-    layers = _depth(official, "decoder_cnn")
-    if layers not in (4, 6):
-        raise official.error(f"decoder_cnn/layer_with_weights-{layers}/kernel",
-                             f"missing: a spatial broadcast decoder has 6 (Table 6) or 4 (Table 7) transposed "
-                             f"convolutions, this checkpoint {layers}")
-    if layers == 6 and resolution % 16:
-        raise BundleError(f"{official.index}: the CLEVR decoder (Table 6) makes images of 16 times its 8x8 "
-                          f"grid; --resolution {resolution} is not a multiple of 16")
-    channels = official.shape("decoder_cnn/layer_with_weights-0/kernel")[2]
-    return replace(config, decoder="clevr" if layers == 6 else "full", decoder_channels=channels)
+        fields["slot_attention"] = SlotAttentionConfig(
+            input_size=_shape(official, "slot_attention/project_k/kernel", 2)[0],
+            slot_size=_shape(official, "slot_attention/slots_mu", 3)[-1],
+            mlp_hidden_size=_shape(official, "slot_attention/mlp/layer_with_weights-0/kernel", 2)[1])
+    if "head" in parts:
+        other, head = ("discovery", "decoder_cnn") if task == "setpred" else ("setpred", "mlp_classifier")
+        if f"{head}/layer_with_weights-0/kernel" in official.variables:
+            raise official.error(f"{head}/layer_with_weights-0/kernel", f"the checkpoint holds a {other} model, "
+                                                                        f"not {task}: import it as {other}")
+    if "head" in parts and task == "setpred":
+        head = [_shape(official, f"mlp_classifier/layer_with_weights-{i}/kernel", 2) for i in (0, 1)]
+        fields.update(head_hidden=head[0][-1], output_size=head[1][-1])
+    elif "head" in parts:
+        layers = _depth(official, "decoder_cnn")
+        if layers not in (4, 6):
+            raise official.error(f"decoder_cnn/layer_with_weights-{layers}/kernel",
+                                 f"missing: a spatial broadcast decoder has 6 (Table 6) or 4 (Table 7) transposed "
+                                 f"convolutions, this checkpoint {layers}")
+        if layers == 6 and resolution % 16:
+            raise BundleError(f"{official.index}: the CLEVR decoder (Table 6) makes images 16 times the side of "
+                              f"its first grid: resolution {resolution} is not a multiple of 16")
+        fields.update(decoder="clevr" if layers == 6 else "full",
+                      decoder_channels=_shape(official, "decoder_cnn/layer_with_weights-0/kernel", 4)[2])
+    if fields.get("decoder", "clevr") == "clevr":
+        fields["decoder_init_resolution"] = (resolution // 16, resolution // 16)
+    try:
+        return ModelConfig(**fields)
+    except ValueError as err:
+        raise BundleError(f"{official.index}: {err}") from None
 
 
 # --------------------------------------------------------------------------
@@ -249,7 +264,7 @@ def convert(official: Official, config: ModelConfig, parts=ALL_PARTS) -> dict:
         parent[path[-1]] = np.array(value, dtype=np.float32)
         used.add(name)
     whole = set(parts) == set(ALL_PARTS)
-    scope = tuple(p for part in parts for p in PARTS.get(part, ()))
+    scope = tuple(p for part in parts for p in PARTS[part])
     extra = sorted(n for n in official.variables if n not in used and (whole or n.startswith(scope)))
     if extra:
         raise official.error(extra[0], f"extra variable, not part of the slotref {config.task} model")
@@ -267,6 +282,9 @@ def load_official(prefix, task: str, parts=ALL_PARTS, num_slots: int | None = No
         out = slotref.autoencoder(params, images, noise, config)
         config, params, _ = load_official("ckpt-1", "setpred", parts=("slot_attention",))
         slots = slotref.slot_attention(params["slot_attention"], inputs, initial_slots, 3, config.slot_attention)
+
+    Raises BundleError (a ValueError; one line naming the file and the variable) for a damaged,
+    foreign or mismatched checkpoint.
     """
     if task not in OFFICIAL_STRIDES:
         raise ValueError(f"task must be 'setpred' or 'discovery', got {task!r}")

@@ -104,3 +104,44 @@ def make_port(slip=None, traced=True):
 
 # For the command line (``--adapter tests/conformance_ports.py:softmax_over_inputs``).
 softmax_over_inputs = make_port("softmax_over_inputs")[0]
+
+
+def make_average_precision(rule="official", stable_ties=True):
+    """An AP port (E.9) written as a loop over detections; ``rule`` 'nearest_unmatched' lets a
+    detection take the nearest object not yet matched, ``stable_ties=False`` sorts ties last-first."""
+    import numpy
+
+    attributes = (slice(3, 5), slice(5, 7), slice(7, 10), slice(10, 18))
+
+    def average_precision(predictions, targets, threshold):
+        predictions, targets = numpy.asarray(predictions), numpy.asarray(targets)
+        b, k, _ = predictions.shape
+        confidence = predictions[..., 18].reshape(-1)
+        order = numpy.argsort(-confidence, kind="stable") if stable_ties else numpy.argsort(confidence)[::-1]
+        matched, hits = set(), []
+        for flat in order:
+            image, slot = divmod(int(flat), k)
+            pred = predictions[image, slot]
+            best, best_distance = None, numpy.inf
+            for j, obj in enumerate(targets[image]):
+                if not obj[18] or any(numpy.argmax(pred[s]) != numpy.argmax(obj[s]) for s in attributes):
+                    continue
+                if rule == "nearest_unmatched" and (image, j) in matched:
+                    continue
+                distance = numpy.linalg.norm(6 * (pred[:3] - obj[:3]))
+                if distance < best_distance:
+                    best, best_distance = j, distance
+            hit = best is not None and (threshold == numpy.inf or best_distance < threshold) \
+                and (image, best) not in matched
+            if hit:
+                matched.add((image, best))
+            hits.append(hit)
+        tp = numpy.cumsum(hits)
+        recall = numpy.concatenate([[0], tp / numpy.sum(targets[..., 18] != 0), [1]])
+        precision = numpy.concatenate([[0], tp / numpy.arange(1, len(hits) + 1), [0]])
+        precision = numpy.maximum.accumulate(precision[::-1])[::-1]
+        return float(numpy.sum((recall[1:] - recall[:-1]) * precision[1:]))
+    return average_precision
+
+
+average_precision = make_average_precision(stable_ties=False)   # for --models: fails on tied confidences

@@ -100,23 +100,31 @@ def test_the_gallery_port_without_slip_passes():
 # --------------------------------------------------------------------------
 # The gallery of wrong ports: each caught and diagnosed at its line, with its hint.
 
+# The cases on which every catalogued slip shows, in float32 too (epsilon: large_epsilon; LayerNorm: small_inputs).
+FEW = ["paper_like", "large_epsilon", "small_inputs"]
+
+
 def _first_failure(report):
     assert not report.ok, "the slip went unnoticed"
     return report.failures[0]
 
 
+# A port that detaches mu and sigma has, at T = 0, no input that reaches its output: autograd says so.
+@pytest.mark.filterwarnings("ignore:Output seems independent of input")
 @pytest.mark.parametrize("slip", list(GALLERY))
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_a_traced_port_with_a_slip_is_diagnosed_at_its_line(slip, dtype):
-    failure = _first_failure(check(*make_port(slip), dtype=dtype, properties=False))
+    cases = None if dtype == "float64" else FEW   # every case once; float32 on those that show every slip
+    failure = _first_failure(check(*make_port(slip), dtype=dtype, cases=cases, properties=False))
     assert (failure.slip, failure.line) == (slip, GALLERY[slip]), str(failure)
     assert failure.hint == BY_NAME[slip].hint
     assert BY_NAME[slip].line == GALLERY[slip]
 
 
+@pytest.mark.filterwarnings("ignore:Output seems independent of input")
 @pytest.mark.parametrize("slip", [s for s in GALLERY if BY_NAME[s].ops is not None])
 def test_an_untraced_port_with_a_slip_is_named_by_its_outputs(slip):
-    failure = _first_failure(check(*make_port(slip, traced=False), properties=False))
+    failure = _first_failure(check(*make_port(slip, traced=False), cases=FEW, properties=False))
     assert (failure.slip, failure.line) == (slip, GALLERY[slip]), str(failure)
 
 
@@ -162,7 +170,8 @@ def test_a_port_that_sees_input_positions_breaks_proposition_1():
     forward, _ = make_port(None)
 
     def positional(params, inputs, noise, num_iterations, epsilon=1e-8):
-        ramp = 0.1 * np.linspace(0, 1, inputs.shape[1])[None, :, None]
+        # A position code over the features (one constant per input would vanish in the LayerNorm).
+        ramp = 0.1 * np.linspace(0, 1, inputs.shape[1])[None, :, None] * np.cos(np.arange(inputs.shape[2]))
         return forward(params, inputs + ramp, noise, num_iterations, epsilon=epsilon)
     report = check(positional, cases=["paper_like"])
     assert {r.check for r in report.failures} == {"forward", "permute_inputs", "call_time_k_t"}
@@ -243,10 +252,11 @@ def test_cli_fails_a_wrong_port_naming_the_line_and_slip():
     assert (forward["status"], forward["line"], forward["slip"]) == ("fail", 7, "softmax_over_inputs")
 
 
-def test_cli_regenerates_the_golden_file(tmp_path):
-    done = _cli("--regenerate", "--out", str(tmp_path / "module.h5"))
+def test_cli_regenerates_the_golden_files(tmp_path):
+    done = _cli("--regenerate", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "module.h5").read_bytes() == (golden.GOLDEN_DIR / golden.MODULE_FILE).read_bytes()
+    for name in ("module.h5", "models.h5"):
+        assert (tmp_path / name).read_bytes() == (golden.GOLDEN_DIR / name).read_bytes()
 
 
 def test_the_pytest_fixture_passes_a_right_port_and_fails_a_wrong_one(slotref_conformance):  # noqa: F811

@@ -269,6 +269,20 @@ def test_every_ablation_changes_only_its_own_switch(task, dataset):
         init_model(np.random.default_rng(0), config.model)  # a model the switch can build
 
 
+def test_the_ablations_experiment_has_a_row_for_every_switch_train_offers():
+    """Every value of every appendix B switch of ``SlotAttentionConfig`` (``slot_attention.ABLATIONS``, from
+    which ``train``'s options are made) other than the paper's is a row of the ablations experiment."""
+    from slotref.slot_attention import ABLATIONS as SWITCHES, SlotAttentionConfig
+
+    default = SlotAttentionConfig()
+    wanted = {(name, value) for name, (_, values) in SWITCHES.items()
+              for value in ((True, False) if values is bool else values) if value != getattr(default, name)}
+    config = preset_config("setpred")
+    rows = {(name, getattr(transform(config).model.slot_attention, name)) for _, _, transform, _ in ABLATIONS
+            for name in SWITCHES}
+    assert wanted <= rows
+
+
 def test_unknown_configurations_and_empty_selections_are_one_line_errors():
     with pytest.raises(ExperimentError, match="no configuration 'nope'"):
         configurations("table3", Options(), only=("nope",))

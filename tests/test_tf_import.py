@@ -83,6 +83,7 @@ def test_partial_checkpoint_imports_into_the_encoder_and_module_alone():
     config, params, _ = load_official(FIXTURES / "partial/ckpt-1", "setpred", parts=("encoder", "slot_attention"),
                                       **SETPRED)
     assert set(params) == {"encoder", "slot_attention"}
+    assert len(read_bundle(FIXTURES / "partial/ckpt-1").slice_entries) > 2  # tensors split across shards
     inputs = encoder(params["encoder"], ref["images"], config)
     slots = slot_attention(params["slot_attention"], inputs, sample_initial_slots(params["slot_attention"],
                                                                                   ref["noise"]),
@@ -199,6 +200,16 @@ def test_a_rewritten_index_still_imports(copy_of_setpred, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_sequential_layers_under_either_keras_name_import(copy_of_setpred):
+    """``layer-N`` or ``layer_with_weights-N``: Keras tracks a Sequential's layers under both."""
+    ref = np.load(FIXTURES / "setpred.npz")
+    _rewrite(copy_of_setpred / INDEX, lambda items: [items.update({k.replace(b"/layer_with_weights-", b"/layer-"):
+                                                                   items.pop(k)}) for k in list(items)])
+    assert b"network/layer-0/encoder_cnn/layer-1/kernel" + SUFFIX.encode() in _read_table(copy_of_setpred / INDEX)
+    config, params, _ = load_official(copy_of_setpred / "ckpt-1", "setpred", **SETPRED)
+    close(set_prediction(params, ref["images"], ref["noise"], config), ref["predictions"])
+
+
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_checkpoint_is_one_line_and_writes_nothing(damage, copy_of_setpred, tmp_path):
     make, words = DAMAGE[damage]
@@ -215,6 +226,11 @@ def test_wrong_task_and_missing_file_are_one_line(tmp_path):
     result = invoke("import-tf", tmp_path / "nothing/ckpt-9", "--task", "setpred", "--out", tmp_path / "run")
     assert_one_line_error(result, "ckpt-9.index", "no such file")
     assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    result = invoke("import-tf", FIXTURES / "setpred", "--task", "setpred", "--out", tmp_path / "run")
+    assert_one_line_error(result, "run", "not an empty folder")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]
 
 
 # --------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def cprofile(fn, top: int = 8) -> dict:
 def format_cprofile(result: dict, indent: str = "    ") -> list[str]:
     """The lines of a ``cprofile`` result: groups and autograd's own time, then the two top lists."""
     total = result["profiled_s"]
-    groups = {**result["groups"], "autograd bookkeeping (own)": result["autograd_own_s"]}
+    groups = {**{g: s for g, s in result["groups"].items() if s > 0},   # groups the call never entered: left out
+              "autograd bookkeeping (own)": result["autograd_own_s"]}
     lines = [f"{indent}{group:<28}{seconds:>8.3f} s {100 * seconds / total:>5.1f}%" for group, seconds in groups.items()]
     for title, key in (("own time", "top_tottime"), ("slotref functions, cumulative", "top_cumtime_slotref")):
         lines.append(f"{indent}cProfile, {title}:")

@@ -17,13 +17,12 @@ from slotref.training.config import LIMITS
 
 def _ablation_options(fn):
     """One option per appendix B switch of ``SlotAttentionConfig``, then soft k-means and the position embedding."""
-    options = [click.option(f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}", default=None,
-                            help=f"{figure} ablation.") if values is bool else
-               click.option(f"--{name.replace('_', '-')}", type=click.Choice(values), help=f"{figure} ablation.")
-               for name, (figure, values) in ABLATIONS.items()]
-    options += [click.option("--soft-kmeans", is_flag=True, help="Appendix B: identity k/q/v, no GRU, no LayerNorm "
-                             "(the per-location MLP widened to the slot size)."),
-                click.option("--position-embedding/--no-position-embedding", default=None, help="Figure 8 ablation.")]
+    flag = {name: "--" + name.replace("_", "-") for name in [*ABLATIONS, "position_embedding"]}
+    options = [click.option(f"{flag[name]}/--no-{flag[name][2:]}" if values is bool else flag[name], default=None,
+                            type=None if values is bool else click.Choice(values), help=f"{figure} ablation.")
+               for name, (figure, values) in {**ABLATIONS, "position_embedding": ("Figure 8", bool)}.items()]
+    options.insert(-1, click.option("--soft-kmeans", is_flag=True, help="Appendix B: identity k/q/v, no GRU, no "
+                                    "LayerNorm (the per-location MLP widened to the slot size)."))
     for option in reversed(options):
         fn = option(fn)
     return fn

@@ -10,8 +10,8 @@ difference to the reference instead.
 The slips are the ones reported in the issue trackers of public ports
 (learnable mu and sigma without gradient, biased projections, the GRU's gate
 order, LayerNorm's epsilon) and those the algorithm invites (the softmax axis,
-where the epsilon goes, the 1/sqrt(D)). Model-level slips (symmetric instead of
-SAME padding) belong to whole-model cases, which this catalogue does not cover.
+where the epsilon goes, the 1/sqrt(D)). The model-level slip, symmetric instead
+of SAME padding, is replayed by ``slotref.conformance.model_checks``.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ SLIPS = (
          signature=_constant_offset, signature_at=("k", "q", "v")),
     Slip("linear_weight_not_transposed", 7,
          "nn.Linear stores its weight as (out, in) and computes x @ weight.T: "
-         "load weight = w.T (slotref.conformance.layouts.torch_linear)",
+         "load weight = w.T (slotref.conformance.layouts.to_torch_linear)",
          _with(project_q=_transposed("project_q"), project_k=_transposed("project_k"))),
     Slip("missing_inverse_sqrt_d", 7,
          "the logits are scaled by 1/sqrt(D), D the slot size: k . q^T / sqrt(D)",
@@ -139,7 +139,7 @@ SLIPS = (
          _with(weights=lambda attn, eps: attn + eps)),
     Slip("gru_gate_order", 9,
          "GRU gate order: slotref's and Keras' fused kernels are [z, r, n], PyTorch's weight_ih, "
-         "weight_hh, bias_ih, bias_hh are [r, z, n]: convert with slotref.conformance.layouts.torch_gru_cell",
+         "weight_hh, bias_ih, bias_hh are [r, z, n]: convert with slotref.conformance.layouts.to_torch_gru_cell",
          _with(gru=_gru_gates((1, 0, 2)))),
     Slip("gru_reset_before", 9,
          "the GRU is the reset-after form (Keras reset_after=True, PyTorch, cuDNN): "
@@ -147,7 +147,7 @@ SLIPS = (
          _with(gru=_gru_reset_before)),
     Slip("gru_biases_summed", 9,
          "keep the GRU's two biases apart: the n gate's recurrent bias sits inside r * (W_hn h + b_hn) "
-         "(Keras' fused bias row 1, PyTorch's bias_hh; slotref.conformance.layouts.keras_gru_cell)",
+         "(Keras' fused bias row 1, PyTorch's bias_hh; slotref.conformance.layouts.to_keras_gru_cell)",
          _with(gru=_gru_biases_summed)),
     Slip("gru_state_and_input_swapped", 9,
          "GRU(state=slots_prev, inputs=updates): the previous slots are the hidden state",

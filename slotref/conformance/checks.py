@@ -51,7 +51,7 @@ class Result:
         where = f"line {self.line}" if self.line is not None else "-"
         if self.quantity:
             where += f" ({self.quantity})"
-        text = f"{self.status.upper():4} {self.check:15} {self.case:26} error {self.error:9.2e} " \
+        text = f"{self.status.upper():4} {self.check:17} {self.case:26} error {self.error:9.2e} " \
                f"tol {self.tolerance:7.0e}  {where}"
         if self.slip:
             text += f"  [{self.slip}]"

@@ -13,7 +13,7 @@ Each case (``CASES``) holds, under one HDF5 group named after it:
 - ``grads``: the gradients of the scalar ``sum(slots * probe)`` with respect to
   ``inputs`` (``grads/inputs``) and every parameter (``grads/params``).
 
-``python -m slotref conformance --regenerate`` rewrites the files;
+``python -m slotref conformance --regenerate`` rewrites this file and the model cases' file;
 ``tests/test_conformance.py`` checks that a fresh generation equals them bit for bit.
 """
 
@@ -28,10 +28,11 @@ import autograd.numpy as anp
 import h5py
 import numpy as np
 
+from slotref import dispatch
 from slotref.conformance.walk import PER_ITERATION, walk
 from slotref.slot_attention import SlotAttentionConfig, init_slot_attention, sample_initial_slots, slot_attention
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_DIR = Path(__file__).parent / "data"
 MODULE_FILE = "module.h5"
 
 
@@ -140,7 +141,7 @@ def write_module_cases(path: Path | str, cases=CASES) -> Path:
     """Generate every case and write them to ``path`` (one group per case)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _one_blas_thread(), h5py.File(path, "w", libver="latest", track_order=True) as f:
+    with _one_blas_thread(), dispatch.using("reference"), h5py.File(path, "w", libver="latest", track_order=True) as f:
         for case in cases:
             data = make_case(case)
             group = f.create_group(case.name, track_order=True)

@@ -23,7 +23,7 @@ Errors (``BundleError``, one line) name the file and, where there is one, the va
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import google_crc32c
@@ -95,7 +95,7 @@ class Entry:
     offset: int
     size: int
     crc32c: int | None
-    sliced: bool
+    slices: tuple = ()   # a tensor saved in parts: each part's (start, length) per dimension, length -1: all
 
 
 def _parse_shape(buf: bytes) -> tuple[int, ...]:
@@ -109,16 +109,46 @@ def _parse_shape(buf: bytes) -> tuple[int, ...]:
 
 
 def _parse_entry(buf: bytes) -> Entry:
-    fields = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc32c": None, "sliced": False}
+    fields = {"dtype": 0, "shape": (), "shard": 0, "offset": 0, "size": 0, "crc32c": None, "slices": ()}
     names = {1: "dtype", 3: "shard", 4: "offset", 5: "size", 6: "crc32c"}
     for number, _, value in _fields(buf):
         if number == 2:
             fields["shape"] = _parse_shape(value)
-        elif number == 7:
-            fields["sliced"] = True
+        elif number == 7:  # TensorSliceProto: one Extent (start = 1, length = 2) per dimension
+            extents = [{n: v for n, _, v in _fields(e)} for n, _, e in _fields(value) if n == 1]
+            fields["slices"] += (tuple((e.get(1, 0), e.get(2, -1)) for e in extents),)
         elif number in names:
             fields[names[number]] = value
     return Entry(**fields)
+
+
+# A part of a sliced tensor has its own entry, under a key made by TensorFlow's OrderedCode:
+# 0, the name, the rank, then each dimension's start and length (checkpoint::EncodeTensorNameSlice).
+
+def _ordered_number(value: int) -> bytes:
+    """OrderedCode::WriteNumIncreasing: the byte count, then the bytes, big-endian."""
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return bytes([len(raw)]) + raw
+
+
+def _ordered_signed(value: int) -> bytes:
+    """OrderedCode::WriteSignedNumIncreasing: a length in the leading bits, then the number."""
+    x = ~value if value < 0 else value
+    if x < 64:
+        return bytes([(0x80 ^ value) & 0xFF])
+    length = x.bit_length() // 7 + 1
+    raw = bytearray(value.to_bytes(10, "big", signed=True)[10 - length:])
+    header = [(0, 0), (0x80, 0), (0xC0, 0), (0xE0, 0), (0xF0, 0), (0xF8, 0), (0xFC, 0), (0xFE, 0), (0xFF, 0),
+              (0xFF, 0x80), (0xFF, 0xC0)][length]
+    raw[0] ^= header[0]
+    raw[1] ^= header[1]
+    return bytes(raw)
+
+
+def slice_key(name: str, extents) -> bytes:
+    escaped = b"".join(b"\x00\xff" if c == 0 else b"\xff\x00" if c == 0xFF else bytes([c]) for c in name.encode())
+    key = _ordered_number(0) + escaped + b"\x00\x01" + _ordered_number(len(extents))
+    return key + b"".join(_ordered_signed(start) + _ordered_signed(length) for start, length in extents)
 
 
 # --------------------------------------------------------------------------
@@ -196,6 +226,7 @@ class Bundle:
     prefix: Path
     num_shards: int
     entries: dict[str, Entry]
+    slice_entries: dict[bytes, Entry] = field(default_factory=dict)  # the parts of sliced tensors, by key
 
     def shard_path(self, shard: int) -> Path:
         return Path(f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}")
@@ -208,13 +239,34 @@ class Bundle:
             kind = DTYPE_NAMES.get(entry.dtype, f"unknown dtype {entry.dtype}")
             raise BundleError(f"{index}: {name}: holds {kind}, not a number type slotref reads "
                               "(float16/32/64, int32/64)")
-        if entry.sliced:
-            raise BundleError(f"{index}: {name}: is stored in slices (a partitioned variable), which slotref "
-                              "does not read")
         dtype = np.dtype(DTYPES[entry.dtype]).newbyteorder("<")
-        count = int(np.prod(entry.shape, dtype=np.int64))
+        if entry.slices:
+            return self._assemble(name, entry, dtype)
+        return self._read(name, entry, dtype, entry.shape)
+
+    def _assemble(self, name: str, entry: Entry, dtype) -> np.ndarray:
+        """A tensor saved in parts (slices), each in its own entry, perhaps in different shards."""
+        index = Path(f"{self.prefix}.index")
+        full = np.zeros(entry.shape, dtype=dtype.newbyteorder("="))
+        covered = 0
+        for extents in entry.slices:
+            part = self.slice_entries.get(slice_key(name, extents))
+            region = tuple(slice(None) if length < 0 else slice(start, start + length) for start, length in extents)
+            if part is None or len(extents) != len(entry.shape):
+                raise BundleError(f"{index}: {name}: the part {region} is missing (the index is damaged)")
+            shape = full[region].shape
+            full[region] = self._read(name, part, dtype, shape)
+            covered += int(np.prod(shape, dtype=np.int64))
+        if covered != full.size:
+            raise BundleError(f"{index}: {name}: its parts cover {covered} of {full.size} numbers "
+                              "(the index is damaged)")
+        return full
+
+    def _read(self, name: str, entry: Entry, dtype, shape) -> np.ndarray:
+        index, path = Path(f"{self.prefix}.index"), self.shard_path(entry.shard)
+        count = int(np.prod(shape, dtype=np.int64))
         if entry.size != count * dtype.itemsize:
-            raise BundleError(f"{index}: {name}: {entry.size} bytes for shape {entry.shape} of {dtype.name} "
+            raise BundleError(f"{index}: {name}: {entry.size} bytes for shape {shape} of {dtype.name} "
                               "(the index is damaged)")
         try:
             with open(path, "rb") as f:
@@ -226,7 +278,7 @@ class Bundle:
             raise BundleError(f"{path}: {name}: the data shard ends before this tensor (truncated?)")
         if entry.crc32c is not None and masked_crc32c(raw) != entry.crc32c:
             raise BundleError(f"{path}: {name}: checksum mismatch (the data shard is damaged)")
-        return np.frombuffer(raw, dtype=dtype).reshape(entry.shape).astype(dtype.newbyteorder("="))
+        return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def read_bundle(prefix) -> Bundle:
@@ -246,20 +298,31 @@ def read_bundle(prefix) -> Bundle:
     try:
         header = {number: value for number, _, value in _fields(table.pop(b""))}
         num_shards, big_endian = header.get(1, 0), header.get(2, 0)
-        entries = {}
+        entries, slice_entries = {}, {}
         for key, value in table.items():
             name = key.decode("utf-8", "replace")
             try:
-                entries[name] = _parse_entry(value)
+                entry = _parse_entry(value)
             except ValueError as err:
-                raise BundleError(f"{index}: {name}: entry is malformed ({err})") from None
+                raise BundleError(f"{index}: {_label(key)}: entry is malformed ({err})") from None
+            if key.startswith(b"\x00"):  # a part of a sliced tensor (names never start with a 0 byte)
+                slice_entries[key] = entry
+            else:
+                entries[name] = entry
     except BundleError:
         raise
     except ValueError as err:
         raise BundleError(f"{index}: bundle header is malformed ({err})") from None
     if big_endian:
         raise BundleError(f"{index}: written big-endian; slotref reads little-endian checkpoints")
-    for name, entry in entries.items():
+    for key, entry in [*entries.items(), *slice_entries.items()]:
         if not 0 <= entry.shard < max(num_shards, 1):
-            raise BundleError(f"{index}: {name}: shard {entry.shard} of {num_shards} (the index is damaged)")
-    return Bundle(prefix, num_shards, entries)
+            raise BundleError(f"{index}: {_label(key)}: shard {entry.shard} of {num_shards} (the index is damaged)")
+    return Bundle(prefix, num_shards, entries, slice_entries)
+
+
+def _label(key) -> str:
+    """A key for a message: a tensor's name as it is, a slice's binary key as Python writes bytes."""
+    if isinstance(key, str):
+        return key
+    return repr(key) if key.startswith(b"\x00") else key.decode("utf-8", "replace")

@@ -4,16 +4,19 @@ An experiment is a list of *configurations*: a task's preset (``preset_config``)
 changed by one transform of its ``TrainConfig`` (``--model slot-mlp``, an
 appendix B switch, a training set with at most 6 objects...), and the *probes*
 that evaluate it: which data, K and T, and which metric lands in which cell of
-which table. This module imports no array library: the command line lists the
-experiments without loading a model.
+which table (``parts``). A transform sets fields as ``train``'s options do
+(``training.resolve``). This module imports no array library: the command line
+lists the experiments without loading a model.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable
 
+from slotref.experiments.parts import (OBJECT_COUNTS, TEST_ITERATIONS, Configuration, EvalData, Experiment,  # noqa: F401
+                                      ExperimentError, Options, Probe, Table)
 from slotref.paper import DISCOVERY_DATASETS, PAPER_SOFT_KMEANS_CLEVR6, PAPER_TABLE1, PAPER_TABLE3
 
 if TYPE_CHECKING:
@@ -22,89 +25,8 @@ if TYPE_CHECKING:
 AP_COLUMNS = {"AP_inf": "ap_inf", "AP_1": "ap_1", "AP_0.5": "ap_0.5", "AP_0.25": "ap_0.25", "AP_0.125": "ap_0.125"}
 FG_ARI_COLUMN = {"FG-ARI": "fg_ari"}
 MODELS = (("slot-attention", "Slot Attention"), ("slot-mlp", "Slot MLP"))
-TEST_ITERATIONS = (3, 4, 5, 6, 7)   # Figures 2 (right) and 5 (centre): trained with T = 3
-OBJECT_COUNTS = (6, 7, 8, 9, 10)    # Figure 5 (right): exactly N objects, K = N slots
 CLEVR10_SLOTS = 11                  # Figure 2: K = 7 at training, 11 on CLEVR10
 SEEDS = {"cpu": 3, "paper": 5}      # the paper reports 5 seeds; 3 keeps a CPU run affordable
-
-
-class ExperimentError(RuntimeError):
-    """An experiment cannot run as asked (unknown configuration, a run directory of another run); one line."""
-
-
-# --------------------------------------------------------------------------
-# What an experiment is made of.
-
-@dataclass(frozen=True)
-class EvalData:
-    """A test-only file of built-in scenes at the run's resolution, ``eval_size`` of them."""
-
-    generator: str
-    min_objects: int | None = None     # None: the generator's default
-    max_objects: int | None = None
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One evaluation of a trained run and where its numbers go.
-
-    ``columns`` maps a table column to a metric of ``Task.evaluate`` (a
-    fraction; tables hold percentages). ``data`` None is the run's held-out
-    validation split; ``num_slots``/``num_iterations`` None are K/T as trained.
-    """
-
-    table: str
-    row: str
-    columns: dict[str, str]
-    data: EvalData | None = None
-    num_slots: int | None = None
-    num_iterations: int | None = None
-
-
-@dataclass(frozen=True)
-class Configuration:
-    """One trained configuration of an experiment (a row, or part of one, of its tables)."""
-
-    name: str                                            # the run directories: <name>-seed<k>
-    task: str                                            # setpred | discovery
-    dataset: str                                         # a built-in generator
-    transform: Callable[[TrainConfig], TrainConfig]      # applied to the preset
-    probes: tuple[Probe, ...]
-    default: bool = True                                 # run without --config naming it
-
-
-@dataclass(frozen=True)
-class Table:
-    key: str
-    title: str
-    row_header: str
-    rows: tuple[str, ...]
-    columns: tuple[str, ...]
-    paper: dict = field(default_factory=dict)            # (row, column) -> (mean, std)
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Options:
-    """The knobs of a command line, as the experiment plans see them."""
-
-    preset: str = "cpu"
-    steps: int | None = None                             # None: the preset's
-    seeds: int = 3
-    device: str = "cpu"
-    tasks: tuple[str, ...] = ("setpred", "discovery")
-    dataset: str | None = None                           # discovery dataset (iterations, ablations; table1 filter)
-    test_iterations: tuple[int, ...] = TEST_ITERATIONS
-    object_counts: tuple[int, ...] = OBJECT_COUNTS
-    overrides: Callable[[TrainConfig], TrainConfig] | None = None
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    summary: str
-    paper: str
-    plan: Callable[[Options], tuple[list[Configuration], list[Table]]]
 
 
 # --------------------------------------------------------------------------

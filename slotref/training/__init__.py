@@ -1,7 +1,10 @@
 """Training: one loop for both tasks; a task supplies the model, loss and metric.
 
-- ``config``: ``TrainConfig`` and the errors (``TrainingError``, ``DivergenceError``);
-- ``presets``: the 'cpu' and 'paper' presets, ``fit_to_file``;
+- ``config``: ``TrainConfig``, the checks every config goes through, and the errors (``ConfigError``,
+  ``TrainingError``, ``DivergenceError``);
+- ``presets``: the 'cpu' and 'paper' presets, ``fit_to_file``, ``scale_budget``;
+- ``resolve``: a run's configuration decided once (``resolve_config``), the resume policy, the ranks to start;
+- ``curriculum``: training stages (``--curriculum``);
 - ``data``: the run's file, splits, batch order, preprocessing, slot noise;
 - ``tasks``: set prediction and object discovery;
 - ``setpred_loss``: the set loss with weighted coordinates, built on ``slotref.losses``;

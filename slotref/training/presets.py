@@ -92,7 +92,8 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
 
 def discovery_architecture(dataset: str) -> str:
     """Which discovery architecture a dataset name or file calls for (a file by its ``name``
-    attribute); CLEVR6's for any other dataset (the built-in clevr-shapes, say)."""
+    attribute; ``paper.discovery_architecture`` reads the name); CLEVR6's for any other dataset (the
+    built-in clevr-shapes, say). The one lookup of the training side: presets, the fast dev run."""
     from slotref.data import hdf5
 
     name = hdf5.dataset_name(dataset) if hdf5.is_dataset_path(dataset) and Path(dataset).exists() else dataset
@@ -176,7 +177,7 @@ def fast_dev_run(config: TrainConfig, steps: int | None = None, data_size: int |
     if config.dataset.endswith((".h5", ".hdf5")):
         return replace(config, **budget)
     m = config.model
-    res = 35 if paper.discovery_architecture(config.dataset) == "tetrominoes" else 32
+    res = 35 if discovery_architecture(config.dataset) == "tetrominoes" else 32  # the full decoder at 35x35
     sa = replace(m.slot_attention, input_size=8, slot_size=8, mlp_hidden_size=16)
     model = replace(m, resolution=(res, res), encoder_channels=8, mlp_size=8, head_hidden=8, decoder_channels=8,
                     decoder_init_resolution=(2, 2), slot_attention=sa)

@@ -147,7 +147,7 @@ def resume_config(run_dir: Path, task: str | None = None, dataset: str | None = 
                 notes.append(f"resuming with {path} = {value} (was {old}); config.json records it")
                 config = _guarded(option, replace, config, **{path: value})
         elif value != old and not (path == "dataset" and Path(str(value)).resolve() == Path(str(old)).resolve()):
-            raise OptionError(option, f"{value}: the run in {run_dir} was trained with {option} {old}; drop "
+            raise OptionError(None, f"{option} {value}: the run in {run_dir} was trained with {option} {old}; drop "
                                       f"{option} to resume it, or start a new run with another --out")
     return config, notes
 
@@ -230,7 +230,7 @@ def _from_file(path: Path, task: str | None, dataset: str | None, preset: str | 
             raise OptionError(f"--{flag}", f"{path} has {flag} {saved[flag]!r}; leave --{flag} out or edit the file")
     task, preset = saved.get("task", task or "setpred"), saved.get("preset", preset or "cpu")
     try:
-        base = scale_budget(preset_config(task, saved.get("dataset"), preset), saved.get("steps"))
+        base = scale_budget(preset_config(task, dataset or saved.get("dataset"), preset), saved.get("steps"))
     except ValueError as err:
         raise refuse(err) from None
     base = dataclasses.asdict(base)
