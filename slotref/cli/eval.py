@@ -31,51 +31,35 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
     if curve:
         from slotref.io import LogError
+        from slotref.training import TrainingError
+        from slotref.training.logs import curve_table
 
         try:
-            click.echo(_curve_table(Path(run_dir)))
-        except (LogError, OSError) as err:
+            click.echo(curve_table(Path(run_dir)))
+        except (LogError, OSError, TrainingError) as err:
             fail(err)
         except (KeyError, TypeError, ValueError) as err:
             fail(ValueError(f"{Path(run_dir) / 'metrics.jsonl'}: a record lacks or mistypes {err}; "
                             "not a log written by `train`"))
         return
 
-    from slotref import metrics
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
-    from slotref.training.launch import world  # under mpiexec -n N the examples are shared out among the ranks
-    from slotref.training import TrainingError, load_run, threshold_name
-    from slotref.training.diagnostics import position_readout
+    from slotref.training import TrainingError
+    from slotref.training.evaluation import evaluate_run
     from slotref.training.logs import format_metric
+    from slotref.training.resolve import OptionError
 
     try:
-        config, be, params, task, val, step = load_run(run_dir, device, dataset)
-        if config.model.model == "slot-mlp" and num_slots not in (None, config.model.num_slots):
-            raise click.ClickException("the Slot MLP baseline has a fixed number of slots")
-        result = {"step": step, "num_slots": num_slots or config.model.num_slots,
-                  "num_iters": num_iters or config.test_iterations, "examples": len(val)}
-        if config.task == "setpred":
-            preds, attn = task.predict(be, params, val, num_slots, num_iters, world=world())
-            result.update(task.scores(preds, val.targets))
-            by_n = metrics.ap_by_num_objects(preds, val.targets)
-            result["ap_by_num_objects"] = {str(n): {threshold_name(t): a for t, a in row.items()}
-                                           for n, row in by_n.items()}
-            if positions:
-                if attn is None:
-                    raise ValueError("--positions needs the attention, which one process gathers: run it "
-                                     "without mpiexec")
-                result["positions"] = position_readout(preds, val.targets, attn)
-        elif positions:
-            raise click.UsageError("--positions is for set prediction runs")
-        else:
-            result.update(task.evaluate(be, params, val, num_slots, num_iters, world=world()))
+        config, result = evaluate_run(run_dir, num_slots, num_iters, device, dataset, positions)
+    except OptionError as err:
+        raise click.UsageError(str(err))
     except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
         fail(err)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{run_dir}: step {step}, K={result['num_slots']}, T={result['num_iters']}, {result['examples']} examples")
+    click.echo(f"{run_dir}: step {result['step']}, K={result['num_slots']}, T={result['num_iters']}, {result['examples']} examples")
     if config.task == "setpred":
         click.echo(result_table("setpred", config, {k: v for k, v in result.items() if k.startswith("ap_") and
                                                      not isinstance(v, dict)}, result["num_iters"]))
@@ -98,33 +82,3 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
         for k, v in result.items():
             if k not in ("step", "num_slots", "num_iters", "examples", "fg_ari"):
                 click.echo(f"  {k}: {format_metric(k, v)}")
-
-
-def _curve_table(run_dir: Path) -> str:
-    """The evaluations logged during training: step, minutes of training, metrics (%)."""
-    import numpy as np
-
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        raise click.ClickException(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
-    from slotref.io import read_jsonl
-
-    records = read_jsonl(path)  # a line torn by a crash at the end is left out
-    evals = [r for r in records if "eval" in r]
-    if not evals:
-        return f"{run_dir}: no evaluation logged yet"
-    # Minutes of training: the time between consecutive log lines, leaving out
-    # pauses (an interrupted and resumed run), i.e. gaps over 10x the median.
-    times = np.array([r["time"] for r in records])
-    gaps = np.diff(times, prepend=times[0])
-    gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
-    elapsed = np.cumsum(gaps) / 60
-    keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
-    lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for i, r in enumerate(records):
-        if "eval" not in r:
-            continue
-        values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
-                            for k in keys)
-        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {values} |")
-    return "\n".join(lines)

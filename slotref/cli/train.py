@@ -122,7 +122,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
              if p.opts[0] in resolve.OPTION_FIELDS and _explicit(ctx, p.name)}
     flags.update({"--fast-dev-run": True} if fast_dev_run else {})
     task, preset = (task if _explicit(ctx, "task") else None), (preset if _explicit(ctx, "preset") else None)
-    run_dir = Path(out) if out else "RUN_DIR"
+    run_dir, config = Path(out) if out else "RUN_DIR", None
     try:
         if config_file and resume:
             raise resolve.OptionError("--config", "a resumed run keeps its own config.json; drop --config")
@@ -138,10 +138,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
         ranks, launch_notes = resolve.ranks_to_launch(procs, config, typed, fast_dev_run)
         if ranks > 1:  # every rank parses this same command; rank 0 prints the notes
             launch.relaunch(ranks)
-        if launch.launched_size() > 1:
-            launch_notes.append(f"training on {launch.launched_size()} processes (mpiexec, data parallel: they "
-                                "train as one process, docs/scale.md; --procs 1 runs one)")
-        for note in launch_notes + notes:
+        for note in notes + launch_notes:
             click.echo(f"note: {note}")
         click.echo(f"run directory: {run_dir}")
         result = run_training(config, run_dir, resume=resume, progress=not quiet,
@@ -152,7 +149,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
     except resolve.OptionError as err:
         raise click.BadParameter(str(err), param_hint=err.option) if err.option else click.UsageError(str(err))
     except KeyboardInterrupt as err:
-        click.echo(f"\n{err or 'interrupted'}; continue with: slotref train --task {config.task} --out "
+        click.echo(f"\n{err or 'interrupted'}; continue with: slotref train --task {getattr(config, 'task', 'setpred')} --out "
                    f"{run_dir} --resume\n", err=True)
         sys.exit(143 if "SIGTERM" in str(err) else 130)
     except (TrainingError, DatasetError, BackendError, ValueError, OSError, LockError) as err:

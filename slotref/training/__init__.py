@@ -13,7 +13,7 @@
 - ``checkpoint``: HDF5 checkpoints, written atomically; ``load_model``/``save_model``;
 - ``launch``: starting the ranks (``--procs``, mpiexec) and the world of this process;
 - ``collectives``: what the ranks exchange (batch slices, the gradient's allreduce);
-- ``loop``: ``train`` and ``load_run``.
+- ``loop``: ``train`` and ``load_run``; ``evaluation``: ``evaluate_run`` (``slotref eval``).
 """
 
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError

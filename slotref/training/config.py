@@ -231,6 +231,8 @@ def read_json(path: Path, limit: int = 2**20):
         if info.st_size > limit:
             raise ConfigError(str(path), f"holds {info.st_size} bytes, more than a config's {limit}")
         return json.loads(path.read_bytes())
+    except ConfigError:
+        raise
     except OSError as err:
         raise ConfigError(str(path), f"cannot be read ({err.strerror or err})") from None
     except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting

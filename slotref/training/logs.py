@@ -137,3 +137,31 @@ def format_metric(key: str, value) -> str:
 def format_metrics(result: dict) -> str:
     """``key=value, ...`` of an evaluation (``format_metric``), nested dicts left out."""
     return ", ".join(f"{k}={format_metric(k, v)}" for k, v in result.items() if not isinstance(v, dict))
+
+
+def curve_table(run_dir: Path) -> str:
+    """The evaluations logged during training: step, minutes of training, metrics (%)."""
+    import numpy as np
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        raise TrainingError(f"{run_dir}: no metrics.jsonl (is it a run directory?)")
+    records = io.read_jsonl(path)  # a line torn by a crash at the end is left out
+    evals = [r for r in records if "eval" in r]
+    if not evals:
+        return f"{run_dir}: no evaluation logged yet"
+    # Minutes of training: the time between consecutive log lines, leaving out
+    # pauses (an interrupted and resumed run), i.e. gaps over 10x the median.
+    times = np.array([r["time"] for r in records])
+    gaps = np.diff(times, prepend=times[0])
+    gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
+    elapsed = np.cumsum(gaps) / 60
+    keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
+    lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for i, r in enumerate(records):
+        if "eval" not in r:
+            continue
+        values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
+                            for k in keys)
+        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {values} |")
+    return "\n".join(lines)

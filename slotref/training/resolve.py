@@ -213,6 +213,9 @@ def _from_file(path: Path, task: str | None, dataset: str | None, preset: str | 
 
     try:
         saved = read_json(path)
+    except ConfigError as err:  # names the file
+        raise OptionError("--config", str(err)) from None
+    try:
         if not isinstance(saved, dict):
             raise ConfigError("config", f"is {type(saved).__name__}, expected a JSON object")
         for key, kind in (("task", str), ("preset", str), ("dataset", str), ("steps", int)):
@@ -223,7 +226,7 @@ def _from_file(path: Path, task: str | None, dataset: str | None, preset: str | 
         for key, value in (("model", model), ("model.slot_attention", sa)):
             if not isinstance(value, dict):
                 raise ConfigError(key, f"is {type(value).__name__}, expected an object")
-    except (ConfigError, TrainingError) as err:
+    except ConfigError as err:
         raise refuse(err) from None
     for flag, value in (("task", task), ("preset", preset)):
         if value is not None and saved.get(flag, value) != value:
@@ -257,7 +260,8 @@ def default_run_dir(config: TrainConfig, fast_dev_run: bool = False) -> Path:
 
 
 def ranks_to_launch(procs, config: TrainConfig, typed: bool, fast_dev_run: bool = False) -> tuple[int, list[str]]:
-    """How many ranks ``train --procs`` starts under mpiexec (1: run in this process), and the notes.
+    """How many ranks ``train --procs`` starts under mpiexec (1: run in this process, or this is a rank),
+    and the notes.
 
     ``procs``: a number or "auto" (on the CPU, one rank per core up to one per 4 examples of the batch,
     when mpiexec can start them); ``typed``: the command came from a terminal, not from Python."""
@@ -266,8 +270,10 @@ def ranks_to_launch(procs, config: TrainConfig, typed: bool, fast_dev_run: bool 
     from slotref.backend import DEVICE_ENV
     from slotref.training import launch
 
-    if launch.launched_size() > 1 or os.environ.get(launch.MPI_ENV) == "1":
-        return 1, []  # already a rank
+    if launch.launched_size() > 1 or os.environ.get(launch.MPI_ENV) == "1":  # already a rank
+        n = launch.launched_size()
+        return 1, [f"training on {n} processes (mpiexec, data parallel: they train as one process, "
+                   "docs/scale.md; --procs 1 runs one)"] if n > 1 else []
     if procs == "auto":
         device = config.device or os.environ.get(DEVICE_ENV) or "cpu"
         if not typed or device != "cpu" or fast_dev_run or not launch.can_launch():
