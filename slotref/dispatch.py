@@ -1,6 +1,6 @@
 """Which implementation a replaceable specification function runs: as written, or a fast kernel.
 
-The specification modules (``slotref.layers``, ``slotref.conv``,
+The specification modules (``slotref.layers``, ``slotref.convolution``,
 ``slotref.optim``) write every formula once. A function there marked
 ``@replaceable`` may be replaced by a kernel of ``slotref.kernels`` that
 declares it with ``@implements(<spec function>)``; the kernel must give the

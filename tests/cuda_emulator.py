@@ -178,7 +178,7 @@ def cupy_kernels_on_numpy():
     from slotref import dispatch
     from slotref.kernels import fused_cupy
 
-    dispatch.kernel_for(None)                       # the kernel modules, imported
+    dispatch.registered()                           # imports the kernel modules
     saved, module_of = dict(dispatch._fast), fused_cupy._module_of
     cp = emulated_cupy()
     fused_cupy._module_of = lambda x: cp

@@ -29,6 +29,11 @@ from slotref.backend import xp_of
 from slotref.dispatch import implements
 from slotref.layers import LAYER_NORM_EPS
 
+# --------------------------------------------------------------------------
+# Builders: each takes the cupy module and returns the chain as a function of
+# CuPy arrays, with the signature of its specification (the VJPs: of the
+# cotangent and the primal values).
+
 _NO_FMA = ("--fmad=false",)   # round each product and sum, as NumPy does
 
 
