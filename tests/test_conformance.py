@@ -93,6 +93,15 @@ def test_a_float32_port_passes():
     assert max(r.error for r in report.results) > 1e-8  # it really ran in float32
 
 
+def test_a_port_that_promotes_float32_to_float64_is_told_so():
+    forward, _ = make_port(None)
+
+    def promoting(params, inputs, noise, num_iterations, epsilon=1e-8):
+        return forward(params, inputs.astype(np.float64), noise, num_iterations, epsilon=epsilon)
+    result = check(promoting, dtype="float32", cases=["paper_like"], properties=False).results[0]
+    assert result.status == "pass" and "did not compute in float32" in result.hint
+
+
 def test_the_gallery_port_without_slip_passes():
     assert check(*make_port(None)).ok
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from slotref.conformance import diagnose
 from slotref.conformance.checks import TOLERANCES, Result, cast
-from slotref.slot_attention import sample_initial_slots, slot_attention
+from slotref.slot_attention import SlotAttentionConfig, sample_initial_slots, slot_attention
 
 CASE = "paper_like"       # the golden case whose parameters the properties use
 EXAMPLES = 6              # permutations tried per property
@@ -79,15 +79,15 @@ def call_time_k_t(forward, dtype="float64", path=None) -> Result:
     for k, t in ((11, 5), (2, 1), (1, 0)):
         noise = rng.standard_normal((inputs.shape[0], k, case["noise"].shape[2]))
         reference = slot_attention(case["params"], case["inputs"], sample_initial_slots(case["params"], noise), t,
-                                   _config(case, k))
+                                   _config(case))
         worst = max(worst, diagnose.relative_error(forward(params, inputs, noise.astype(dtype), t), reference))
     return _result("call_time_k_t", worst, dtype, 4,
                    "K and T are call arguments: the slot count comes from the noise's shape, "
                    "the iterations from num_iterations")
 
 
-def _config(case, num_slots):
-    from slotref.slot_attention import SlotAttentionConfig
+def _config(case):
+    """The SlotAttentionConfig of a golden case, read from its parameter shapes."""
     p = case["params"]
     return SlotAttentionConfig(input_size=p["project_k"]["w"].shape[0], slot_size=p["project_q"]["w"].shape[0],
                                mlp_hidden_size=p["mlp"][0]["w"].shape[1], epsilon=case["attrs"]["epsilon"])
