@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from conformance_ports import make_average_precision
+from test_conformance import assert_same_golden_file
 from slotref.conformance import check_models, golden, model_cases
 from slotref.conformance.model_checks import (reference_autoencoder, reference_autoencoder_grad, reference_setpred,
                                               reference_setpred_grad, symmetric_padding)
@@ -22,7 +23,7 @@ EVERYTHING = dict(setpred=reference_setpred, set_loss=hungarian_huber_loss, setp
 
 def test_model_golden_file_regenerates_bit_for_bit(tmp_path):
     fresh = model_cases.write_model_cases(tmp_path / "models.h5")
-    assert fresh.read_bytes() == (golden.GOLDEN_DIR / model_cases.MODELS_FILE).read_bytes()
+    assert_same_golden_file(fresh, golden.GOLDEN_DIR / model_cases.MODELS_FILE)
 
 
 def test_model_cases_hold_outputs_losses_and_gradients():

@@ -74,6 +74,7 @@ def conformance(adapter, grad_spec, models_spec, dtype, cases, no_properties, as
         folder = out or golden.GOLDEN_DIR
         path = golden.write_module_cases(Path(folder) / golden.MODULE_FILE)
         models = model_cases.write_model_cases(Path(folder) / model_cases.MODELS_FILE)
+        golden.write_numerics(folder)
         click.echo(f"wrote {len(golden.CASES)} module cases to {path}, "
                    f"{len(model_cases.CASE_NAMES)} model cases to {models}")
         return

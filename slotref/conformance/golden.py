@@ -13,13 +13,17 @@ Each case (``CASES``) holds, under one HDF5 group named after it:
 - ``grads``: the gradients of the scalar ``sum(slots * probe)`` with respect to
   ``inputs`` (``grads/inputs``) and every parameter (``grads/params``).
 
-``python -m slotref conformance --regenerate`` rewrites this file and the model cases' file;
-``tests/test_conformance.py`` checks that a fresh generation equals them bit for bit.
+``python -m slotref conformance --regenerate`` rewrites this file and the model cases' file,
+and records in ``numerics.txt`` what decides their last bits (NumPy, its BLAS and the CPU
+kernel the BLAS picked, HDF5). ``tests/test_conformance.py`` checks that a fresh generation
+equals them bit for bit where those match, and to 1e-12 (relative) where they do not: another
+BLAS kernel may sum a matrix product in another order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,29 @@ from slotref.slot_attention import SlotAttentionConfig, init_slot_attention, sam
 
 GOLDEN_DIR = Path(__file__).parent / "data"
 MODULE_FILE = "module.h5"
+NUMERICS_FILE = "numerics.txt"
+
+
+def numerics() -> str:
+    """One line naming what decides the golden files' last bits on this machine."""
+    from threadpoolctl import threadpool_info
+    blas = sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                  for i in threadpool_info() if i.get("user_api") == "blas")
+    return (f"numpy {np.__version__}; blas {', '.join(blas) or 'none'}; "
+            f"hdf5 {h5py.version.hdf5_version}; {platform.machine()}")
+
+
+def write_numerics(folder: Path | str) -> Path:
+    """Record ``numerics()`` beside freshly written golden files."""
+    path = Path(folder) / NUMERICS_FILE
+    path.write_text(numerics() + "\n")
+    return path
+
+
+def same_numerics(folder: Path | str = GOLDEN_DIR) -> bool:
+    """Whether the golden files in ``folder`` were made with this machine's numerics."""
+    path = Path(folder) / NUMERICS_FILE
+    return path.is_file() and path.read_text().strip() == numerics()
 
 
 @dataclass(frozen=True)
