@@ -57,6 +57,29 @@ def test_the_resolution_is_a_function_of_its_arguments():
     assert err.value.option == "--seed"
 
 
+def test_an_experiment_run_resolves_as_train_resolves_its_options():
+    from slotref.experiments.plans import Options, configurations
+    from slotref.experiments.runner import run_config
+
+    opts = Options(steps=100)
+    configs, _ = configurations("table3", opts)
+    flags = {"--steps": 100, "--seed": 2, "--device": "cpu", "--model": "slot-mlp"}
+    assert run_config(configs[1], opts, 2) == resolve_config("setpred", "clevr-shapes", "cpu", flags=flags)[0]
+
+
+def test_resume_keeps_the_stored_config_but_what_a_resume_may_change(tmp_path):
+    from dataclasses import replace
+
+    from slotref.training.resolve import resume_config
+
+    saved = resolve_config(flags={"--steps": 100})[0]
+    (tmp_path / "config.json").write_text(saved.to_json())
+    config, notes = resume_config(tmp_path, flags={"--steps": 200, "--data-dir": "elsewhere", "--seed": 0})
+    assert config == replace(saved, steps=200, data_dir="elsewhere") and len(notes) == 2
+    with pytest.raises(OptionError, match="--lr 0.01: the run .* was trained with --lr 0.0004"):
+        resume_config(tmp_path, flags={"--lr": 0.01})
+
+
 def test_every_resume_refusal_comes_from_the_one_policy():
     fields = set(OPTION_FIELDS.values())
     assert {"steps", "device", "data_dir"} <= fields and set(RESUME_MAY_CHANGE) <= set(TrainConfig.__dataclass_fields__)

@@ -52,7 +52,16 @@ def assert_close(got, want, dtype):
 def test_every_fused_kernel_is_registered_for_cupy_arrays_only():
     for name, spec in FUSED_SPECS.items():
         kernel = dispatch._fast[spec]
-        assert kernel.fn is getattr(fused_cupy, name) and kernel.on == "cupy"
+        assert kernel.fn is getattr(fused_cupy, name) and kernel.on == "cupy" and not kernel.measured
+
+
+@needs_gxx
+def test_the_unmeasured_cupy_kernels_run_only_when_all_kernels_are_chosen(monkeypatch):
+    x = data(0, (3, 6), np.float64)
+    with cuda_emulator.cupy_kernels_on_numpy():
+        monkeypatch.setattr(fused_cupy, "_kernel", lambda *a: pytest.fail("an unmeasured kernel ran under fast"))
+        with dispatch.using("fast"):
+            layers.softmax(x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,8 +72,9 @@ def test_on_numpy_the_fast_path_runs_the_specification_bit_for_bit(monkeypatch, 
         for choice in dispatch.CHOICES:
             with dispatch.using(choice):
                 results[choice] = forward_and_vjp(fn, args, seed=7)
-        for fast, reference in zip(results["fast"], results["reference"]):
-            np.testing.assert_array_equal(fast, reference, err_msg=name)
+        for choice in ("fast", "all"):
+            for fast, reference in zip(results[choice], results["reference"]):
+                np.testing.assert_array_equal(fast, reference, err_msg=name)
     p, g, m, v = (data(i, 11, dtype) for i in range(4))
     with dispatch.using("fast"):
         optim.adam_step(p, g, m, np.abs(v), 1e-3, 1.0, 0.9, 0.999, 1e-8)
@@ -79,7 +89,7 @@ def test_the_compiled_kernels_equal_the_specification(dtype, seed, batch_shape, 
     for name, fn, args in examples(seed, shape, dtype):
         with dispatch.using("reference"):
             want = forward_and_vjp(fn, args, seed + 9)
-        with cuda_emulator.cupy_kernels_on_numpy(), dispatch.using("fast"):
+        with cuda_emulator.cupy_kernels_on_numpy(), dispatch.using("all"):
             got = forward_and_vjp(fn, args, seed + 9)
         for a, b in zip(got, want):
             assert_close(a, b, dtype)
@@ -98,14 +108,14 @@ def test_the_compiled_adam_step_is_the_specification_bit_for_bit(dtype):
         with cuda_emulator.cupy_kernels_on_numpy(), dispatch.using(choice):
             optim.adam_step(p, g, m, v, 3e-3 / (1 - 0.9), 1 / (1 - 0.999), 0.9, 0.999, 1e-8)
         results[choice] = (p, m, v)
-    for fast, reference in zip(results["fast"], results["reference"]):
+    for fast, reference in zip(results["all"], results["reference"]):
         np.testing.assert_array_equal(fast, reference)
 
 
 @needs_gxx
 def test_a_nan_goes_through_the_compiled_huber_as_through_the_specification():
     x = np.array([np.nan, -3.0, 0.5])
-    with cuda_emulator.cupy_kernels_on_numpy():
+    with cuda_emulator.cupy_kernels_on_numpy(), dispatch.using("all"):
         got = layers.huber(x)
     np.testing.assert_array_equal(got, layers.huber.specification(x))
 
@@ -123,5 +133,5 @@ def test_the_cupy_kernels_equal_the_specification_on_a_gpu():
             for choice in dispatch.CHOICES:
                 with dispatch.using(choice):
                     results[choice] = [backend.to_host(a) for a in forward_and_vjp(fn, device_args, seed=7)]
-            for a, b in zip(results["fast"], results["reference"]):
+            for a, b in zip(results["all"], results["reference"]):
                 assert_close(a, b, dtype)

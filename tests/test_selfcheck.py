@@ -158,4 +158,9 @@ def test_selfcheck_compares_the_cupy_kernels_with_their_specification(monkeypatc
     with cuda_emulator.cupy_kernels_on_numpy():
         ok, lines = run("cpu", cases=fused_cases)
     assert not ok
+    assert [line.split()[1] for line in check_lines(lines) if line.startswith("FAIL")] == ["huber"]
+    # With every kernel chosen (--kernels all) the layer's own checks run through it and fail too.
+    with cuda_emulator.cupy_kernels_on_numpy(), dispatch.using("all"):
+        ok, lines = run("cpu", cases=fused_cases)
+    assert not ok
     assert [line.split()[1] for line in check_lines(lines) if line.startswith("FAIL")] == ["huber", "huber"]

@@ -335,4 +335,4 @@ def test_info_names_a_bad_kernel_choice_in_one_line(monkeypatch):
     monkeypatch.setenv("SLOTREF_KERNELS", "bogus")
     result = invoke("info")
     assert result.exit_code == 0 and "Traceback" not in result.output
-    assert "kernels: $SLOTREF_KERNELS must be one of reference, fast, got 'bogus'" in result.output
+    assert "kernels: $SLOTREF_KERNELS must be one of reference, fast, all, got 'bogus'" in result.output

@@ -20,10 +20,11 @@ def _select_kernels(ctx, param, value):
 
 
 kernels_option = click.option(
-    "--kernels", type=click.Choice(["fast", "reference"]), default=None, callback=_select_kernels,
+    "--kernels", type=click.Choice(["fast", "all", "reference"]), default=None, callback=_select_kernels,
     expose_value=False, is_eager=True,
-    help="fast: the optimised kernels (default); reference: every function as written in the specification "
-         "(slower; the same results to rounding). Default: $SLOTREF_KERNELS or fast.")
+    help="fast: the measured optimised kernels (default); all: also the device kernels not yet measured "
+         "faster; reference: every function as written in the specification (slower; the same results "
+         "to rounding). Default: $SLOTREF_KERNELS or fast.")
 
 
 # What each preset costs (docs/performance.md has the step times behind these figures).

@@ -186,7 +186,7 @@ def _kernel(build: Callable, x) -> Callable:
     return _built[key]
 
 
-@implements(layers.normalize, on="cupy")
+@implements(layers.normalize, on="cupy", measured=False)
 @primitive
 def normalize(x, eps=LAYER_NORM_EPS):
     return _kernel(build_normalize, x)(x, eps)
@@ -195,7 +195,7 @@ def normalize(x, eps=LAYER_NORM_EPS):
 defvjp(normalize, lambda ans, x, eps=LAYER_NORM_EPS: lambda g: _kernel(build_normalize_vjp, x)(g, x, ans, eps))
 
 
-@implements(layers.softmax, on="cupy")
+@implements(layers.softmax, on="cupy", measured=False)
 @primitive
 def softmax(x, axis=-1):
     return _kernel(build_softmax, x)(x, axis)
@@ -204,7 +204,7 @@ def softmax(x, axis=-1):
 defvjp(softmax, lambda ans, x, axis=-1: lambda g: _kernel(build_softmax_vjp, x)(g, ans, axis))
 
 
-@implements(layers.huber, on="cupy")
+@implements(layers.huber, on="cupy", measured=False)
 @primitive
 def huber(x, delta=1.0):
     return _kernel(build_huber, x)(x, delta)
@@ -213,7 +213,7 @@ def huber(x, delta=1.0):
 defvjp(huber, lambda ans, x, delta=1.0: lambda g: _kernel(build_huber_vjp, x)(g, x, delta))
 
 
-@implements(layers.gru_gates, on="cupy")
+@implements(layers.gru_gates, on="cupy", measured=False)
 @primitive
 def gru_gates(gates_x, gates_h, h):
     return _kernel(build_gru_gates, h)(gates_x, gates_h, h)
@@ -229,6 +229,6 @@ def _gru_gates_vjp(argnums, ans, args, kwargs):
 defvjp_argnums(gru_gates, _gru_gates_vjp)
 
 
-@implements(optim.adam_step, on="cupy")
+@implements(optim.adam_step, on="cupy", measured=False)
 def adam_step(p, g, m, v, step_size, v_correction, beta1, beta2, eps):
     _kernel(build_adam_update, p)(p, g, m, v, step_size, v_correction, beta1, beta2, eps)

@@ -1,4 +1,6 @@
-"""What defines a run (``TrainConfig``) and the errors a run stops with."""
+"""What defines a run (``TrainConfig``), the one set of checks every config goes through however it
+arrives (built in Python, read from a config file or a stored run: ``check_value``, ``config_from_dict``),
+and the errors a run stops with."""
 
 from __future__ import annotations
 
