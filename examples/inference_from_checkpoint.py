@@ -4,6 +4,8 @@
 
 RUN_DIR from `slotref train` (`slotref train --task setpred --fast-dev-run` makes one in seconds);
 IMAGES.h5 any file of the model's image size (`slotref data make`). Nothing else is read.
+`slotref.predict` runs the model as `slotref eval` does (the run's K, its test-time T, its evaluation
+slot noise), so these predictions are the ones `slotref eval RUN --dataset IMAGES.h5` scores.
 """
 
 import argparse
@@ -14,22 +16,17 @@ import slotref
 
 
 def main(checkpoint, images_file, num=4):
-    config, params = slotref.load_model(checkpoint)                        # host NumPy, float32
-    model = config.model
-    data = slotref.load_dataset(images_file, limit=num)
-    images = slotref.images_to_float(data.images)                           # uint8 -> float32 in [-1, 1]
-    noise = slotref.slot_noise(np.random.default_rng(0), len(images), model.num_slots,
-                               model.slot_attention.slot_size, np.float32)
+    config, params = slotref.load_model(checkpoint)                     # host NumPy, float32
+    images = slotref.load_dataset(images_file, limit=num).images        # uint8 (B, H, W, 3), as stored
+    out = slotref.predict(config, params, images)                       # as `slotref eval` runs the model
     if config.task == "setpred":
-        predictions = slotref.set_prediction(params, images, noise, model)  # (B, K, 19)
-        present = predictions[..., -1] > 0.5
+        present = out["predictions"][..., -1] > 0.5                     # (B, K): the presence output
         for i in range(len(images)):
             print(f"image {i}: {int(present[i].sum())} objects predicted (presence > 0.5)")
-        return predictions
-    out = slotref.autoencoder(params, images, noise, model)
-    owner = out["masks"][..., 0].argmax(1)                                  # (B, H, W): the slot of each pixel
+        return out
+    owner = out["masks"].argmax(1)                                      # (B, H, W): the slot of each pixel
     for i in range(len(images)):
-        print(f"image {i}: pixels per slot {np.bincount(owner[i].ravel(), minlength=model.num_slots).tolist()}")
+        print(f"image {i}: pixels per slot {np.bincount(owner[i].ravel(), minlength=config.model.num_slots).tolist()}")
     return out
 
 

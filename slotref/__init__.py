@@ -11,18 +11,23 @@ The names below are importable from ``slotref`` directly (docs/api.md)::
     slots, attention = slotref.slot_attention(params, features, slotref.sample_initial_slots(params, noise))
 
 They load on first use, so ``import slotref`` (and the command line's ``--help``) stays quick.
+``slotref.slot_attention`` is the function of Algorithm 1; its module, ``slotref/slot_attention.py``, is
+imported by name (``from slotref.slot_attention import SlotAttentionConfig``,
+``importlib.import_module("slotref.slot_attention")``).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     # Slot Attention (Algorithm 1)
-    # (``slotref.slot_attention`` is the module, callable as its function ``slot_attention``)
-    "slot_attention": ["SlotAttentionConfig", "init_slot_attention", "sample_initial_slots", "slot_noise"],
+    "slot_attention": ["SlotAttentionConfig", "init_slot_attention", "sample_initial_slots", "slot_noise",
+                       "slot_attention", "SlotAttention"],
     # the two models (Tables 4-8) and the Slot MLP baseline
     "models": ["ModelConfig", "setpred_config", "discovery_config", "init_model", "encoder", "infer_slots",
                "set_prediction", "autoencoder"],
@@ -39,17 +44,16 @@ _EXPORTS = {
     # runs and checkpoints
     "training": ["TrainConfig", "preset_config", "train", "load_run"],
     "training.checkpoint": ["load_model", "save_model"],
+    "training.inference": ["predict"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 # Former names, kept working with a DeprecationWarning: old name -> new name.
 _DEPRECATED = {"load_checkpoint": "load_model", "save_checkpoint": "save_model"}
 
-__all__ = ["__version__", "slot_attention", *_WHERE]
+__all__ = ["__version__", *_WHERE]
 
 
 def __getattr__(name):
-    if name == "slot_attention":
-        return importlib.import_module("slotref.slot_attention")
     if name in _WHERE:
         value = getattr(importlib.import_module(f"slotref.{_WHERE[name]}"), name)
         globals()[name] = value
@@ -72,6 +76,21 @@ def _deprecated(old: str, new: str):
         return function(*args, **kwargs)
     call.__name__ = call.__qualname__ = old
     return call
+
+
+class _Package(types.ModuleType):
+    """``slotref`` itself. Importing a submodule sets it as an attribute of its package; for
+    ``slotref/slot_attention.py`` the package keeps the function of that name instead, so
+    ``slotref.slot_attention`` is the function (with its signature and docstring) whoever imported the
+    module first."""
+
+    def __setattr__(self, name, value):
+        if name == "slot_attention" and isinstance(value, types.ModuleType):
+            value = value.slot_attention
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():

@@ -6,7 +6,7 @@ over ``path`` and the directory entry made durable (fsync of the folder).
 On any failure, Ctrl-C included, the temporary file is removed and ``path``
 is left as it was. ``append_line`` adds one whole line to a log (a failed
 write is cut back off), ``read_jsonl`` reads a log whose last line may have
-been torn by a crash. ``RunLock`` keeps two processes out of one run directory.
+been torn by a crash. ``RunLock`` (``slotref.runlock``) keeps two processes out of one run directory.
 
 Disk-full and permission errors become ``WriteError``: one line naming the path.
 """
@@ -17,8 +17,10 @@ import contextlib
 import errno
 import json
 import os
-import socket
+import stat
 from pathlib import Path
+
+from slotref.paths import FileError, regular_file, shown, sibling_name  # noqa: F401
 
 _REASONS = {
     errno.ENOSPC: ("no space left on the device (ENOSPC)", "free some space or choose another path"),
@@ -46,7 +48,7 @@ def write_error(path, err: BaseException) -> WriteError:
                 break
     problem, todo = _REASONS.get(code, (f"{getattr(err, 'strerror', None) or err}".splitlines()[0] if str(err)
                                         else type(err).__name__, "check the path and the disk"))
-    out = WriteError(" ".join(f"{path}: cannot write: {problem}; {todo}".split()))
+    out = WriteError(" ".join(f"{shown(path)}: cannot write: {problem}; {todo}".split()))
     out.errno = code
     return out
 
@@ -74,8 +76,7 @@ def fsync_file(path) -> None:
 
 
 def temporary_name(path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".tmp")
+    return sibling_name(path, ".tmp")
 
 
 @contextlib.contextmanager
@@ -122,10 +123,7 @@ def append_line(path, text: str) -> None:
     """
     path = Path(path)
     data = (text.rstrip("\n") + "\n").encode()
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
-    except OSError as err:
-        raise write_error(path, err) from None
+    fd = open_log(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         if size:
@@ -144,6 +142,22 @@ def append_line(path, text: str) -> None:
             raise write_error(path, err) from None
     finally:
         os.close(fd)
+
+
+def open_log(path, flags=os.O_WRONLY) -> int:
+    """A descriptor appending to the log ``path`` (created if missing); a symbolic link, FIFO or device
+    there is refused (``WriteError``, one line): a log never writes through to another file."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            err = OSError(f"is a symbolic link; a run's logs are written only to its own files, remove the link")
+        raise write_error(path, err) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise write_error(path, OSError("not a regular file; remove it, logs are written to plain files"))
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _last_newline(fd, size: int) -> int:
@@ -168,6 +182,7 @@ class LogError(ValueError):
 def read_jsonl(path) -> list[dict]:
     """The JSON objects of a log, one a line; a torn last line (a crash while writing) is left out."""
     path = Path(path)
+    regular_file(path, "log")  # a FIFO is never read: the read would block
     lines = path.read_text(errors="replace").splitlines()
     out = []
     for i, line in enumerate(lines):
@@ -186,98 +201,5 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
-# --------------------------------------------------------------------------
-# Run directory lock
-# --------------------------------------------------------------------------
-
-LOCK_NAME = "run.lock"
-
-
-class LockError(RuntimeError):
-    """The run directory is in use by another live process; one line."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return True
-    return True
-
-
-class RunLock:
-    """``run.lock`` (PID and host) held while a process writes a run directory.
-
-    A lock of a dead process on this host is stale: it is taken over and
-    ``note`` is called with a line saying so. A live process's lock, or one
-    from another host, is refused (LockError).
-    """
-
-    def __init__(self, run_dir, note=None):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.note = note
-        self.held = False
-
-    def _owner(self):
-        try:
-            text = self.path.read_text().split()
-            return int(text[0]), (text[1] if len(text) > 1 else "")
-        except (OSError, ValueError, IndexError):
-            return None, ""
-
-    def acquire(self) -> None:
-        me = f"{os.getpid()} {socket.gethostname()}\n"
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                pid, host = self._owner()
-                if pid is None:
-                    problem = "holds an unreadable lock"
-                elif host != socket.gethostname():
-                    raise LockError(f"{self.path}: run directory in use by PID {pid} on host {host}; wait for it, "
-                                    f"or delete {self.path} if that run has ended")
-                elif pid != os.getpid() and _alive(pid):
-                    raise LockError(f"{self.path}: run directory in use by PID {pid} on this host; wait for "
-                                    f"it to end or choose another --out")
-                else:
-                    problem = f"has a stale lock of PID {pid} (no longer running)"
-                if self.note:
-                    self.note(f"{self.path.parent} {problem}: taken over")
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
-            except OSError as err:
-                raise write_error(self.path, err) from None
-            try:
-                os.write(fd, me.encode())
-                os.fsync(fd)
-            except OSError as err:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
-                raise write_error(self.path, err) from None
-            os.close(fd)
-            self.held = True
-            return
-        raise LockError(f"{self.path}: cannot take the run directory's lock; delete {self.path} if no run uses it")
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            pid, _ = self._owner()
-            if pid == os.getpid():
-                with contextlib.suppress(OSError):
-                    self.path.unlink()
-
-    def __enter__(self):
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-        return False
+# The run directory's lock lives in slotref.runlock; its names stay importable from here.
+from slotref.runlock import LOCK_NAME, LockError, RunLock  # noqa: E402,F401

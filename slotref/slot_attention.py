@@ -29,8 +29,6 @@ defaults are the paper's.
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass, replace
 
 import autograd.numpy as anp
@@ -246,12 +244,28 @@ def _check_call(params, inputs, slots, num_iterations, config):
         raise ValueError(f"slot_attention needs num_iterations T >= 0, got {num_iterations!r}")
 
 
-class _CallableModule(types.ModuleType):
-    """``slotref.slot_attention(...)`` runs the function: the module is named after it, and
-    ``import slotref`` users reach the function by that name (docs/api.md)."""
 
-    def __call__(self, *args, **kwargs):
-        return slot_attention(*args, **kwargs)
+class SlotAttention:
+    """The module as one object, for users of PyTorch's or Flax's modules: the parameters (a plain
+    tree, ``.params``, that the functions above and autograd take), the config and the generator of
+    the slot noise. ``SlotAttention(config, rng)(inputs)`` is::
 
+        slot_attention(params, inputs, sample_initial_slots(params, slot_noise(rng, B, K, D, dtype)), T, config)
+    """
 
-sys.modules[__name__].__class__ = _CallableModule
+    def __init__(self, config: SlotAttentionConfig = SlotAttentionConfig(), rng: np.random.Generator | None = None,
+                 dtype=np.float32):
+        self.config = config
+        self.rng = np.random.default_rng(0) if rng is None else rng
+        self.params = init_slot_attention(self.rng, config, dtype=dtype)
+
+    def __call__(self, inputs, num_slots: int | None = None, num_iterations: int = 3,
+                 return_attention: bool = False):
+        """inputs (B, N, D_inputs), host NumPy -> slots (B, K, D) [, attention (B, T, N, K)].
+
+        K: ``num_slots``, default ``config.num_train_slots`` (7); T: ``num_iterations``. Each call draws
+        new slot noise from the object's generator."""
+        k = self.config.num_train_slots if num_slots is None else num_slots
+        noise = slot_noise(self.rng, inputs.shape[0], k, self.config.slot_size, self.params["slots_mu"].dtype)
+        slots = sample_initial_slots(self.params, noise)               # line 1. (B, K, D)
+        return slot_attention(self.params, inputs, slots, num_iterations, self.config, return_attention)

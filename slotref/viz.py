@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -9,11 +10,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.colors import to_rgb  # noqa: E402
 
 from slotref import paper  # noqa: E402
 
-# Distinct colours for slot masks.
-SLOT_PALETTE = np.array(plt.get_cmap("tab20").colors)
+# Slot colours: a qualitative palette of distinct hues (no light/dark pairs of one hue, as tab20 has); each
+# pair of colours at least 25 apart in CIELAB (tests/test_viz.py). More slots reuse them in order.
+SLOT_PALETTE = np.array([to_rgb(c) for c in (
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#ffe119", "#469990",
+    "#9a6324", "#800000", "#000075", "#bfef45", "#fabed4", "#808000", "#dcbeff", "#aaffc3")])
+
+
+def slot_colour(j: int) -> np.ndarray:
+    """Slot j's colour (RGB in [0, 1])."""
+    return SLOT_PALETTE[j % len(SLOT_PALETTE)]
 
 
 def describe_object(row: np.ndarray) -> str:
@@ -31,37 +41,53 @@ def _image(ax, img, title=None):
         ax.set_title(title, fontsize=7)
 
 
+PICTURE_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+def picture_format(path) -> str:
+    """The format a picture at ``path`` is written in, from its suffix; ``ValueError`` (one line) for
+    a suffix that names no format matplotlib writes here."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PICTURE_FORMATS:
+        raise ValueError(f"{path}: unknown picture format {suffix or '(no suffix)'!r}; "
+                         f"end the name in one of {', '.join(PICTURE_FORMATS)}")
+    return PICTURE_FORMATS[suffix]
+
+
 def draw_run(path: Path, config, be, params, task, split, num_slots=None, num_iterations=None,
-             title: str | None = None) -> None:
-    """Write a PNG for the first images of ``split``; ``title`` (the run and step) heads the picture."""
+             title: str | None = None):
+    """Write a picture of the first images of ``split`` in the format of ``path``'s suffix
+    (``picture_format``); ``title`` (the run and step) heads the picture.
+
+    Returns, for set prediction, the matching drawn: (example, object row, slot, distance) (``matching``)."""
     from slotref.io import atomic_path, write_error
 
     path = Path(path)
+    fmt = picture_format(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise write_error(path.parent, err) from None
     with atomic_path(path) as tmp:  # the old picture stays whole until the new one is on disk
         if config.task == "discovery":
-            _draw_discovery(tmp, config, be, params, task, split, num_slots, num_iterations, title)
-        else:
-            _draw_setpred(tmp, config, be, params, task, split, num_slots, num_iterations, title)
+            return _draw_discovery(tmp, config, be, params, task, split, num_slots, num_iterations, title, fmt=fmt)
+        return _draw_setpred(tmp, config, be, params, task, split, num_slots, num_iterations, title, fmt=fmt)
 
 
 def _slot_header(ax, j, title=True):
-    """Slot j's frame, and with ``title`` its column header, in its mask colour (the colour of the
+    """Slot j's frame, and with ``title`` (True: "slot j") its header, in its colour (the colour of the
     mask column and the attention maps)."""
-    colour = SLOT_PALETTE[j % len(SLOT_PALETTE)]
+    colour = slot_colour(j)
     ink = "black" if colour @ np.array([0.299, 0.587, 0.114]) > 0.5 else "white"
     if title:
-        ax.set_title(f"slot {j + 1}", fontsize=7, color=ink,
+        ax.set_title(f"slot {j + 1}" if title is True else title, fontsize=6.5, color=ink, pad=3,
                      bbox=dict(facecolor=colour, edgecolor="none", boxstyle="round,pad=0.2"))
     for spine in ax.spines.values():
         spine.set_edgecolor(colour)
         spine.set_linewidth(2)
 
 
-def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations, title=None):
+def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterations, title=None, fmt="png"):
     out = task.outputs(be, params, split, num_slots, num_iterations, with_recons=True)
     masks, recon = out["masks"], out["recon_combined"]                # (N, K, H, W), (N, H, W, 3)
     recons = out["recons"]                                            # (N, K, H, W, 3)
@@ -88,67 +114,126 @@ def _draw_discovery(path, config, be, params, task, split, num_slots, num_iterat
                  "attention mixed in the slots' colours", fontsize=8)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120, format="png")
+        fig.savefig(path, dpi=120, format=fmt)
     finally:
         plt.close(fig)
 
 
-def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations, title=None):
-    from slotref.models import set_prediction
-    from slotref.backend import to_host
-    from slotref.training.data import eval_noise, preprocess
+def upsample(grid, size) -> np.ndarray:
+    """An attention map on the feature grid (h, w) -> (H, W) at the image's resolution, bilinear with
+    each feature cell centred on the patch of pixels it covers (Pillow's resize)."""
+    from PIL import Image
 
-    n = len(split)
-    k = num_slots or config.model.num_slots
-    images = preprocess(be, split.images)
-    preds, attn = set_prediction(params, images, eval_noise(be, config, n, k, 0), config.model,
-                                 num_iterations or config.test_iterations, return_attention=True)
-    preds, attn = to_host(preds), to_host(attn)                       # (N, K, 19), (N, T, N_in, K)
-    t = attn.shape[1]
+    image = Image.fromarray(np.ascontiguousarray(grid, dtype=np.float32))
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def matching(predictions, targets) -> list[tuple[int, int, int, float]]:
+    """(example, object row, slot, distance) of every real object and the prediction matched to it, as
+    eval's accuracies and median distance match them (``metrics.matched_objects``: the Hungarian
+    algorithm on the 19 numbers); distance between the positions in scene units."""
+    from slotref.metrics import matched_objects
+
+    return [(b, i, j, float(np.linalg.norm(paper.COORD_SCALE * (targets[b, i, paper.COORDS] -
+                                                                 predictions[b, j, paper.COORDS]))))
+            for b, i, j in matched_objects(predictions, targets)]
+
+
+def _attributes(row) -> list[str]:
+    return [names[int(np.argmax(row[s]))] for _, s, names in paper.ATTRIBUTES]   # size, material, shape, color
+
+
+def _caption(pred, true=None, number=None, d=None) -> str:
+    """Under a slot: the object it was matched with and how far, what it predicts, and what it got wrong."""
+    size, material, shape, color = _attributes(pred)
+    lines = [f"{size} {color} {material} {shape}"]
+    if true is None:
+        return "not matched\n" + lines[0]
+    wrong = [t for p, t in zip(_attributes(pred), _attributes(true)) if p != t]
+    lines.insert(0, f"object {number}, d = {d:.2f}")
+    lines.append("true: " + " ".join(wrong) if wrong else "attributes right")
+    return "\n".join(lines)
+
+
+def _scene_from_above(ax, preds, targets, pairs, order):
+    """The true objects (numbered discs in their colours) and each present prediction (a cross in its
+    slot's colour) at their (x, y) positions, a line from each prediction to the object it was matched with."""
+    real = np.flatnonzero(targets[:, paper.PRESENCE] > 0.5)
+    true_xy = paper.unit_to_coords(targets[:, :2])
+    pred_xy = paper.unit_to_coords(preds[:, :2])
+    colours = _clevr_colours()
+    for i, j, _ in pairs:
+        present = preds[j, paper.PRESENCE] > 0.5
+        ax.plot(*zip(pred_xy[j], true_xy[i]), color=slot_colour(j), lw=1.2,
+                ls="-" if present else ":", zorder=1)
+    for n, i in enumerate(real):
+        ax.scatter(*true_xy[i], s=90, color=colours[int(np.argmax(targets[i, paper.COLOR]))],
+                   edgecolors="black", linewidths=0.6, zorder=2)
+        ax.text(*true_xy[i], str(n + 1), fontsize=5.5, ha="center", va="center", zorder=3,
+                color="white" if int(np.argmax(targets[i, paper.COLOR])) in (0, 1, 2, 4, 5, 6) else "black")
+    for j in order:
+        present = preds[j, paper.PRESENCE] > 0.5
+        if present or j in [m for _, m, _ in pairs]:
+            ax.scatter(*pred_xy[j], s=40 if present else 22, marker="x", color=slot_colour(j),
+                       linewidths=1.5 if present else 1.0, alpha=1 if present else 0.6, zorder=4)
+    drawn = [j for _, j, _ in pairs] + [j for j in order if preds[j, paper.PRESENCE] > 0.5]
+    shown = np.concatenate([true_xy[real], pred_xy[drawn]])
+    centre = (shown.max(0) + shown.min(0)) / 2 if len(shown) else np.zeros(2)
+    half = max(1.0, (shown.max(0) - shown.min(0)).max() / 2 + 0.6) if len(shown) else 3.0
+    ax.set_xlim(centre[0] - half, centre[0] + half)
+    ax.set_ylim(centre[1] - half, centre[1] + half)
+    ax.set_aspect("equal")
+    ax.locator_params(nbins=4)
+    ax.tick_params(labelsize=5, length=2, pad=1)
+
+
+def _clevr_colours() -> np.ndarray:
+    from slotref.data.clevr_shapes import COLOR_RGB
+
+    return COLOR_RGB / 255.0
+
+
+def _draw_setpred(path, config, be, params, task, split, num_slots, num_iterations, title=None, fmt="png"):
+    """Per example: the image, the scene from above with the matching, and each slot's attention (at the
+    last iteration) over the image; slots ordered by presence. Returns the pairs drawn (``matching``)."""
+    preds, attn = task.predict(be, params, split, num_slots, num_iterations)   # (N, K, 19), (N, N_in, K)
+    n, k = preds.shape[:2]
+    h, w = split.images.shape[1:3]
     feature_hw = config.model.feature_resolution()
-    # Per example: a header row (slot number and presence) above T rows of attention maps.
-    heights = ([0.45] + [1.0] * t) * n
-    width = 1.4 + 1.0 * k + 3.6 + 0.5
-    height = 1.0 * sum(heights) + 0.9
-    fig = plt.figure(figsize=(width, height))
-    grid = fig.add_gridspec(len(heights), 3 + k, height_ratios=heights,
-                            width_ratios=[1.3] + [1] * k + [3.4, 0.12], wspace=0.12, hspace=0.08,
-                            left=0.02, right=0.93, top=1 - 0.75 / height, bottom=0.2 / height)
-    shown = None
-    for i in range(n):
-        top = i * (t + 1)
-        order = np.argsort(-preds[i, :, paper.PRESENCE])
-        ax = fig.add_subplot(grid[top + 1:top + 1 + t, 0])
-        _image(ax, split.images[i] / 255.0)
-        ax.set_ylabel(f"example {i + 1}", fontsize=7)
+    pairs = matching(preds, split.targets)
+    width = 1.25 * (k + 2) + 0.25                                      # inches: a column per picture
+    head = textwrap.wrap(("Set prediction" + (f": {title}" if title else "")), int(width * 15)) + textwrap.wrap(
+        "Each slot's attention over the image (bright: attended, last iteration), slots in order of presence p; "
+        "below, the object the slot was matched with (Hungarian matching, as eval's accuracies) and d, "
+        "the distance of the positions in scene units. From above: the true objects (numbered discs), each "
+        "slot's predicted position (a cross in its colour) and the matching (lines; dotted for p < 0.5).",
+        int(width * 17))
+    top, row = 0.16 * len(head) + 0.15, 1.85
+    fig = plt.figure(figsize=(width, top + row * n))
+    grid = fig.add_gridspec(n, k + 2, wspace=0.1, hspace=0.55, left=0.1 / width, right=1 - 0.05 / width,
+                            top=1 - (top + 0.2) / (top + row * n), bottom=0.42 / (top + row * n))
+    for b in range(n):
+        order = [int(j) for j in np.argsort(-preds[b, :, paper.PRESENCE], kind="stable")]
+        mine = [(i, j, d) for e, i, j, d in pairs if e == b]
+        _image(fig.add_subplot(grid[b, 0]), split.images[b] / 255.0, f"example {b + 1}")
+        above = fig.add_subplot(grid[b, 1])
+        _scene_from_above(above, preds[b], split.targets[b], mine, order)
+        above.set_title("from above (x, y)", fontsize=7)
+        matched = {j: (i, d) for i, j, d in mine}
+        real = np.flatnonzero(split.targets[b, :, paper.PRESENCE] > 0.5)
+        number = {int(i): m + 1 for m, i in enumerate(real)}          # as numbered in the scene from above
         for col, j in enumerate(order):
-            head = fig.add_subplot(grid[top, 1 + col])
-            head.axis("off")
-            head.text(0.5, 0.0, f"slot {j + 1}, p={preds[i, j, paper.PRESENCE]:.2f}", fontsize=6.5,
-                      ha="center", va="bottom")
-            for it in range(t):
-                ax = fig.add_subplot(grid[top + 1 + it, 1 + col])
-                shown = ax.imshow(attn[i, it, :, j].reshape(feature_hw), cmap="magma", vmin=0, vmax=1,
-                                  interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if col == 0:
-                    ax.set_ylabel(f"t={it + 1}", fontsize=6.5)
-        ax = fig.add_subplot(grid[top + 1:top + 1 + t, 1 + k])
-        ax.axis("off")
-        real = split.targets[i][split.targets[i][:, paper.PRESENCE] > 0.5]
-        predicted = [describe_object(preds[i, j]) for j in order if preds[i, j, paper.PRESENCE] > 0.5]
-        lines = ["predicted (p > 0.5):"] + (predicted or ["  (none)"])
-        lines += ["", "true:"] + [describe_object(r) for r in real]
-        ax.text(0.02, 1, "\n".join(lines), fontsize=6, va="top", family="monospace")
-    cax = fig.add_subplot(grid[1:1 + t, 2 + k])
-    bar = fig.colorbar(shown, cax=cax)
-    bar.set_label("attention (share of the input location)", fontsize=6.5)
-    bar.ax.tick_params(labelsize=6)
-    head = "Set prediction" + (f": {title}" if title else "")
-    fig.suptitle(f"{head}\nattention of each slot (columns, most present first) at each iteration t (rows)",
-                 fontsize=8, y=1 - 0.1 / height, va="top")
+            ax = fig.add_subplot(grid[b, 2 + col])
+            a = upsample(attn[b, :, j].reshape(feature_hw), (h, w))                 # (H, W) in [0, 1]
+            _image(ax, split.images[b] / 255.0 * (0.12 + 0.88 * a[..., None]))
+            _slot_header(ax, j, f"slot {j + 1}  p = {preds[b, j, paper.PRESENCE]:.2f}")
+            i, d = matched.get(j, (None, None))
+            true = None if i is None else split.targets[b, i]
+            ax.set_xlabel(_caption(preds[b, j], true, number.get(i), d), fontsize=5.5,
+                          labelpad=2, linespacing=1.15)
+    fig.text(0.5, 1 - 0.08 / (top + row * n), "\n".join(head), fontsize=7.5, ha="center", va="top")
     try:
-        fig.savefig(path, dpi=120, format="png")
+        fig.savefig(path, dpi=150, format=fmt)
     finally:
         plt.close(fig)
+    return [(e, i, j, d) for e, i, j, d in pairs]

@@ -43,9 +43,8 @@ def tiny_run(tmp_path_factory):
 def test_the_documented_names_are_importable_from_slotref():
     for name in slotref.__all__:
         assert getattr(slotref, name) is not None, name
-    assert callable(slotref.slot_attention)
-    from slotref import slot_attention as module        # the module stays importable as before
-    assert module.SlotAttentionConfig is slotref.SlotAttentionConfig
+    from slotref.slot_attention import SlotAttentionConfig   # the module stays importable by its name
+    assert SlotAttentionConfig is slotref.SlotAttentionConfig
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -80,6 +80,15 @@ def test_resume_keeps_the_stored_config_but_what_a_resume_may_change(tmp_path):
         resume_config(tmp_path, flags={"--lr": 0.01})
 
 
+def test_every_option_of_train_sets_a_field_or_says_how_to_run():
+    from slotref.cli.train import train
+
+    options = {p.opts[0] for p in train.params}
+    how_to_run = {"--task", "--dataset", "--preset", "--config", "--print-config", "--fast-dev-run", "--out",
+                  "--resume", "--logger", "--quiet", "--procs", "--kernels"}
+    assert options - how_to_run == set(OPTION_FIELDS)
+
+
 def test_every_resume_refusal_comes_from_the_one_policy():
     fields = set(OPTION_FIELDS.values())
     assert {"steps", "device", "data_dir"} <= fields and set(RESUME_MAY_CHANGE) <= set(TrainConfig.__dataclass_fields__)

@@ -1,4 +1,4 @@
-"""slotref command line: train, eval, viz, bench, data, info, selfcheck, experiment, import-tf, conformance.
+"""slotref command line: train, eval, viz, bench, data, info, selfcheck, experiment, import-tf, conformance, docs.
 
     slotref train --task setpred          # the main job, on built-in data
     slotref eval runs/setpred-...         # AP / FG-ARI of a run
@@ -17,6 +17,7 @@ from slotref import __version__
 from slotref.cli.bench import bench
 from slotref.cli.conformance import conformance
 from slotref.cli.data import data
+from slotref.cli.docs import docs
 from slotref.cli.eval import evaluate
 from slotref.cli.experiment import experiment
 from slotref.cli.import_tf import import_tf
@@ -45,5 +46,5 @@ def main():
     keep_freed_host_memory()  # every command's arrays reuse freed host pages (docs/kernels.md)
 
 
-for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment, import_tf, conformance):
+for command in (info, train, evaluate, viz, bench, selfcheck, data, experiment, import_tf, conformance, docs):
     main.add_command(command)

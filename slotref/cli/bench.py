@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from slotref.cli.common import DatasetChoice, kernels_option
+from slotref.training.config import LIMITS
 
 
 @click.command()
@@ -15,9 +16,9 @@ from slotref.cli.common import DatasetChoice, kernels_option
 @click.option("--dataset", type=DatasetChoice(["tetrominoes", "multi-dsprites", "clevr6-shapes"]), default=None,
               help="Discovery dataset of --what step (default: all three).")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--resolution", type=int, default=None)
-@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, LIMITS["batch_size"]), default=None)
+@click.option("--resolution", type=click.IntRange(8, LIMITS["model.resolution"]), default=None)
+@click.option("--repeats", type=click.IntRange(1, 10_000), default=3, show_default=True)
 @click.option("--profile", is_flag=True, help="Per-layer time, FLOPs and GFLOP/s of the training step.")
 @kernels_option
 def bench(what, task, dataset, device, batch_size, resolution, repeats, profile):
@@ -25,8 +26,16 @@ def bench(what, task, dataset, device, batch_size, resolution, repeats, profile)
 
     Under mpiexec -n N: --what step times the data-parallel step (global batch --batch-size, each rank its
     slice plus the allreduce); --what allreduce times the gradient allreduce of the paper's models and prints
-    the projected scaling to 8/64/512 GPUs (docs/scale.md).
+    the projected scaling to 8/64/512 GPUs (slotref docs scale).
     """
+    try:
+        _bench(what, task, dataset, device, batch_size, resolution, repeats, profile)
+    except MemoryError as err:  # a batch or resolution this machine cannot hold
+        why = str(err).splitlines()[0] if str(err) else "MemoryError"
+        raise click.ClickException(f"bench: out of memory ({why}); lower --batch-size or --resolution") from None
+
+
+def _bench(what, task, dataset, device, batch_size, resolution, repeats, profile):
     if what == "allreduce":
         from slotref.bench import allreduce
         from slotref.training.launch import world

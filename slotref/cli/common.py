@@ -84,9 +84,9 @@ def result_table(task, config, result, test_iterations=None) -> str:
                  "paper, CLEVR10 (Table 3)" + "".join(f"{m:>7.1f} ± {s:<3.1f}" for m, s in
                                                       (paper.paper_ap(n) for n in names))]
         if config.preset != "paper":
-            lines.append("(the cpu preset is a smaller problem than CLEVR10: see docs/results.md)")
+            lines.append("(the cpu preset is a smaller problem than CLEVR10: see `slotref docs results`)")
         if getattr(config, "curriculum", ""):
-            lines.append(f"trained with the curriculum {config.curriculum!r} (docs/curriculum.md)")
+            lines.append(f"trained with the curriculum {config.curriculum!r} (`slotref docs curriculum`)")
     else:
         ari = 100 * result.get("fg_ari", float("nan"))
         reported = paper.paper_fg_ari(Path(config.dataset).stem)
@@ -95,9 +95,9 @@ def result_table(task, config, result, test_iterations=None) -> str:
             line += f"; paper (Table 1) {reported[0]:.1f} ± {reported[1]:.1f}"
         lines = [line]
     if getattr(config, "ema", 0):
-        lines.append(f"evaluated with the parameter average, ema {config.ema:g} (docs/curriculum.md)")
+        lines.append(f"evaluated with the parameter average, ema {config.ema:g} (`slotref docs curriculum`)")
     t = test_iterations or config.test_iterations
     if t != config.model.num_iterations:
         lines.append(f"evaluated with T = {t} iterations, trained with T = {config.model.num_iterations} "
-                     "(as the paper's Figure 22; docs/results.md)")
+                     "(as the paper's Figure 22; `slotref docs results`)")
     return "\n".join(lines)

@@ -9,11 +9,23 @@ import click
 from slotref.data import generators
 from slotref.cli.common import DatasetChoice
 from slotref.data.convert import MULTI_OBJECT
+from slotref.paths import shown
+
+
+class _Error(click.ClickException):
+    """One line; a path's undecodable bytes are shown as \\xNN rather than failing to print."""
+
+    def __init__(self, message):
+        super().__init__(shown(message))
+
+
+def _echo(text):
+    click.echo(shown(text))
 
 
 @click.group()
 def data():
-    """Make and inspect HDF5 datasets (docs/datasets.md)."""
+    """Make and inspect HDF5 datasets (slotref docs datasets)."""
 
 
 @data.command()
@@ -44,16 +56,16 @@ def make(name, out_path, n, resolution, seed, min_objects, max_objects, zoom, wo
         options = dict(min_objects=min_objects, max_objects=max_objects, zoom=zoom)
         config = hdf5.generator_config(name, seed, resolution, **options)
         if os.path.exists(out_path) and not overwrite:
-            raise click.ClickException(f"{out_path}: exists; pass --overwrite to replace it or choose another --out")
+            raise _Error(f"{out_path}: exists; pass --overwrite to replace it or choose another --out")
         start = time.perf_counter()
         hdf5.write_dataset(name, out_path, n, seed, resolution, progress=progress, workers=workers, **options)
     except OSError as e:
-        raise click.ClickException(str(write_error(out_path, e))) from None
+        raise _Error(str(write_error(out_path, e))) from None
     except (ValueError, RuntimeError) as e:  # DatasetError is a ValueError
-        raise click.ClickException(str(e).splitlines()[0]) from None
+        raise _Error(str(e).splitlines()[0]) from None
     seconds = time.perf_counter() - start
     res = config["resolution"]
-    click.echo(f"wrote {out_path}: {n} x {res}x{res} {name} in {seconds:.1f} s ({n / seconds:.0f} images/s); "
+    _echo(f"wrote {out_path}: {n} x {res}x{res} {name} in {seconds:.1f} s ({n / seconds:.0f} images/s); "
                f"{config['min_objects']}-{config['max_objects']} objects, the paper uses K={paper.paper_num_slots(name)} slots on it")
 
 
@@ -64,23 +76,29 @@ def info(path):
     from slotref.data import hdf5
 
     try:
-        click.echo(hdf5.describe(path))
+        _echo(hdf5.describe(path))
     except hdf5.DatasetError as e:
-        raise click.ClickException(str(e)) from None
+        raise _Error(str(e)) from None
 
 
 def _run(fn, *args, **kwargs):
     from slotref.data.convert import ConvertError
 
+    from slotref.io import write_error
+
     try:
         summary = fn(*args, **kwargs)
     except ConvertError as e:
-        raise click.ClickException(str(e)) from None
+        raise _Error(str(e)) from None
+    except OSError as e:  # a full disk, no permission: one line naming the output
+        raise _Error(str(write_error(kwargs.get("out", args[2]), e)).splitlines()[0]) from None
+    except ValueError as e:  # a file that is not what it claims (FIFO, device)
+        raise _Error(str(e).splitlines()[0]) from None
     except ImportError as e:
-        raise click.ClickException(
+        raise _Error(
             f"{e}; the multi-object converter needs: pip install protobuf google-crc32c"
         ) from None
-    click.echo(f"wrote {summary['num_examples']} examples to {summary['out']} "
+    _echo(f"wrote {summary['num_examples']} examples to {summary['out']} "
                f"(source records read up to index {summary['records']})")
 
 

@@ -37,7 +37,7 @@ DEFAULT_DATASETS = {"setpred": "clevr-shapes", "discovery": "clevr6-shapes"}
 def import_tf(checkpoint, task, out, num_slots, num_iters, resolution, dataset, steps, batch_size):
     """Import CHECKPOINT, a TensorFlow 2 checkpoint of the official Slot Attention code (its prefix,
     e.g. ckpt-500, or the folder holding its `checkpoint` file), into a slotref run directory that
-    `eval`, `viz`, `load_model` and `train --resume` (fine-tuning) read. See docs/official-checkpoints.md."""
+    `eval`, `viz`, `load_model` and `train --resume` (fine-tuning) read. See `slotref docs official-checkpoints`."""
     from slotref.data.tensorbundle import BundleError
     from slotref.official_checkpoints import load_official
     from slotref.training import TrainingError

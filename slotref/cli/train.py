@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from slotref.cli.common import PRESET_COSTS, dataset_name, fail, kernels_option, result_table
+from slotref.paths import shown
 from slotref.slot_attention import ABLATIONS
 from slotref.training.config import LIMITS
 
@@ -72,13 +73,13 @@ def _explicit(ctx, name) -> bool:
               help="The learning rate halves every this many steps (default: the preset's, scaled with --steps).")
 @click.option("--curriculum", default=None,
               help='Training stages beyond the paper, such as "slots=1,objects=1:1000; slots=3,reset_adam,warmup=500" '
-                   '(docs/curriculum.md); "" for none. Default: the preset\'s, dropped for a model that cannot follow it.')
+                   '(slotref docs curriculum); "" for none. Default: the preset\'s, dropped for a model that cannot follow it.')
 @click.option("--coord-weight", type=click.FloatRange(0, 1e6, min_open=True), default=None,
               help="Set prediction: weight of the coordinates in the Huber loss (default 1, the paper's; "
-                   "docs/curriculum.md).")
+                   "slotref docs curriculum).")
 @click.option("--matching-coord-weight", type=click.FloatRange(0, 1e6, min_open=True), default=None,
               help="Set prediction: their weight in the cost the Hungarian matching minimises (default: "
-                   "--coord-weight's; docs/curriculum.md).")
+                   "--coord-weight's; slotref docs curriculum).")
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Evaluate an exponential moving average of the parameters with this decay, restarted at each "
                    "curriculum stage; 0: the parameters themselves (default: the preset's).")
@@ -98,7 +99,7 @@ def _explicit(ctx, name) -> bool:
                    "TensorBoard event files (needs tensorboardX).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--procs", default="auto", show_default=True, envvar="SLOTREF_PROCS", callback=_procs_option,
-              help="Train on N local processes, one BLAS thread each (mpiexec -n N, data parallel, docs/scale.md). "
+              help="Train on N local processes, one BLAS thread each (mpiexec -n N, data parallel, slotref docs scale). "
                    "auto: on the CPU, one per core up to one per 4 examples of the batch, when mpi4py and "
                    "mpiexec are installed; 1: this process alone.")
 @_ablation_options
@@ -140,7 +141,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
             launch.relaunch(ranks)
         for note in notes + launch_notes:
             click.echo(f"note: {note}")
-        click.echo(f"run directory: {run_dir}")
+        click.echo(f"run directory: {shown(run_dir)}")
         result = run_training(config, run_dir, resume=resume, progress=not quiet,
                               tensorboard=logger == "tensorboard", echo=click.echo, command=_command_line(ctx))
         if not result:  # resumed a finished run
@@ -157,7 +158,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
     click.echo(result_table(config.task, config, result))
     if fast_dev_run:
         click.echo("(fast dev run: a tiny model for a few steps; the numbers mean nothing)")
-    click.echo(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})")
+    click.echo(shown(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})"))
 
 
 def _command_line(ctx) -> list[str]:

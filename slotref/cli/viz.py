@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from slotref.cli.common import fail
+from slotref.paths import shown
 from slotref.training.config import LIMITS
 
 
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="PNG file (default RUN_DIR/viz.png, replaced); an existing --out needs --overwrite.")
+              help="Picture file, .png, .pdf, .svg or .jpg (default RUN_DIR/viz.png, replaced); an existing --out "
+                   "needs --overwrite.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--num-images", type=click.IntRange(1, 64), default=4, show_default=True)
 @click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None)
@@ -29,13 +32,15 @@ def viz(run_dir, out, overwrite, num_images, num_slots, num_iters, device, datas
     from slotref.data.hdf5 import DatasetError
     from slotref.training import TrainingError, load_run
 
-    if out and Path(out).exists() and not overwrite:
-        fail(ValueError(f"{out}: exists; pass --overwrite to replace it or choose another --out"))
+    if out and os.path.lexists(out) and not overwrite:
+        fail(ValueError(f"{shown(out)}: exists; pass --overwrite to replace it or choose another --out"))
     try:
+        if out:
+            viz_module.picture_format(out)  # an unknown suffix is refused before the run is loaded
         config, be, params, task, val, step = load_run(run_dir, device, dataset)
         path = Path(out) if out else Path(run_dir) / "viz.png"
         viz_module.draw_run(path, config, be, params, task, val.take(slice(0, num_images)), num_slots, num_iters,
-                            title=f"{Path(run_dir).resolve().name}, step {step}")
+                            title=f"{shown(Path(run_dir).resolve().name)}, step {step}")
     except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
-        fail(err)
-    click.echo(f"wrote {path}")
+        fail(ValueError(shown(str(err))))
+    click.echo(f"wrote {shown(path)}")

@@ -33,8 +33,9 @@ from tqdm import tqdm
 from slotref import paper
 from slotref.data.errors import ConvertError
 from slotref.data.schema import COORD_LIMIT
+from slotref.paths import shown
 from slotref.data.tfrecord import MAX_RECORD_BYTES, _masked_crc, parse_example, read_tfrecords  # noqa: F401
-from slotref.data.writer import Writer, finished_attrs, partial_status
+from slotref.data.writer import Writer, finished_attrs, partial_path, partial_status
 
 # CLEVR labels are stored as indices into slotref.paper's vocabulary (the label
 # orderings of tensorflow_datasets clevr:3.1.0, the official code's source).
@@ -68,13 +69,14 @@ def _writer(out, config, **layout):
     if done is not None:
         return dict(out=str(out), num_examples=done["num_examples"],
                     records=json.loads(done["state"])["records_consumed"])
-    if os.path.exists(out):
-        raise ConvertError(f"{out}: already exists; delete it or choose another --out")
+    if os.path.lexists(out):
+        raise ConvertError(f"{shown(out)}: already exists; delete it or choose another --out")
     status = partial_status(out, name=layout["name"], config=config)
     if status == "unreadable":
-        raise ConvertError(f"{out}.partial: unreadable (killed while writing?); delete it to start over")
+        raise ConvertError(f"{shown(partial_path(out))}: unreadable (killed while writing?); delete it to start over")
     if status == "other":
-        raise ConvertError(f"{out}.partial: left by a conversion with other options; delete it to start over")
+        raise ConvertError(f"{shown(partial_path(out))}: left by a conversion with other options; "
+                           "delete it to start over")
     return Writer(out, source="converted", config=config, state={"records_consumed": 0}, **layout)
 
 

@@ -62,11 +62,7 @@ def validate_dataset(path, task=None, masks=False) -> DatasetInfo:
     all masks). Raises ``DatasetError`` with a one-line message.
     """
     path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".partial"):
-        raise _error(path, "file", f"not there, but {path}.partial is: an interrupted `data make`",
-                     "rerun it with the same options to resume")
-    if not os.path.exists(path):
-        raise _error(path, "file", "no such file", "check the path")
+    _check_file(path)
     f = _open(path)
     try:
         with f:
@@ -79,6 +75,21 @@ def validate_dataset(path, task=None, masks=False) -> DatasetInfo:
         raise _error(path, "data", f"cannot be read (truncated or corrupt?): {e}",
                      "regenerate or reconvert the file") from None
     return info
+
+
+def _check_file(path):
+    """A regular file at ``path``, checked before it is opened (a FIFO would block, a device never end)."""
+    from slotref.data.writer import partial_path
+    from slotref.paths import FileError, regular_file, shown
+
+    if not os.path.lexists(path) and os.path.exists(partial_path(path)):
+        raise _error(shown(path), "file", f"not there, but {shown(partial_path(path))} is: an interrupted "
+                     "`data make` or `data convert`", "rerun it with the same options to resume")
+    try:
+        regular_file(path, "file")
+    except FileError as err:
+        problem = str(err).split(": file: ", 1)[-1].split(";")[0]
+        raise _error(shown(path), "file", problem, "point at a dataset file") from None
 
 
 def _open(path):
@@ -263,8 +274,7 @@ def _check_contents(path, f, info, masks=False):
 
 def read_attrs(path):
     """The attributes of a dataset file as plain values; ``DatasetError`` if it cannot be read."""
-    if not os.path.exists(path):
-        raise _error(path, "file", "no such file", "check the path")
+    _check_file(path)
     with _open(path) as f:
         try:
             return {k: plain(f.attrs[k]) for k in f.attrs}

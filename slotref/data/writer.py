@@ -15,7 +15,12 @@ attributes of a finished file with ``complete=False``, every dataset of
   knows it in advance (``total``), else the same as ``num_written``.
 
 ``finish`` commits, sets ``num_examples`` to the rows written, sets
-``complete=True`` last, flushes and renames ``OUT.partial`` to ``OUT``.
+``complete=True`` last, closes the file, reopens and checks it
+(``validate_dataset`` and a read of its first and last rows) and only then
+renames ``OUT.partial`` to ``OUT``, replacing any file there. Every write
+goes through ``slotref.hdf5_write``: a failed write (a full disk) is a
+one-line ``WriteError`` and ``OUT.partial`` is removed, as it cannot be
+trusted; an interruption (Ctrl-C) leaves it to be resumed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import h5py
 import numpy as np
 
 from slotref.data import schema
+from slotref.hdf5_write import H5Writing
+from slotref.io import WriteError, fsync_dir, fsync_file, sibling_name
 
 IMAGE_CHUNK_PIXELS = 2**16  # image rows per HDF5 chunk: about 200 KB of RGB
 ROW_CHUNK = 1024  # rows per HDF5 chunk of the small per-example fields
@@ -34,7 +41,8 @@ COMPRESSION = {"compression": "gzip", "compression_opts": 1, "shuffle": False}  
 
 
 def partial_path(out):
-    return os.fspath(out) + ".partial"
+    """``OUT.partial``, shortened with a hash where the name would pass the file system's limit."""
+    return os.fspath(sibling_name(out, ".partial"))
 
 
 def partial_status(out, *, name, config, total=None):
@@ -64,7 +72,9 @@ def finished_attrs(out, config):
 
 
 def _attrs(path):
-    """The attributes of an HDF5 file as plain values, or None if it cannot be read."""
+    """The attributes of an HDF5 file as plain values, or None if it cannot be read (or is no regular file)."""
+    if not os.path.isfile(path):  # a FIFO is never opened: the read would block
+        return None
     try:
         with h5py.File(path, "r") as f:
             return {key: schema.plain(f.attrs[key]) for key in f.attrs}
@@ -91,15 +101,22 @@ class Writer:
         self.fields = schema.fields(height, width, masks, max_objects)
         self.total = total
         if partial_status(self.out, name=name, config=config, total=total) == "resumable":
-            self.f = h5py.File(self.partial, "r+")
+            self.h5 = H5Writing(self.partial, "r+", name=self.out)
+            self.f = self.h5.f
             self.num_written = int(self.f.attrs["num_written"])
             for key in self.fields:
                 self.f[key].resize(self.num_written, axis=0)  # rows written after the last commit
             self.state = json.loads(self.f.attrs["state"]) if "state" in self.f.attrs else None
             self.resumed = True
             return
-        os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
-        self.f = h5py.File(self.partial, "w")
+        try:
+            os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
+        except OSError as err:
+            from slotref.io import write_error
+
+            raise write_error(self.out, err) from None
+        self.h5 = H5Writing(self.partial, "w", name=self.out)
+        self.f = self.h5.f
         self.f.attrs.update({
             "format": schema.FORMAT, "format_version": schema.FORMAT_VERSION, "name": name, "complete": False,
             "num_examples": 0 if total is None else total, "num_written": 0, "height": height, "width": width,
@@ -151,6 +168,7 @@ class Writer:
         if self.total is None:
             self.f.attrs["num_examples"] = self.num_written
         self.f.flush()
+        self.h5.check()
 
     def _write_buffer(self):
         if self.buffer:
@@ -162,6 +180,7 @@ class Writer:
         for key, value in arrays.items():
             self.f[key].resize(stop, axis=0)
             self.f[key][start:stop] = value
+            self.h5.check()  # stop at the first failed write, before HDF5 reads back what it dropped
         self.num_written = stop
 
     def finish(self, **state):
@@ -171,21 +190,68 @@ class Writer:
             raise RuntimeError(f"{self.partial}: {self.num_written} examples written, {self.total} declared")
         self.f.attrs["num_examples"] = self.num_written
         self.f.attrs["complete"] = True  # last, after every example is on disk
-        self.f.flush()
-        self.f.close()
-        from slotref.io import fsync_dir, fsync_file
+        self.h5.close()  # raises any write that failed, even one HDF5 reported only to stderr
+        verify_written(self.partial, self.out)
+        try:
+            fsync_file(self.partial)  # on disk before it takes the final name
+            os.replace(self.partial, self.out)  # the old OUT (--overwrite) goes only now
+        except OSError as err:
+            from slotref.io import write_error
 
-        fsync_file(self.partial)  # on disk before it takes the final name
-        os.replace(self.partial, self.out)
+            raise write_error(self.out, err) from None
         fsync_dir(os.path.dirname(os.path.abspath(self.out)))
         return self.out
 
     def close(self):
-        if self.f.id.valid:
-            self.f.close()
+        """Close the file; a write that failed makes ``OUT.partial`` worthless: it is removed."""
+        try:
+            self.h5.close()
+        except WriteError:
+            self._remove_partial()
+            raise
+
+    def _remove_partial(self):
+        try:
+            os.unlink(self.partial)
+        except OSError:
+            pass
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, kind, err, tb):
+        if kind is None or isinstance(err, (KeyboardInterrupt, SystemExit)) or (
+                not isinstance(err, OSError) and self.h5.sink.error is None):
+            self.close()  # finished, interrupted or bad input: a resumable OUT.partial stays
+        else:  # a write failed: what is on disk cannot be trusted
+            self.h5.abandon()
+        return False
+
+
+def verify_written(path, out):
+    """Reopen the just-written ``path`` and check it as a reader will (``validate_dataset``), reading
+    its first and last rows too; on failure it is removed and ``WriteError`` names ``out``."""
+    from slotref.data.validate import validate_dataset
+
+    try:
+        info = validate_dataset(path)
+        with h5py.File(path, "r") as f:
+            for key in info_fields(f):
+                f[key][:1], f[key][-1:]
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        error = WriteError(f"{out}: the file written does not read back ({text}); nothing was replaced, "
+                           f"check the disk and write it again")
+        raise error from None
+    return info
+
+
+def info_fields(f):
+    """The names of every dataset in open file ``f``."""
+    names = []
+    f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+    return names

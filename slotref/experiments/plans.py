@@ -56,9 +56,8 @@ def _setting(prefix: str, fields: dict) -> Callable[[TrainConfig], TrainConfig]:
 
 
 def with_train(**fields) -> Callable[[TrainConfig], TrainConfig]:
-    def transform(config):
-        return replace(config, **fields)
-    return transform
+    """A transform setting ``TrainConfig`` fields (``decay_steps=10**15``)."""
+    return _setting("", fields)
 
 
 def compose(*transforms) -> Callable[[TrainConfig], TrainConfig]:

@@ -20,7 +20,6 @@ paper's seeds share CLEVR; test-only files (more objects) use ``TEST_DATA_SEED``
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ import h5py
 
 from slotref.data import generators
 from slotref.training.launch import world
-from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, configurations
+from slotref.experiments.plans import Configuration, EvalData, ExperimentError, Options, compose, configurations
 from slotref.experiments.report import json_safe, render_markdown, summarise
 from slotref.io import LockError
 from slotref.training import data as run_data
@@ -52,7 +51,7 @@ def run_config(configuration: Configuration, opts: Options, seed: int) -> TrainC
     flags = {"--seed": seed, "--device": opts.device, **({"--steps": opts.steps} if opts.steps else {})}
     transforms = [t for t in (opts.overrides, configuration.transform) if t is not None]
     config, _ = resolve_config(configuration.task, configuration.dataset, opts.preset, flags=flags,
-                               transform=lambda c: functools.reduce(lambda c, t: t(c), transforms, c))
+                               transform=compose(*transforms))
     return config
 
 

@@ -4,13 +4,15 @@ module (``layer_cases``), and one synthetic training step of every task (``step_
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Callable
 
 import numpy as np
 
 from slotref import backend, layers
-from slotref import slot_attention as sa
 from slotref.backend import Backend, tree_map
+
+sa = importlib.import_module("slotref.slot_attention")  # the module; slotref.slot_attention is its function
 
 
 @dataclasses.dataclass

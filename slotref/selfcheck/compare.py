@@ -10,16 +10,18 @@ array is named.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 
 import numpy as np
 from autograd import value_and_grad
 
 from slotref import backend, dispatch
-from slotref import slot_attention as sa
 from slotref.backend import Backend, to_float, to_host, tree_leaves, tree_map
 from slotref.optim import adam_step
 from slotref.selfcheck.cases import Case
+
+sa = importlib.import_module("slotref.slot_attention")  # the module; slotref.slot_attention is its function
 
 FD_STEP = 1e-5
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from slotref import __version__
 from slotref.backend import get_backend, host_rng, to_host, tree_leaves
-from slotref.io import atomic_path
+from slotref.hdf5_write import written
+from slotref.io import FileError, atomic_path, regular_file
 from slotref.models import init_model
 from slotref.optim import Adam
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
@@ -47,9 +48,11 @@ def save_training_state(path: Path, params, adam_state, step: int, config: Train
     """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced.
 
     ``average``: the parameter average (a tree shaped like ``params``) of a run with ``ema`` > 0.
+    A write that fails (a full disk) is one ``WriteError``; the new file is read back and checked
+    before it replaces the old one, which stays as it was on any failure.
     """
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with written(tmp, name=path, verify=lambda p: _verify(p, path, params, average)) as f:
             f.attrs["format"] = CHECKPOINT_FORMAT
             f.attrs["format_version"] = 1
             f.attrs["slotref_version"] = __version__
@@ -66,13 +69,33 @@ def save_training_state(path: Path, params, adam_state, step: int, config: Train
                     f.create_dataset(f"{group}/{name}", data=to_host(leaf))
 
 
+def _verify(tmp, path, params, average) -> None:
+    """Read the just-written checkpoint ``tmp`` back as ``load_training_state`` will; ``WriteError`` if not."""
+    from slotref.io import WriteError
+
+    try:
+        with _open(Path(tmp)) as f:
+            _check_header(Path(tmp), f)
+            for group, tree in [("params", params)] + ([("average", average)] if average is not None else []):
+                for name, leaf in tree_leaves(tree):
+                    if f[f"{group}/{name}"].shape != tuple(leaf.shape):
+                        raise ValueError(f"{group}/{name} has another shape")
+                    f[f"{group}/{name}"][()]
+    except (TrainingError, OSError, RuntimeError, KeyError, ValueError) as err:
+        raise WriteError(f"{path}: the checkpoint written does not read back ({str(err).splitlines()[0]}); "
+                         f"the previous one is kept, check the disk") from None
+
+
 def _error(path, field, problem, todo="train a new run or use another checkpoint") -> TrainingError:
     return TrainingError(" ".join(f"{path}: {field}: {problem}; {todo}".split()))
 
 
 def _open(path: Path):
-    if not path.exists():
-        raise _error(path, "file", "no such file", "check the run directory")
+    try:
+        regular_file(path, "file")  # a FIFO or a device is never opened: its read would block or not end
+    except FileError as err:
+        problem = str(err).split(": file: ", 1)[-1].split(";")[0]
+        raise _error(path, "file", problem, "check the run directory") from None
     try:
         return h5py.File(path, "r")
     except (OSError, RuntimeError, ValueError) as err:
@@ -150,6 +173,10 @@ def load_training_state(path: Path, be, template_params, config: TrainConfig, mo
             if not isinstance(item, h5py.HardLink) or not isinstance(f[name], h5py.Dataset):
                 raise _error(path, name, "is not an array (a group or a link)")
             ds = f[name]
+            if ds.external or ds.is_virtual:  # as datasets: every byte of a checkpoint lives in the file
+                where = "external storage (its bytes live in another file)" if ds.external else \
+                    "virtual storage (its bytes live in other datasets)"
+                raise _error(path, name, f"has {where}", "store the data in the checkpoint itself")
             if ds.dtype.kind not in "fiu":
                 raise _error(path, name, f"has dtype {ds.dtype}, expected numbers")
             if ds.shape != tree.shape:
@@ -201,7 +228,7 @@ def load_model(path, device: str | None = None, dtype=None) -> tuple[TrainConfig
     Raises TrainingError (one line) for a file that is not a slotref checkpoint.
     """
     path = _checkpoint_path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TrainingError(f"no checkpoint at {path}")
     config = read_checkpoint_config(path)
     be = get_backend(device, dtype or config.dtype)

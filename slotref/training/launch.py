@@ -16,13 +16,50 @@ from slotref.training.collectives import DistributedError, MPIWorld, World
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
 SIZE_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
+# Each launcher's size and rank variables, and what else it always sets (any one of them): a variable
+# left over in a shell, alone or without its companions, does not make a process a rank.
+LAUNCHERS = (("PMI_SIZE", "PMI_RANK", ("PMI_FD", "PMI_PORT")),
+             ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", ("OMPI_COMM_WORLD_LOCAL_RANK",)),
+             ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", ("MV2_COMM_WORLD_LOCAL_RANK",)),
+             ("PMIX_SIZE", "PMIX_RANK", ("PMIX_NAMESPACE",)))
 MPI_ENV = "SLOTREF_MPI"              # 1: use MPI even for one rank; 0: never
 
 
+def _launched() -> tuple[int, int]:
+    """(size, rank) a launcher announced, with all its variables present and agreeing; (1, 0) otherwise."""
+    for size_name, rank_name, companions in LAUNCHERS:
+        size, rank = os.environ.get(size_name, ""), os.environ.get(rank_name, "")
+        if (size.isdigit() and rank.isdigit() and int(rank) < int(size)
+                and any(os.environ.get(name) for name in companions)):
+            return int(size), int(rank)
+    return 1, 0
+
+
 def launched_size() -> int:
-    """The world size the launcher announced in the environment (1 without a launcher)."""
-    values = [os.environ.get(name, "") for name in SIZE_ENV]
-    return next((int(v) for v in values if v.isdigit()), 1)
+    """The world size the launcher announced in the environment (1 without a launcher, or a stray variable)."""
+    return _launched()[0]
+
+
+def launched_rank() -> int:
+    """This process's rank as the launcher announced it (0 without a launcher)."""
+    return _launched()[1]
+
+
+def is_writer() -> bool:
+    """Whether this process writes (and locks) the run directory: rank 0 of MPI's own world when this
+    is a rank, else the single process; a stray launcher variable cannot make it skip the lock."""
+    if launched_size() > 1 or os.environ.get(MPI_ENV) == "1":
+        return world().rank == 0
+    return True
+
+
+def check_device(procs: int, device: str | None) -> None:
+    """Refuse, before any rank starts, ranks on a device this machine cannot give them (one line)."""
+    import importlib.util
+
+    if procs > 1 and device == "gpu" and importlib.util.find_spec("cupy") is None:
+        raise DistributedError(f"--procs {procs} --device gpu: CuPy is not installed, so no rank could use a "
+                               "GPU; pip install cupy-cuda12x (matching your CUDA), or train with --device cpu")
 
 
 # --------------------------------------------------------------------------
@@ -117,10 +154,15 @@ def world(use_mpi: bool | None = None) -> World:
             use_mpi = env == "1" if env in ("0", "1") else launched_size() > 1
         if use_mpi:
             try:
-                _WORLD = MPIWorld()
+                made = MPIWorld()
             except ImportError as err:
                 raise DistributedError(f"{launched_size()} ranks were launched but mpi4py is missing: "
                                        "pip install 'slotref[mpi]' (mpi4py and mpich)") from err
+            if launched_size() > 1 and made.size != launched_size():
+                raise DistributedError(f"the environment announces {launched_size()} ranks but MPI has "
+                                       f"{made.size}: a launcher variable left over in this shell? unset it, "
+                                       "or start the ranks with mpiexec")
+            _WORLD = made
         else:
             _WORLD = World()
     return _WORLD

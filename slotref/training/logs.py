@@ -45,7 +45,7 @@ def _csv_line(values) -> str:
 def _append_csv(path: Path, row: dict) -> None:
     """One whole row (``slotref.io.append_line``); the header is written with the first row."""
     columns = list(row)
-    if path.exists() and path.stat().st_size:
+    if not path.is_symlink() and path.is_file() and path.stat().st_size:  # a link is refused by append_line
         with open(path, newline="") as f:
             columns = next(csv.reader(f), columns)
     else:
@@ -75,7 +75,8 @@ def write_command(run_dir: Path, argv: list[str] | None = None) -> None:
         argv[0:1] = ["python", "-m", "slotref"]
     lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}", shlex.join(argv),
              f"slotref {__version__}", f"git {git_commit() or '(not a git checkout)'}"]
-    with open(Path(run_dir) / "command.txt", "a") as f:
+    # Never through a symbolic link; a path's undecodable bytes are written back as they came.
+    with open(io.open_log(Path(run_dir) / "command.txt"), "a", encoding="utf-8", errors="surrogateescape") as f:
         f.write("\n".join(lines) + "\n\n")
 
 

@@ -42,12 +42,11 @@ from slotref.training.diagnostics import looks_collapsed
 from slotref.training.launch import world
 from slotref.training.tasks import make_task
 
-# Ranks other than 0 of an MPI job neither lock nor write the run directory.
-RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
-
-
 def _is_writer() -> bool:
-    return next((os.environ[k] for k in RANK_ENV if os.environ.get(k, "").isdigit()), "0") == "0"
+    """Ranks other than 0 of an MPI job neither lock nor write the run directory (``launch.is_writer``)."""
+    from slotref.training.launch import is_writer
+
+    return is_writer()
 
 
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,

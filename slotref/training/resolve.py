@@ -273,7 +273,7 @@ def ranks_to_launch(procs, config: TrainConfig, typed: bool, fast_dev_run: bool 
     if launch.launched_size() > 1 or os.environ.get(launch.MPI_ENV) == "1":  # already a rank
         n = launch.launched_size()
         return 1, [f"training on {n} processes (mpiexec, data parallel: they train as one process, "
-                   "docs/scale.md; --procs 1 runs one)"] if n > 1 else []
+                   "slotref docs scale; --procs 1 runs one)"] if n > 1 else []
     if procs == "auto":
         device = config.device or os.environ.get(DEVICE_ENV) or "cpu"
         if not typed or device != "cpu" or fast_dev_run or not launch.can_launch():
@@ -283,6 +283,7 @@ def ranks_to_launch(procs, config: TrainConfig, typed: bool, fast_dev_run: bool 
         if error:
             return 1, [f"training in one process: mpiexec -n {n} could not start ranks here ({error})"]
         return n, []
+    launch.check_device(procs, config.device or os.environ.get(DEVICE_ENV))  # CuPy, before any rank starts
     if procs > 1 and not launch.can_launch():
         raise OptionError("--procs", "needs mpi4py and mpiexec: pip install 'slotref[mpi]'")
     if config.batch_size % procs:
