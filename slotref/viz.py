@@ -140,13 +140,14 @@ def matching(predictions, targets) -> list[tuple[int, int, int, float]]:
 
 
 def _attributes(row) -> list[str]:
-    return [names[int(np.argmax(row[s]))] for _, s, names in paper.ATTRIBUTES]   # size, material, shape, color
+    """The four attributes of a 19-number row, in the order one says them: size, colour, material, shape."""
+    size, material, shape, color = (names[int(np.argmax(row[s]))] for _, s, names in paper.ATTRIBUTES)
+    return [size, color, material, shape]
 
 
 def _caption(pred, true=None, number=None, d=None) -> str:
     """Under a slot: the object it was matched with and how far, what it predicts, and what it got wrong."""
-    size, material, shape, color = _attributes(pred)
-    lines = [f"{size} {color} {material} {shape}"]
+    lines = [" ".join(_attributes(pred))]
     if true is None:
         return "not matched\n" + lines[0]
     wrong = [t for p, t in zip(_attributes(pred), _attributes(true)) if p != t]
@@ -203,10 +204,10 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     pairs = matching(preds, split.targets)
     width = 1.25 * (k + 2) + 0.25                                      # inches: a column per picture
     head = textwrap.wrap(("Set prediction" + (f": {title}" if title else "")), int(width * 15)) + textwrap.wrap(
-        "Each slot's attention over the image (bright: attended, last iteration), slots in order of presence p; "
-        "below, the object the slot was matched with (Hungarian matching, as eval's accuracies) and d, "
-        "the distance of the positions in scene units. From above: the true objects (numbered discs), each "
-        "slot's predicted position (a cross in its colour) and the matching (lines; dotted for p < 0.5).",
+        "Each slot's attention over the image (last iteration; brightest: the example's highest attention), "
+        "slots in order of presence p; under each, the object it was matched with (as eval's accuracies "
+        "match) and d, their distance in scene units. From above: the true objects (numbered), the predicted "
+        "positions (crosses in the slots' colours) and the matching (lines; dotted for p < 0.5).",
         int(width * 17))
     top, row = 0.16 * len(head) + 0.15, 1.85
     fig = plt.figure(figsize=(width, top + row * n))
@@ -224,7 +225,7 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
         number = {int(i): m + 1 for m, i in enumerate(real)}          # as numbered in the scene from above
         for col, j in enumerate(order):
             ax = fig.add_subplot(grid[b, 2 + col])
-            a = upsample(attn[b, :, j].reshape(feature_hw), (h, w))                 # (H, W) in [0, 1]
+            a = upsample(attn[b, :, j].reshape(feature_hw), (h, w)) / attn[b].max()  # (H, W) in [0, 1]
             _image(ax, split.images[b] / 255.0 * (0.12 + 0.88 * a[..., None]))
             _slot_header(ax, j, f"slot {j + 1}  p = {preds[b, j, paper.PRESENCE]:.2f}")
             i, d = matched.get(j, (None, None))

@@ -123,6 +123,9 @@ def test_launched_size_reads_the_launchers_variables(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert launched_size() == 1
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    assert launched_size() == 1  # a size alone may be left over in a shell: the launcher sets all three
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "0")
     assert launched_size() == 4
 
 

@@ -53,9 +53,20 @@ def summarise_collapse(rows: dict) -> dict:
     return result
 
 
+# The collapse signs: diagnostic -> (the level above which it shows, what it means).
+COLLAPSE_SIGNS = {"attention_entropy": (0.9, "even attention"), "slot_cosine": (0.95, "near-identical slots")}
+
+
+def collapse_signs(diag: dict) -> list[str]:
+    """The signs of collapse ``diag`` shows, each with its number: 'even attention (attention_entropy 0.97
+    > 0.9)', 'near-identical slots (slot_cosine 0.99 > 0.95)'."""
+    return [f"{meaning} ({key} {diag[key]:.2f} > {level})" for key, (level, meaning) in COLLAPSE_SIGNS.items()
+            if diag.get(key, 0.0) > level]
+
+
 def looks_collapsed(diag: dict) -> bool:
     """Heuristic warning: attention spread evenly (no competition won) or slots nearly identical."""
-    return diag.get("attention_entropy", 0.0) > 0.9 or diag.get("slot_cosine", 0.0) > 0.95
+    return bool(collapse_signs(diag))
 
 
 def position_readout(predictions, targets, attention) -> dict:

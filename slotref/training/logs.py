@@ -1,11 +1,14 @@
 """A run's logs, in formats any tool reads.
 
 - ``metrics.jsonl``: one JSON object per line (training records and evaluations; ``eval --curve`` reads it);
-- ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch), every ``log_every`` steps;
+- ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch) and elapsed_s (seconds since
+  this start of training: a resumed run counts again from 0), every ``log_every`` steps;
 - ``eval.csv``: step, time and every scalar metric of each evaluation (lists flattened as name_1, name_2, ...);
 - with ``tensorboard=True``: TensorBoard event files in the run directory (``train/loss``, ``eval/fg_ari``, ...),
   written with tensorboardX (``pip install "slotref[tensorboard]"``);
-- ``command.txt``: the command line, slotref's version and the git commit of its source, one block per start.
+- ``command.txt``: the command line, slotref's version, the git commit of its source, and the versions of
+  Python and the packages it runs on, one block per start;
+- ``console.log``: the lines training printed (evaluations, warnings), as the terminal showed them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 from slotref import __version__, io
 from slotref.training.config import TrainingError
 
-TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time")
+TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time", "elapsed_s")
+# The packages whose versions command.txt records (those whose numbers a run's results depend on).
+PACKAGES = ("numpy", "scipy", "autograd", "h5py", "cupy-cuda12x", "cupy-cuda13x", "mpi4py")
 
 
 def flat_scalars(result: dict) -> dict:
@@ -74,17 +79,33 @@ def write_command(run_dir: Path, argv: list[str] | None = None) -> None:
     if argv and Path(argv[0]).name == "__main__.py":
         argv[0:1] = ["python", "-m", "slotref"]
     lines = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')}", shlex.join(argv),
-             f"slotref {__version__}", f"git {git_commit() or '(not a git checkout)'}"]
+             f"slotref {__version__}", f"git {git_commit() or '(not a git checkout)'}", package_versions()]
     # Never through a symbolic link; a path's undecodable bytes are written back as they came.
     with open(io.open_log(Path(run_dir) / "command.txt"), "a", encoding="utf-8", errors="surrogateescape") as f:
         f.write("\n".join(lines) + "\n\n")
 
 
+def package_versions() -> str:
+    """One line: Python's version and the installed versions of ``PACKAGES`` (those installed)."""
+    import importlib.metadata
+    import platform
+
+    found = [f"python {platform.python_version()}"]
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
 class RunLog:
-    """The writers of one run; ``train`` and ``eval`` append a record to every format."""
+    """The writers of one run; ``train`` and ``eval`` append a record to every format, ``console`` a
+    printed line to console.log."""
 
     def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.run_dir = Path(run_dir)
+        self.started = time.time()
         self.writer = None
         if tensorboard:
             try:
@@ -99,10 +120,14 @@ class RunLog:
 
     def train(self, record: dict) -> None:
         self._jsonl(record)
-        _append_csv(self.run_dir / "train.csv", {k: record.get(k) for k in TRAIN_COLUMNS})
+        elapsed = round(record["time"] - self.started, 3) if "time" in record else None
+        _append_csv(self.run_dir / "train.csv", {**{k: record.get(k) for k in TRAIN_COLUMNS}, "elapsed_s": elapsed})
         if self.writer is not None:
             for k in ("loss", "lr", "images_per_s"):
                 self.writer.add_scalar(f"train/{k}", record[k], record["step"])
+
+    def console(self, line: str) -> None:
+        io.append_line(self.run_dir / "console.log", line)
 
     def eval(self, step: int, result: dict) -> None:
         now = time.time()

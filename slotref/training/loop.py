@@ -38,7 +38,7 @@ from slotref.training.config import DivergenceError, TrainConfig, TrainingError,
 from slotref.training.resolve import check_new_run_dir, resumed
 from slotref.training.logs import RunLog, format_metrics, write_command
 from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
-from slotref.training.diagnostics import looks_collapsed
+from slotref.training.diagnostics import collapse_signs, looks_collapsed
 from slotref.training.launch import world
 from slotref.training.tasks import make_task
 
@@ -127,7 +127,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     sync = collectives.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
     last_eval: dict = {}
-    say = tqdm.write if w.is_root else (lambda _: None)
+    warned = None  # the collapse signs last warned of: the warning comes once, and again only when they change
+
+    def say(line: str) -> None:  # on the terminal, and in the run's console.log
+        if w.is_root:
+            tqdm.write(line)
+            log.console(line)
 
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and w.is_root), unit="step",
                dynamic_ncols=True)
@@ -190,10 +195,14 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                     log.eval(done, last_eval)
                 say(f"step {done}: " + format_metrics(last_eval))
                 if config.task == "discovery" and looks_collapsed(last_eval):
-                    say(f"warning: slots look collapsed at step {done} (even attention or near-identical "
-                        "slots, the 'stripes' of section 4.1). Usual early on: the Tetrominoes preset's "
-                        "slots split the image after 1,000-3,000 steps. If it persists, try another "
-                        "seed or more warm-up.")
+                    signs = [sign.split(" (")[0] for sign in collapse_signs(last_eval)]
+                    if signs != warned:
+                        warned = signs
+                        say(f"warning: slots look collapsed at step {done}: "
+                            f"{'; '.join(collapse_signs(last_eval)) or 'see the collapse diagnostics'} (the "
+                            "'stripes' of section 4.1). Usual early on: the Tetrominoes preset's slots split "
+                            "the image after 1,000-3,000 steps. If it persists, try another seed or more "
+                            "warm-up. (Said once; again only if the signs change.)")
                 if on_eval is not None:
                     on_eval(done, last_eval)
     bar.close()
