@@ -122,7 +122,7 @@ def append_line(path, text: str) -> None:
     never holds half a line of this call.
     """
     path = Path(path)
-    data = (text.rstrip("\n") + "\n").encode()
+    data = (text.rstrip("\n") + "\n").encode("utf-8", "surrogateescape")  # a path's bytes as they came
     fd = open_log(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size

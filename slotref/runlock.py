@@ -9,8 +9,6 @@ import os
 import socket
 from pathlib import Path
 
-from slotref.io import write_error
-
 LOCK_NAME = "run.lock"
 
 
@@ -75,6 +73,8 @@ class RunLock:
             return None
 
     def acquire(self) -> None:
+        from slotref.io import write_error  # slotref.io re-exports this module's names
+
         me = f"{os.getpid()} {socket.gethostname()} {_started(os.getpid()) or ''}".strip() + "\n"
         for _ in range(3):
             try:

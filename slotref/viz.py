@@ -168,10 +168,10 @@ def _scene_from_above(ax, preds, targets, pairs, order):
         ax.plot(*zip(pred_xy[j], true_xy[i]), color=slot_colour(j), lw=1.2,
                 ls="-" if present else ":", zorder=1)
     for n, i in enumerate(real):
-        ax.scatter(*true_xy[i], s=90, color=colours[int(np.argmax(targets[i, paper.COLOR]))],
-                   edgecolors="black", linewidths=0.6, zorder=2)
+        colour = colours[int(np.argmax(targets[i, paper.COLOR]))]
+        ax.scatter(*true_xy[i], s=90, color=colour, edgecolors="black", linewidths=0.6, zorder=2)
         ax.text(*true_xy[i], str(n + 1), fontsize=5.5, ha="center", va="center", zorder=3,
-                color="white" if int(np.argmax(targets[i, paper.COLOR])) in (0, 1, 2, 4, 5, 6) else "black")
+                color="black" if colour @ np.array([0.299, 0.587, 0.114]) > 0.5 else "white")
     for j in order:
         present = preds[j, paper.PRESENCE] > 0.5
         if present or j in [m for _, m, _ in pairs]:
@@ -225,7 +225,10 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
         number = {int(i): m + 1 for m, i in enumerate(real)}          # as numbered in the scene from above
         for col, j in enumerate(order):
             ax = fig.add_subplot(grid[b, 2 + col])
-            a = upsample(attn[b, :, j].reshape(feature_hw), (h, w)) / attn[b].max()  # (H, W) in [0, 1]
+            if attn is None:                                            # the Slot MLP baseline: no attention
+                a = np.ones((h, w), np.float32)
+            else:
+                a = upsample(attn[b, :, j].reshape(feature_hw), (h, w)) / attn[b].max()  # (H, W) in [0, 1]
             _image(ax, split.images[b] / 255.0 * (0.12 + 0.88 * a[..., None]))
             _slot_header(ax, j, f"slot {j + 1}  p = {preds[b, j, paper.PRESENCE]:.2f}")
             i, d = matched.get(j, (None, None))

@@ -144,6 +144,9 @@ def test_a_fifo_is_refused_unopened_by_every_reader(fifo, run, tmp_path):  # noq
     (run_dir / "metrics.jsonl").unlink()
     os.mkfifo(run_dir / "metrics.jsonl")
     assert_one_line_error(invoke("eval", run_dir, "--curve"), "metrics.jsonl", "FIFO")
+    result = invoke("data", "convert", "multi-object", "--src", fifo, "--dataset", "tetrominoes",
+                    "--out", tmp_path / "out.h5")
+    assert_one_line_error(result, "pipe.h5", "FIFO")
 
 
 def test_a_device_or_a_missing_file_says_what_it_is(tmp_path):

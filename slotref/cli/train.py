@@ -155,10 +155,15 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
         sys.exit(143 if "SIGTERM" in str(err) else 130)
     except (TrainingError, DatasetError, BackendError, ValueError, OSError, LockError) as err:
         fail(err)
-    click.echo(result_table(config.task, config, result))
+    closing = [result_table(config.task, config, result)]
     if fast_dev_run:
-        click.echo("(fast dev run: a tiny model for a few steps; the numbers mean nothing)")
-    click.echo(shown(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})"))
+        closing.append("(fast dev run: a tiny model for a few steps; the numbers mean nothing)")
+    closing.append(shown(f"run directory: {run_dir}  (slotref eval {run_dir}; slotref viz {run_dir})"))
+    click.echo("\n".join(closing))
+    if launch.world().is_root:  # the run's console.log ends as the terminal does
+        from slotref.training.logs import RunLog
+
+        RunLog(run_dir).console("\n".join(closing))
 
 
 def _command_line(ctx) -> list[str]:

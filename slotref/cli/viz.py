@@ -26,7 +26,9 @@ from slotref.training.config import LIMITS
               help="Draw the first images of this HDF5 file (default: the run's validation split, "
                    "from its training file).")
 def viz(run_dir, out, overwrite, num_images, num_slots, num_iters, device, dataset):
-    """Draw a run's validation images with attention, masks and predictions (Figure 3 / Table 2 style)."""
+    """Draw a run's validation images: discovery as Figure 3 (reconstruction, masks, slots, attention); set
+    prediction with each slot's attention over the image and the object it was matched with, its distance,
+    and the matching seen from above."""
     from slotref import viz as viz_module
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError

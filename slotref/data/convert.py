@@ -33,7 +33,7 @@ from tqdm import tqdm
 from slotref import paper
 from slotref.data.errors import ConvertError
 from slotref.data.schema import COORD_LIMIT
-from slotref.paths import shown
+from slotref.paths import FileError, regular_file, shown
 from slotref.data.tfrecord import MAX_RECORD_BYTES, _masked_crc, parse_example, read_tfrecords  # noqa: F401
 from slotref.data.writer import Writer, finished_attrs, partial_path, partial_status
 
@@ -84,6 +84,14 @@ def _writer(out, config, **layout):
 # CLEVR v1.0
 
 
+def _regular(path, what):
+    """``ConvertError`` (one line) unless ``path`` is a regular file: a FIFO is never opened, it would block."""
+    try:
+        regular_file(path, what)
+    except FileError as err:
+        raise ConvertError(str(err)) from None
+
+
 def _resize(array, resolution, resample):
     """Resize an HxW(x3) uint8 array to resolution x resolution with Pillow."""
     return np.asarray(Image.fromarray(array).resize((resolution, resolution), resample))
@@ -94,6 +102,7 @@ def _load_png(path, resolution):
 
     The size in the image's header is checked before its pixels are decoded.
     """
+    _regular(path, "image")
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as e:  # Pillow's own limit, far above ours
@@ -139,8 +148,9 @@ def _clevr_scenes(src, split):
     src = Path(src)
     scenes_path = src / "scenes" / f"CLEVR_{split}_scenes.json"
     image_dir = src / "images" / split
-    if not scenes_path.is_file():
+    if not os.path.lexists(scenes_path):
         raise ConvertError(f"{scenes_path}: no scenes file for split {split!r} (CLEVR's test split has none)")
+    _regular(scenes_path, "scenes file")
     if not image_dir.is_dir():
         raise ConvertError(f"{image_dir}: no image directory for split {split!r}")
     try:
@@ -284,8 +294,7 @@ def convert_multi_object(src, dataset, out, *, skip=0, limit=None, max_examples=
         raise ConvertError(f"unknown dataset {dataset!r}; one of {', '.join(MULTI_OBJECT)}")
     spec = MULTI_OBJECT[dataset]
     src = Path(src)
-    if not src.is_file():
-        raise ConvertError(f"{src}: no such file")
+    _regular(src, "--src")
     is_clevr = dataset == "clevr_with_masks"
     h, w = (resolution, resolution) if is_clevr else spec["image"][:2]
     config = dict(converter="multi-object", src=str(src.resolve()), dataset=dataset, skip=skip,

@@ -33,7 +33,7 @@ import numpy as np
 
 from slotref.data import schema
 from slotref.hdf5_write import H5Writing
-from slotref.io import WriteError, fsync_dir, fsync_file, sibling_name
+from slotref.io import WriteError, fsync_dir, fsync_file, shown, sibling_name, write_error
 
 IMAGE_CHUNK_PIXELS = 2**16  # image rows per HDF5 chunk: about 200 KB of RGB
 ROW_CHUNK = 1024  # rows per HDF5 chunk of the small per-example fields
@@ -112,8 +112,6 @@ class Writer:
         try:
             os.makedirs(os.path.dirname(self.partial) or ".", exist_ok=True)
         except OSError as err:
-            from slotref.io import write_error
-
             raise write_error(self.out, err) from None
         self.h5 = H5Writing(self.partial, "w", name=self.out)
         self.f = self.h5.f
@@ -196,8 +194,6 @@ class Writer:
             fsync_file(self.partial)  # on disk before it takes the final name
             os.replace(self.partial, self.out)  # the old OUT (--overwrite) goes only now
         except OSError as err:
-            from slotref.io import write_error
-
             raise write_error(self.out, err) from None
         fsync_dir(os.path.dirname(os.path.abspath(self.out)))
         return self.out
@@ -220,11 +216,10 @@ class Writer:
         return self
 
     def __exit__(self, kind, err, tb):
-        if kind is None or isinstance(err, (KeyboardInterrupt, SystemExit)) or (
-                not isinstance(err, OSError) and self.h5.sink.error is None):
+        if isinstance(err, WriteError) or self.h5.sink.error is not None:
+            self.h5.abandon()  # a write failed: what is on disk cannot be trusted
+        else:
             self.close()  # finished, interrupted or bad input: a resumable OUT.partial stays
-        else:  # a write failed: what is on disk cannot be trusted
-            self.h5.abandon()
         return False
 
 
@@ -244,9 +239,8 @@ def verify_written(path, out):
         except OSError:
             pass
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        error = WriteError(f"{out}: the file written does not read back ({text}); nothing was replaced, "
-                           f"check the disk and write it again")
-        raise error from None
+        raise WriteError(f"{shown(out)}: the file written does not read back ({text}); nothing was replaced, "
+                         "check the disk and write it again") from None
     return info
 
 

@@ -99,6 +99,16 @@ def package_versions() -> str:
     return ", ".join(found)
 
 
+def require_tensorboard():
+    """The tensorboardX module; TrainingError (one line) where it is not installed."""
+    try:
+        import tensorboardX
+    except ImportError:
+        raise TrainingError("--logger tensorboard needs tensorboardX: pip install "
+                            "\"slotref[tensorboard]\" (or pip install tensorboardX)") from None
+    return tensorboardX
+
+
 class RunLog:
     """The writers of one run; ``train`` and ``eval`` append a record to every format, ``console`` a
     printed line to console.log."""
@@ -108,12 +118,7 @@ class RunLog:
         self.started = time.time()
         self.writer = None
         if tensorboard:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:
-                raise TrainingError("--logger tensorboard needs tensorboardX: pip install "
-                                    "\"slotref[tensorboard]\" (or pip install tensorboardX)") from None
-            self.writer = SummaryWriter(str(self.run_dir))
+            self.writer = require_tensorboard().SummaryWriter(str(self.run_dir))
 
     def _jsonl(self, record: dict) -> None:
         io.append_line(self.run_dir / "metrics.jsonl", json.dumps(record))

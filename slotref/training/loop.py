@@ -13,6 +13,7 @@ alone prints and writes. A single process never touches MPI.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -36,7 +37,7 @@ from slotref.training import collectives
 from slotref.training.checkpoint import load_training_state, read_checkpoint_config, save_training_state
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError, read_run_config
 from slotref.training.resolve import check_new_run_dir, resumed
-from slotref.training.logs import RunLog, format_metrics, write_command
+from slotref.training.logs import RunLog, format_metrics, require_tensorboard, write_command
 from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
 from slotref.training.diagnostics import collapse_signs, looks_collapsed
 from slotref.training.launch import world
@@ -68,14 +69,24 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     else:
         check_new_run_dir(run_dir, config)
     run_plan(config)  # a curriculum the run cannot follow: a one-line ValueError, before any file is made
+    if tensorboard:
+        require_tensorboard()  # before any file is made
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # the folders this start makes
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise io.write_error(run_dir, err) from None
     if not _is_writer():
         return _train(config, run_dir, resume, progress, on_eval, tensorboard, echo, command)
-    with io.RunLock(run_dir, note=lambda line: print(f"note: {line}", flush=True)):
-        return _train(config, run_dir, resume, progress, on_eval, tensorboard, echo, command)
+    try:
+        with io.RunLock(run_dir, note=lambda line: print(f"note: {line}", flush=True)):
+            return _train(config, run_dir, resume, progress, on_eval, tensorboard, echo, command)
+    except BaseException:
+        # A start that fails before it writes anything (data, device, logger) leaves no empty folder behind.
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()                                         # only an empty one
+        raise
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_eval, tensorboard: bool,
@@ -195,11 +206,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                     log.eval(done, last_eval)
                 say(f"step {done}: " + format_metrics(last_eval))
                 if config.task == "discovery" and looks_collapsed(last_eval):
-                    signs = [sign.split(" (")[0] for sign in collapse_signs(last_eval)]
-                    if signs != warned:
-                        warned = signs
+                    signs = collapse_signs(last_eval)
+                    if [sign.split(" (")[0] for sign in signs] != warned:
+                        warned = [sign.split(" (")[0] for sign in signs]
                         say(f"warning: slots look collapsed at step {done}: "
-                            f"{'; '.join(collapse_signs(last_eval)) or 'see the collapse diagnostics'} (the "
+                            f"{'; '.join(signs) or 'see the collapse diagnostics'} (the "
                             "'stripes' of section 4.1). Usual early on: the Tetrominoes preset's slots split "
                             "the image after 1,000-3,000 steps. If it persists, try another seed or more "
                             "warm-up. (Said once; again only if the signs change.)")
