@@ -58,19 +58,12 @@ class RunLock:
         self.held = False
 
     def _owner(self):
-        """(PID, host) of the lock's holder; (None, "") if unreadable."""
+        """(PID, host, start time or None) of the lock's holder (``_started``); (None, "", None) if unreadable."""
         try:
             text = self.path.read_text().split()
-            return int(text[0]), (text[1] if len(text) > 1 else "")
+            return int(text[0]), (text[1] if len(text) > 1 else ""), (int(text[2]) if len(text) > 2 else None)
         except (OSError, ValueError, IndexError):
-            return None, ""
-
-    def _owner_started(self):
-        """When the lock's holder started (``_started``), None for a lock that does not say."""
-        try:
-            return int(self.path.read_text().split()[2])
-        except (OSError, ValueError, IndexError):
-            return None
+            return None, "", None
 
     def acquire(self) -> None:
         from slotref.io import write_error  # slotref.io re-exports this module's names
@@ -80,13 +73,14 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
-                pid, host = self._owner()
+                owner = self._owner()
+                pid, host, started = owner[0], owner[1], (owner[2] if len(owner) > 2 else None)
                 if pid is None:
                     problem = "holds an unreadable lock"
                 elif host != socket.gethostname():
                     raise LockError(f"{self.path}: run directory in use by PID {pid} on host {host}; wait for it, "
                                     f"or delete {self.path} if that run has ended")
-                elif pid != os.getpid() and _alive(pid) and _same_process(pid, self._owner_started()):
+                elif pid != os.getpid() and _alive(pid) and _same_process(pid, started):
                     raise LockError(f"{self.path}: run directory in use by PID {pid} on this host; wait for "
                                     f"it to end or choose another --out (if no slotref run is PID {pid}, the "
                                     f"lock is stale: delete {self.path})")
@@ -117,7 +111,7 @@ class RunLock:
     def release(self) -> None:
         if self.held:
             self.held = False
-            pid, _ = self._owner()
+            pid = self._owner()[0]
             if pid == os.getpid():
                 with contextlib.suppress(OSError):
                     self.path.unlink()
