@@ -83,6 +83,9 @@ class H5Writing:
             self.f = h5py.File(self.sink, mode)
         except BaseException as err:
             self.sink.close()
+            if mode == "w":  # the empty file this call created
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             if isinstance(err, (OSError, RuntimeError, ValueError)):
                 if self.sink.error is not None:
                     raise write_error(self.name, self.sink.error) from None

@@ -32,7 +32,7 @@ DOCS = sorted(str(p.relative_to(ROOT)) for pattern in ("docs/*.md", "docs/notes/
 DOCS = ["README.md", *DOCS]
 MAP_DOCS = ["docs/spec.md", "docs/kernels.md"]
 FILE_SUFFIXES = {"md", "py", "h5", "hdf5", "json", "jsonl", "csv", "txt", "png", "cfg", "toml", "lock", "tmp",
-                 "partial", "tfrecords", "npz", "sh", "yaml", "yml", "pt", "whl"}
+                 "partial", "tfrecords", "npz", "sh", "yaml", "yml", "pt", "whl", "log"}
 # Heads of backticked dotted names that are not slotref code: libraries, placeholders, variables.
 OUTSIDE = {"np", "numpy", "anp", "autograd", "scipy", "cupy", "cp", "torch", "tf", "jax", "h5py", "click",
            "MPI", "mpi4py", "os", "sys", "math", "config", "params", "args", "self", "x"}

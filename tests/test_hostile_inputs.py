@@ -43,6 +43,31 @@ def small_disk(monkeypatch, capacity):
     monkeypatch.setattr(hdf5_write._Sink, "_raw_write", write)
 
 
+def count_writes(monkeypatch):
+    """Count the writes that reach the disk; returns the counter (a one-item list)."""
+    real = hdf5_write._Sink._raw_write
+    count = [0]
+
+    def write(self, data):
+        count[0] += 1
+        return real(self, data)
+    monkeypatch.setattr(hdf5_write._Sink, "_raw_write", write)
+    return count
+
+
+def fail_write(monkeypatch, number):
+    """Write number ``number`` (counting from 1) fails as on a full disk; the others go through."""
+    real = hdf5_write._Sink._raw_write
+    count = [0]
+
+    def write(self, data):
+        count[0] += 1
+        if count[0] == number:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+    monkeypatch.setattr(hdf5_write._Sink, "_raw_write", write)
+
+
 def leftovers(folder: Path):
     return sorted(p.name for p in folder.iterdir() if p.name.endswith((".partial", ".tmp")))
 
@@ -72,6 +97,22 @@ def test_a_full_disk_while_making_a_dataset_keeps_the_old_one(made, tmp_path, mo
     result = invoke(*MAKE, "--out", out, "--overwrite")
     assert_one_line_error(result, "data.h5", "ENOSPC")
     assert "wrote" not in result.output
+    assert out.read_bytes() == before and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("from_end", [0, 1, 2])
+def test_a_failure_in_the_last_writes_while_closing_the_file(made, tmp_path, monkeypatch, from_end):
+    """The writes HDF5 makes when it closes the file: errors it would report only on stderr."""
+    old, _ = made
+    count = count_writes(monkeypatch)
+    assert invoke(*MAKE, "--out", tmp_path / "probe.h5").exit_code == 0
+    monkeypatch.undo()
+    out = tmp_path / "data.h5"
+    shutil.copy(old, out)
+    before = out.read_bytes()
+    fail_write(monkeypatch, count[0] - from_end)
+    result = invoke(*MAKE, "--out", out, "--overwrite")
+    assert_one_line_error(result, "data.h5", "ENOSPC")
     assert out.read_bytes() == before and leftovers(tmp_path) == []
 
 
@@ -237,6 +278,9 @@ def test_undecodable_bytes_in_a_path_are_shown_safely(tmp_path):
     os.mkfifo(os.path.join(folder, "p.h5"))
     error = assert_one_line_error(invoke("data", "info", os.path.join(folder, "p.h5")), "caf\\xe9", "FIFO")
     assert "\udce9" not in error
+    result = invoke("train", "--dataset", os.path.join(folder, "none.h5"), "--out", os.path.join(folder, "run"),
+                    "--steps", 1, "--quiet")
+    assert_one_line_error(result, "caf\\xe9/none.h5")
     assert sorted(os.listdir(folder)) == ["p.h5", "x.h5"]
 
 

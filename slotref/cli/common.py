@@ -59,7 +59,9 @@ class DatasetChoice(click.Choice):
 
 def fail(err: Exception) -> None:
     """Raise ``err`` as a one-line click error (printed by rank 0 alone under mpiexec; every rank exits 1)."""
-    raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    from slotref.paths import shown  # a path's undecodable bytes as \xNN, never a codec error
+
+    raise click.ClickException(shown(str(err).splitlines()[0]) if str(err) else type(err).__name__)
 
 
 def quiet_unless_root() -> None:

@@ -66,7 +66,9 @@ def conformance(adapter, grad_spec, models_spec, dtype, cases, no_properties, as
     One line per check: status, check, case, worst error, tolerance, the first line of
     Algorithm 1 that differs and the likely cause. Exits 1 if a check fails.
 
-        slotref conformance --adapter examples/conformance/numpy_port.py:forward
+        slotref conformance --adapter my_port.py:forward
+
+    What an adapter looks like, for NumPy, PyTorch, JAX and Keras ports: slotref docs conformance.
     """
     from slotref.conformance import golden, model_cases
 
