@@ -166,6 +166,14 @@ def test_a_bad_option_is_one_line_naming_it_before_anything_is_written(args, opt
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("dataset", ["tetrominoes", "multi-dsprites"])
+def test_set_prediction_on_a_dataset_without_labels_is_one_line_before_anything_is_written(dataset, tmp_path):
+    result = invoke("train", "--dataset", dataset, "--out", tmp_path / "run", "--data-dir", tmp_path / "data")
+    assert_one_line_error(result, "--task discovery")
+    assert result.exit_code == 2
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
 def test_a_config_file_with_resume_is_refused(tmp_path):
     path = tmp_path / "c.json"
     path.write_text("{}")

@@ -81,6 +81,16 @@ class TrainConfig:
         lo, hi = self.data_min_objects, self.data_max_objects
         if lo is not None and hi is not None and lo > hi:
             raise ConfigError("data_min_objects", f"is {lo}, more than data_max_objects ({hi})")
+        self._check_builtin_dataset()
+
+    def _check_builtin_dataset(self):
+        """A built-in dataset must carry what the task needs (set prediction: object labels)."""
+        from slotref.data.generators import GENERATORS
+
+        spec = GENERATORS.get(self.dataset)
+        if spec is not None and self.task == "setpred" and not spec.set_prediction:
+            raise ConfigError("dataset", f"{self.dataset} has no object labels for set prediction; "
+                                         "train it with --task discovery")
 
     @property
     def test_iterations(self) -> int:
