@@ -4,7 +4,7 @@ The specification modules (``slotref.layers``, ``slotref.convolution``,
 ``slotref.optim``) write every formula once. A function there marked
 ``@replaceable`` may be replaced by a kernel of ``slotref.kernels`` that
 declares it with ``@implements(<spec function>)``; the kernel must give the
-same outputs and the same gradients (``tests/test_kernels.py`` checks every
+same outputs and the same gradients (``tests/kernels/test_kernels.py`` checks every
 registered kernel, in float64). ``implements(spec, on="cupy")`` registers a
 kernel that applies only when the call's first argument is a CuPy array; on
 any other array the specification runs (``docs/kernels.md``). A kernel

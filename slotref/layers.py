@@ -10,7 +10,7 @@ kernel, LayerNorm scale 1 and offset 0.
 
 Where autograd would trace many small operations (LayerNorm, softmax, Huber)
 or has no gradient at all (convolutions, ``slotref.convolution``), the layer is
-an autograd primitive with its VJP written next to it; ``tests/test_layers.py``
+an autograd primitive with its VJP written next to it; ``tests/spec/test_layers.py``
 checks each VJP against finite differences and against a plainly traced version.
 
 A function marked ``@replaceable`` may be replaced by a registered fast kernel

@@ -5,7 +5,7 @@ leaf by leaf on a plain tree; on parameters held in flat buffers
 (``slotref.flat.FlatTree``) it runs once over each whole buffer, a handful of
 operations per step instead of a handful per leaf; every element goes through
 the same operations in the same order, so the two paths agree bit for bit
-(``tests/test_optim.py``). ``adam_step`` is ``@replaceable`` by a fast kernel
+(``tests/spec/test_optim.py``). ``adam_step`` is ``@replaceable`` by a fast kernel
 (``docs/kernels.md``).
 """
 

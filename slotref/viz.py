@@ -15,7 +15,7 @@ from matplotlib.colors import to_rgb  # noqa: E402
 from slotref import paper  # noqa: E402
 
 # Slot colours: a qualitative palette of distinct hues (no light/dark pairs of one hue, as tab20 has); each
-# pair of colours at least 25 apart in CIELAB (tests/test_viz.py). More slots reuse them in order.
+# pair of colours at least 25 apart in CIELAB (tests/tool/test_viz.py). More slots reuse them in order.
 SLOT_PALETTE = np.array([to_rgb(c) for c in (
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#ffe119", "#469990",
     "#9a6324", "#800000", "#000075", "#bfef45", "#fabed4", "#808000", "#dcbeff", "#aaffc3")])

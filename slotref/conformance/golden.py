@@ -15,7 +15,7 @@ Each case (``CASES``) holds, under one HDF5 group named after it:
 
 ``python -m slotref conformance --regenerate`` rewrites this file and the model cases' file,
 and records in ``numerics.txt`` what decides their last bits (NumPy, its BLAS and the CPU
-kernel the BLAS picked, HDF5). ``tests/test_conformance.py`` checks that a fresh generation
+kernel the BLAS picked, HDF5). ``tests/conformance/test_conformance.py`` checks that a fresh generation
 equals them bit for bit where those match, and to 1e-12 (relative) where they do not: another
 BLAS kernel may sum a matrix product in another order.
 """

@@ -2,7 +2,7 @@
 
 ``walk`` makes the same spec calls as ``slotref.slot_attention`` (the same
 ``slotref.layers`` functions, in the same order, on the same operands), so its
-final slots equal the module's bit for bit (``tests/test_conformance.py``);
+final slots equal the module's bit for bit (``tests/conformance/test_conformance.py``);
 what it adds is a record of each line's output under the names a port's trace
 uses (``QUANTITIES``). Each line is one field of ``Ops``: a known porting slip
 (``slotref.conformance.catalogue``) is the same walk with one field replaced.

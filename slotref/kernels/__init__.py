@@ -3,7 +3,7 @@
 Each kernel declares the specification function it replaces with
 ``@implements(<spec function>)`` (``slotref.dispatch``, which also chooses
 between them: ``SLOTREF_KERNELS=reference|fast|all``); it gives the same outputs
-and gradients (``tests/test_kernels.py`` checks every registered kernel, in
+and gradients (``tests/kernels/test_kernels.py`` checks every registered kernel, in
 float64). Kernel modules import the specification, never the other way round.
 
 - ``conv``: ``convolution.conv2d_same`` and ``convolution.conv_transpose2d_same``

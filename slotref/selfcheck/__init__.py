@@ -24,7 +24,7 @@ the initial slots and invariant to permuting the inputs (float64, < 1e-10).
 
 On the CPU the NumPy comparisons are trivially exact, and so are the kernel
 checks of the kernels that apply to CuPy arrays only; the finite-difference
-checks are not. ``tests/test_selfcheck.py`` runs it on the CPU, on the
+checks are not. ``tests/kernels/test_selfcheck.py`` runs it on the CPU, on the
 stand-in device, and with the CuPy kernels compiled for the CPU.
 """
 

@@ -37,7 +37,7 @@ from slotref.slot_attention import SlotAttentionConfig
 from slotref.training.config import TrainConfig
 from slotref.training.tasks import make_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
 
 
@@ -67,7 +67,7 @@ def test_shards_cover_the_items_once_in_whole_blocks(n, size, align):
 
 
 # --------------------------------------------------------------------------
-# Parameter checksums (flat buffers themselves: tests/test_flat.py).
+# Parameter checksums (flat buffers themselves: tests/kernels/test_flat_buffers.py).
 
 def leaves_of_two_dtypes(rng):
     return {"a": rng.standard_normal((2, 3)).astype(np.float32), "b": rng.standard_normal(5),
@@ -249,7 +249,8 @@ sys.excepthook = abort_on_uncaught
 def run_ranks(tmp_path, script: str, n: int = 2, timeout: int = 60, args=()) -> subprocess.CompletedProcess:
     path = tmp_path / "ranks.py"
     path.write_text(ABORT_ON_UNCAUGHT + textwrap.dedent(script))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1",
+    pythonpath = os.pathsep.join(str(p) for p in (ROOT, ROOT / "tests", ROOT / "tests" / "training"))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.run([mpiexec(), "-n", str(n), sys.executable, str(path), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -359,7 +360,7 @@ def test_two_ranks_reduce_the_full_batch_gradient_and_stay_identical_after_adam(
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    """The tiny files of tests/test_train.py: CLEVR-like scenes at 32x32, Tetrominoes at 35x35."""
+    """The tiny files of tests/training/test_train.py: CLEVR-like scenes at 32x32, Tetrominoes at 35x35."""
     from slotref.data.hdf5 import write_dataset
 
     d = tmp_path_factory.mktemp("data")

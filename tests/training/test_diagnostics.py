@@ -1,7 +1,7 @@
 """Diagnostics of a run (``slotref.training.diagnostics``) beside the paper's metrics.
 
 The collapse diagnostics of object discovery are specified with the training loop that prints them
-(``tests/test_train.py``); the position readout of set prediction here.
+(``tests/training/test_train.py``); the position readout of set prediction here.
 """
 
 from __future__ import annotations

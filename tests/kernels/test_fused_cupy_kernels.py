@@ -1,7 +1,7 @@
 """The fused CuPy kernels (slotref/kernels/fused_cupy.py): they apply to CuPy arrays only, so
 the CPU runs the specification unchanged; compiled for the CPU (tests/cuda_emulator.py) they
 equal the specification functions they replace in float32 and float64, forward and VJP, and
-Huber and the Adam step bit for bit. (tests/test_kernels.py holds every registered kernel,
+Huber and the Adam step bit for bit. (tests/kernels/test_kernels.py holds every registered kernel,
 these included, to its specification in float64.)"""
 
 import numpy as np

@@ -15,7 +15,7 @@ from slotref.conformance.model_checks import (reference_autoencoder, reference_a
 from slotref.losses import hungarian_huber_loss
 from slotref.metrics import average_precision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EVERYTHING = dict(setpred=reference_setpred, set_loss=hungarian_huber_loss, setpred_grad=reference_setpred_grad,
                   autoencoder=reference_autoencoder, autoencoder_grad=reference_autoencoder_grad,
                   average_precision=average_precision)
@@ -77,6 +77,6 @@ def test_cli_runs_the_model_adapters():
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(json.loads(done.stdout)["results"]) == 10
-    done = subprocess.run([sys.executable, "-m", "slotref", "conformance", "--models", "tests/conformance_ports.py"],
+    done = subprocess.run([sys.executable, "-m", "slotref", "conformance", "--models", "tests/conformance/conformance_ports.py"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1 and "ap_confidence_ties" in done.stdout

@@ -17,7 +17,7 @@ from slotref.conformance.walk import PER_ITERATION, QUANTITIES, reference_forwar
 from slotref.layers import gru_cell
 from slotref.slot_attention import SlotAttentionConfig, init_slot_attention, sample_initial_slots, slot_attention
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "conformance"
 sys.path.insert(0, str(EXAMPLES))
 
@@ -266,7 +266,7 @@ def test_cli_passes_the_numpy_example_and_prints_one_line_per_check():
 
 
 def test_cli_fails_a_wrong_port_naming_the_line_and_slip():
-    done = _cli("--adapter", "tests/conformance_ports.py:softmax_over_inputs", "--case", "paper_like",
+    done = _cli("--adapter", "tests/conformance/conformance_ports.py:softmax_over_inputs", "--case", "paper_like",
                 "--no-properties", "--json")
     assert done.returncode == 1
     report = json.loads(done.stdout)

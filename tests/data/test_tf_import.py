@@ -26,7 +26,7 @@ from slotref.models import autoencoder, encoder, infer_slots, set_prediction
 from slotref.official_checkpoints import load_official
 from slotref.slot_attention import sample_initial_slots, slot_attention
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tf_checkpoints"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tf_checkpoints"
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 ROOT = "network/layer_with_weights-0/"
 # The fixtures' K, T and image sizes (make_fixtures.py).

@@ -102,7 +102,7 @@ def make_port(slip=None, traced=True):
     return forward, grad
 
 
-# For the command line (``--adapter tests/conformance_ports.py:softmax_over_inputs``).
+# For the command line (``--adapter tests/conformance/conformance_ports.py:softmax_over_inputs``).
 softmax_over_inputs = make_port("softmax_over_inputs")[0]
 
 

@@ -173,7 +173,7 @@ def test_every_code_name_a_doc_gives_exists(doc):
     checked = {n: _exists(n) for n in sorted(names)}
     missing = [n for n, ok in checked.items() if ok is False]
     assert not missing, (f"{doc} names code that does not exist, or not in the module that defines it "
-                         f"(or an outside name missing from tests/test_docs.py's OUTSIDE): {missing}")
+                         f"(or an outside name missing from tests/tool/test_docs.py's OUTSIDE): {missing}")
 
 
 @pytest.mark.parametrize("doc", MAP_DOCS)

@@ -16,9 +16,9 @@ import pytest
 
 from slotref.cli import main as cli
 from slotref.cli.docs import pages
-from tests.test_cli import invoke
+from tests.tool.test_cli import invoke
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pointers(text: str) -> list[str]:

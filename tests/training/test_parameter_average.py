@@ -17,8 +17,8 @@ from slotref.training import tasks as train_module
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import load_run, train
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget
-from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
-from tests.test_train import assert_config_refuses, assert_same_checkpoints, read_checkpoint, records, setpred_run
+from tests.training.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
+from tests.training.test_train import assert_config_refuses, assert_same_checkpoints, read_checkpoint, records, setpred_run
 
 CURRICULUM = "slots=2,objects=2:2; slots=4,reset_adam"   # stages start at steps 0 and 2
 

@@ -17,7 +17,7 @@ from slotref.training.data import BatchOrder
 from slotref.training.loop import train
 from slotref.training import tasks as train_module
 from slotref.training.presets import fast_dev_run, fit_to_file, preset_config, scale_budget
-from tests.test_train import assert_same_checkpoints, read_checkpoint, records, setpred_run
+from tests.training.test_train import assert_same_checkpoints, read_checkpoint, records, setpred_run
 
 
 @pytest.fixture(scope="module")

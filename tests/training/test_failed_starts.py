@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_cli import assert_one_line_error, invoke
+from tests.tool.test_cli import assert_one_line_error, invoke
 
 FAILED_STARTS = {
     "unknown dataset": (["--dataset", "nope"], "unknown dataset"),

@@ -16,7 +16,7 @@ from slotref.data.hdf5 import write_dataset
 from slotref.training import TrainConfig, TrainingError
 from slotref.training.presets import fast_dev_run, preset_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_example(name, *args, cwd=None):

@@ -6,7 +6,7 @@ coordinates weighted, in the loss and in the matching's cost.
   loss of a scene whose coordinates were normalised to a zoomed extent.
 * ``matching_coord_weight`` chooses the pairs and ``coord_weight`` costs them (every permutation tried).
 
-The literal references are ``tests/test_losses.py``'s.
+The literal references are ``tests/spec/test_losses.py``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from slotref.losses import hungarian_huber_loss, pairwise_huber_cost
 from slotref.training.setpred_loss import setpred_loss, weighted_pairwise_cost
-from tests.test_losses import P, brute_force_loss, literal_cost, random_sets
+from tests.spec.test_losses import P, brute_force_loss, literal_cost, random_sets
 
 
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), data=st.data())

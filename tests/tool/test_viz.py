@@ -14,7 +14,7 @@ from slotref.data.hdf5 import write_dataset
 from slotref.metrics import matched_objects
 from slotref.training import load_run
 from slotref.training.presets import fast_dev_run, preset_config
-from tests.test_cli import invoke
+from tests.tool.test_cli import invoke
 
 
 def cielab(rgb) -> np.ndarray:

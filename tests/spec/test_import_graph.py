@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "slotref"
+PACKAGE = Path(__file__).resolve().parents[2] / "slotref"
 
 # The specification: the paper's model, loss, metrics and optimiser.
 SPEC = {"layers", "convolution", "slot_attention", "models", "losses", "metrics", "optim", "paper"}

@@ -1,5 +1,5 @@
 """Specification of the hand-written layers (slotref/layers.py), run as written
-(``dispatch.using("reference")``; tests/test_kernels.py holds the fast kernels to it).
+(``dispatch.using("reference")``; tests/kernels/test_kernels.py holds the fast kernels to it).
 
 - every layer's gradient against central finite differences in float64
   (``autograd.test_util.check_grads``: a random projection of the VJP against

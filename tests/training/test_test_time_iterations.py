@@ -15,9 +15,9 @@ from slotref.training.config import TrainConfig, config_from_stored
 from slotref.training.loop import load_run, train
 from slotref.training.presets import preset_config
 from slotref.training.tasks import SetPredictionTask
-from tests.test_cli import assert_one_line_error, invoke
-from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
-from tests.test_train import assert_config_refuses, records, setpred_run
+from tests.tool.test_cli import assert_one_line_error, invoke
+from tests.training.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
+from tests.training.test_train import assert_config_refuses, records, setpred_run
 
 
 @pytest.mark.parametrize("t", [0, 101, True, 2.5, "5"])

@@ -12,9 +12,9 @@ import pytest
 
 from slotref.training.config import ConfigError, TrainConfig, TrainingError, config_from_stored
 from slotref.training.resolve import OPTION_FIELDS, RESUME_MAY_CHANGE, OptionError, resolve_config
-from tests.test_tool import assert_one_line_error, invoke
+from tests.tool.test_commands import assert_one_line_error, invoke
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def printed(*args):

@@ -33,7 +33,7 @@ from slotref.training.checkpoint import load_training_state, read_checkpoint_con
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
 from slotref.training.loop import _StopRequest, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -475,7 +475,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def _start(data, run_dir, steps, resume=False):
-    script = TRAIN_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests"), data=str(data / "scenes.h5"),
+    script = TRAIN_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests" / "training"), data=str(data / "scenes.h5"),
                                  steps=steps, run=str(run_dir), resume=resume)
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

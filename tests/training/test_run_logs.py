@@ -11,7 +11,7 @@ import pytest
 from slotref.training.diagnostics import collapse_signs
 from slotref.training.logs import write_command
 from slotref.training.loop import train
-from tests.test_train import discovery_run
+from tests.training.test_train import discovery_run
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_command_txt_records_the_package_versions(tmp_path):
 
 
 def test_console_log_ends_with_the_closing_lines_the_terminal_showed(tmp_path, monkeypatch):
-    from tests.test_cli import invoke
+    from tests.tool.test_cli import invoke
 
     monkeypatch.chdir(tmp_path)
     result = invoke("train", "--task", "setpred", "--fast-dev-run", "--quiet")

@@ -15,11 +15,11 @@ import slotref
 from slotref.data.hdf5 import write_dataset
 from slotref.training.loop import load_run, train
 from slotref.training.tasks import SetPredictionTask
-from tests.test_cli import invoke
-from tests.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
-from tests.test_train import setpred_run
+from tests.tool.test_cli import invoke
+from tests.training.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
+from tests.training.test_train import setpred_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
