@@ -151,7 +151,7 @@ def open_log(path, flags=os.O_WRONLY) -> int:
         fd = os.open(path, flags | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            err = OSError(f"is a symbolic link; a run's logs are written only to its own files, remove the link")
+            err = OSError("is a symbolic link; a run's logs are written only to its own files, remove the link")
         raise write_error(path, err) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

@@ -234,7 +234,7 @@ class Bundle:
     def tensor(self, name: str) -> np.ndarray:
         """The tensor ``name`` (a NumPy array of its dtype and shape), its checksum verified."""
         entry = self.entries[name]
-        index, path = Path(f"{self.prefix}.index"), self.shard_path(entry.shard)
+        index = Path(f"{self.prefix}.index")
         if entry.dtype not in DTYPES:
             kind = DTYPE_NAMES.get(entry.dtype, f"unknown dtype {entry.dtype}")
             raise BundleError(f"{index}: {name}: holds {kind}, not a number type slotref reads "

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +35,7 @@ from slotref.training import collectives
 from slotref.training.checkpoint import load_training_state, read_checkpoint_config, save_training_state
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError, read_run_config
 from slotref.training.resolve import check_new_run_dir, resumed
+from slotref.training.stop import StopRequest
 from slotref.training.logs import RunLog, format_metrics, require_tensorboard, write_command
 from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
 from slotref.training.diagnostics import collapse_signs, looks_collapsed
@@ -148,7 +147,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and w.is_root), unit="step",
                dynamic_ncols=True)
     t_log, step_log = time.perf_counter(), start
-    stop = _StopRequest()
+    stop = StopRequest()
     interrupted = False
     with stop, w.fail_fast(agreed=(DivergenceError,)):
         for step in range(start, config.steps):
@@ -237,40 +236,6 @@ def root_first(w, make):
     if err is not None:
         raise err
     return value
-
-
-class _StopRequest:
-    """Ctrl-C or SIGTERM finishes the current step, saves a checkpoint, then stops; a second one stops
-    at once, without saving (the last checkpoint, written whole or not at all, is kept)."""
-
-    SIGNALS = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
-
-    def __init__(self):
-        self.requested = False
-        self.reason = "interrupted"
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            self._restore()
-            raise KeyboardInterrupt(f"{self.SIGNALS.get(signum, 'stopped')} a second time: stopped at once, "
-                                    "without saving the step in progress; checkpoint.h5 holds the last saved step")
-        self.requested = True
-        self.reason = self.SIGNALS.get(signum, "stopped")
-
-    def _restore(self):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
 
 
 def _check_finite_params(params, step, ckpt_path):

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -31,7 +30,8 @@ from slotref.models import setpred_config
 from slotref.slot_attention import SlotAttentionConfig
 from slotref.training.checkpoint import load_training_state, read_checkpoint_config
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
-from slotref.training.loop import _StopRequest, train
+from slotref.training.loop import train
+from slotref.training.stop import StopRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -450,7 +450,7 @@ def test_atomic_write_removes_its_temporary_file_on_any_failure(tmp_path):
 # Signals and kill -9: the checkpoint stays whole and resume is exact.
 
 def test_a_second_ctrl_c_says_why_it_stopped_at_once():
-    stop = _StopRequest()
+    stop = StopRequest()
     with stop:
         stop._handler(signal.SIGTERM, None)
         assert stop.requested and "SIGTERM" in stop.reason
