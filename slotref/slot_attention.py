@@ -244,7 +244,6 @@ def _check_call(params, inputs, slots, num_iterations, config):
         raise ValueError(f"slot_attention needs num_iterations T >= 0, got {num_iterations!r}")
 
 
-
 class SlotAttention:
     """The module as one object, for users of PyTorch's or Flax's modules: the parameters (a plain
     tree, ``.params``, that the functions above and autograd take), the config and the generator of
