@@ -11,6 +11,13 @@ from slotref.cli.common import fail, kernels_option, result_table
 from slotref.training.config import LIMITS
 
 
+# Why eval does not relaunch itself on one rank per core as `train --procs auto` does: starting the ranks
+# costs seconds that an evaluation of a few hundred examples does not win back, and NumPy's threads use
+# the cores meanwhile; under a hand-typed mpiexec the examples are shared among the ranks.
+CORES_NOTE = ("note: evaluated in one process, on NumPy's threads; `mpiexec -n N` before the command shares the "
+              "examples among N ranks (slotref docs scale)")
+
+
 @click.command(name="eval")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--num-slots", type=click.IntRange(1, LIMITS["model.num_slots"]), default=None,
@@ -45,7 +52,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
 
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
-    from slotref.training import TrainingError
+    from slotref.training import TrainingError, launch
     from slotref.training.evaluation import evaluate_run
     from slotref.training.logs import format_metric
     from slotref.training.resolve import OptionError
@@ -60,6 +67,8 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{run_dir}: step {result['step']}, K={result['num_slots']}, T={result['num_iters']}, {result['examples']} examples")
+    if launch.launched_size() <= 1:
+        click.echo(CORES_NOTE)
     if config.task == "setpred":
         click.echo(result_table("setpred", config, {k: v for k, v in result.items() if k.startswith("ap_") and
                                                      not isinstance(v, dict)}, result["num_iters"]))

@@ -13,6 +13,13 @@ from slotref.cli.common import DatasetChoice, fail
 from slotref.paper import DISCOVERY_DATASETS
 
 
+# Why an experiment does not relaunch itself on one rank per core as `train --procs auto` does: NumPy's
+# threads already keep the cores busy (two ranks gain little on two cores: docs/experiments.md), and
+# each configuration has its own batch to share out; under a hand-typed mpiexec every run does use the ranks.
+CORES_NOTE = ("note: training and evaluating in one process, on NumPy's threads; `mpiexec -n N` before the "
+              "command shares every run among N ranks (slotref docs experiments)")
+
+
 @click.command()
 @click.argument("name", type=click.Choice(list(EXPERIMENTS)))
 @click.option("--seeds", type=click.IntRange(min=1), default=None,
@@ -51,7 +58,7 @@ def experiment(name, seeds, steps, device, preset, out, tasks, dataset, only, li
     from slotref.backend import BackendError
     from slotref.data.hdf5 import DatasetError
     from slotref.experiments.runner import command_line, run_experiment, smoke_overrides
-    from slotref.training import TrainingError
+    from slotref.training import TrainingError, launch
 
     device = (device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower()
     opts = Options(preset=preset, steps=steps, seeds=seeds or SEEDS[preset], device=device,
@@ -66,6 +73,8 @@ def experiment(name, seeds, steps, device, preset, out, tasks, dataset, only, li
             for c in (c for c in all_configs if c.task in opts.tasks):
                 click.echo(f"{c.name:32s} {c.task:9s} {c.dataset:15s} {'' if c.default else '(optional)'}")
             return
+        if launch.launched_size() <= 1:
+            click.echo(CORES_NOTE)
         run_experiment(name, opts, out, tuple(only), progress=not quiet, echo=click.echo, command=command)
     except KeyboardInterrupt as err:
         click.echo(f"\n{err or 'interrupted'}; rerun the same command to resume", err=True)

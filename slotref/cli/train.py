@@ -97,6 +97,10 @@ def _explicit(ctx, name) -> bool:
 @click.option("--logger", type=click.Choice(["csv", "tensorboard"]), default="csv", show_default=True,
               help="csv: metrics.jsonl, train.csv, eval.csv in the run directory; tensorboard: also "
                    "TensorBoard event files (needs tensorboardX).")
+@click.option("--keep-checkpoints", default=None, metavar="last|best|every:N",
+              help="Checkpoints kept beside checkpoint.h5 (the last): best, checkpoint-best.h5 at the best "
+                   "validation AP_inf (FG-ARI for discovery); every:N, checkpoint-STEP.h5 every N steps. "
+                   "Default: last, none kept.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--procs", default="auto", show_default=True, envvar="SLOTREF_PROCS", callback=_procs_option,
               help="Train on N local processes, one BLAS thread each (mpiexec -n N, data parallel, slotref docs scale). "
@@ -138,7 +142,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
         typed = sys.argv[1:] == ctx.meta.get("slotref.argv")  # not a CliRunner call
         ranks, launch_notes = resolve.ranks_to_launch(procs, config, typed, fast_dev_run)
         if ranks > 1:  # every rank parses this same command; rank 0 prints the notes
-            launch.relaunch(ranks)
+            sys.exit(launch.relaunch(ranks, run_dir))  # the ranks' exit status, 1 if one died
         for note in notes + launch_notes:
             click.echo(f"note: {note}")
         click.echo(f"run directory: {shown(run_dir)}")

@@ -60,6 +60,7 @@ class TrainConfig:
     curriculum: str = ""               # training stages (slotref/training/curriculum.py); "" trains with num_slots throughout
     ema: float = 0.0                   # decay of the parameter average evaluation reads (training.average.ParameterAverage); 0: none
     eval_iterations: int | None = None  # T of validation and the reported evaluation (None: model.num_iterations)
+    keep_checkpoints: str = "last"     # beside checkpoint.h5: "last" (none), "best", "every:N" (training.kept)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -76,6 +77,7 @@ class TrainConfig:
         if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= LIMITS["eval_iterations"]):
             raise ConfigError("eval_iterations", f"must be None or an integer in [1, {LIMITS['eval_iterations']}], "
                                                  f"got {t!r}")
+        keep_every(self.keep_checkpoints)
         for name, hint in _fields(TrainConfig):  # every field of its type and within LIMITS
             check_value(hint, getattr(self, name), name)
         lo, hi = self.data_min_objects, self.data_max_objects
@@ -91,6 +93,11 @@ class TrainConfig:
         if spec is not None and self.task == "setpred" and not spec.set_prediction:
             raise ConfigError("dataset", f"{self.dataset} has no object labels for set prediction; "
                                          "train it with --task discovery")
+
+    @property
+    def headline(self) -> str:
+        """The metric a run is judged by (``--keep-checkpoints best``): AP_inf, or FG-ARI for discovery."""
+        return "fg_ari" if self.task == "discovery" else "ap_inf"
 
     @property
     def test_iterations(self) -> int:
@@ -138,7 +145,17 @@ FLOAT_RANGES = {"learning_rate": (0.0, 1.0, False), "data_zoom": (0.0, 16.0, Fal
                 "model.slot_attention.epsilon": (0.0, 1.0, True)}
 # Keys added after runs were first saved: a stored config without one takes this value.
 ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0,
-               "eval_iterations": None}
+               "eval_iterations": None, "keep_checkpoints": "last"}
+
+
+def keep_every(keep) -> int | None:
+    """N of ``keep_checkpoints`` "every:N" (None for "last" and "best"); ConfigError for any other value."""
+    if isinstance(keep, str) and keep in ("last", "best"):
+        return None
+    kind, _, n = keep.partition(":") if isinstance(keep, str) else ("", "", "")
+    if kind != "every" or not (n.isascii() and n.isdigit()) or not 1 <= int(n) <= LIMITS["steps"]:
+        raise ConfigError("keep_checkpoints", f"is {keep!r:.60}, expected last, best or every:N (N >= 1 steps)")
+    return int(n)
 
 
 @functools.cache

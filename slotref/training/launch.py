@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from slotref.training.collectives import DistributedError, MPIWorld, World
+from slotref.training.mpiexec_output import RANK_DIR_ENV, LauncherFilter, banner_line, rank_of
 
 # Set by the launchers before the program starts: MPICH/Hydra and Intel MPI
 # (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), PMIx.
@@ -116,23 +118,88 @@ def auto_procs(global_batch: int, cores: int, min_local_batch: int = 4) -> int:
     return max([n for n in range(1, limit + 1) if global_batch % n == 0], default=1)
 
 
-def relaunch(n: int) -> None:
-    """Replace this process by ``mpiexec -n n`` running this same command, one BLAS thread per rank.
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``; a reader gone (``| head``) drops it, the ranks still run to the end."""
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
+
+
+def relaunch(n: int, run_dir) -> int:
+    """Run ``mpiexec -n n`` with this same command, one BLAS thread per rank; its exit status.
 
     The command is this interpreter with its original arguments (``cli.py train ...``, ``-m slotref
     train ...`` or the ``slotref`` script), so every rank parses what the user typed; under the launcher
-    ``launched_size()`` is n and no rank launches again. Ctrl-C then reaches the ranks as under a
-    hand-typed mpiexec (docs/scale.md). Does not return.
+    ``launched_size()`` is n and no rank launches again. mpiexec runs in its own process group, and
+    SIGINT, SIGTERM and SIGHUP sent to this process are passed to it once, so Ctrl-C reaches every rank
+    as under a hand-typed mpiexec (docs/scale.md). Its output passes through as it comes, less its Ctrl-C
+    lines and its banner for a rank that ended badly: a rank killed by a signal gets one line naming it
+    instead (status 1); one that exited with a status printed its own error.
     """
+    import selectors
+    import signal
+    import subprocess
+    import tempfile
+
     launcher = mpiexec_path()
     if launcher is None:
         raise DistributedError(f"--procs {n} needs mpiexec: pip install 'slotref[mpi]' (mpi4py and mpich)")
-    env = dict(os.environ)
-    for name in BLAS_THREAD_ENV:
-        env.setdefault(name, "1")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(launcher, [launcher, "-n", str(n), sys.executable, *sys.orig_argv[1:]], env)
+    with tempfile.TemporaryDirectory(prefix="slotref-ranks-") as rank_dir:
+        env = {**os.environ, RANK_DIR_ENV: rank_dir}
+        for name in BLAS_THREAD_ENV:
+            env.setdefault(name, "1")
+        child = subprocess.Popen([launcher, "-n", str(n), sys.executable, *sys.orig_argv[1:]], env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 start_new_session=True)  # a terminal's Ctrl-C reaches it once, from here
+        forwarded = []
+
+        def forward(signum, frame):
+            forwarded.append(signum)
+            child.send_signal(signum)
+
+        passed_on = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+        previous = {s: signal.signal(s, forward) for s in passed_on}
+        try:
+            streams = {child.stdout.fileno(): (sys.stdout.fileno(), LauncherFilter()),
+                       child.stderr.fileno(): (sys.stderr.fileno(), LauncherFilter())}
+            with selectors.DefaultSelector() as selector:
+                for fd in streams:
+                    selector.register(fd, selectors.EVENT_READ)
+                while selector.get_map():
+                    for key, _ in selector.select():
+                        target, stream = streams[key.fd]
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            selector.unregister(key.fd)
+                        _write_all(target, stream.feed(chunk, final=not chunk))
+            code = child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            child.stdout.close()
+            child.stderr.close()
+        # A rank that exited with a status said why itself; one killed by a signal (kill -9, the OOM
+        # killer, a crash) could not, unless the signal came through here.
+        killed = [b for _, stream in streams.values() for b in stream.banners if b["signal"]]
+        if killed and not forwarded:
+            for banner in killed:
+                print(banner_line(banner, rank_of(banner["pid"], rank_dir), run_dir), file=sys.stderr, flush=True)
+            return 1
+    return code
+
+
+def note_rank() -> None:
+    """Under ``relaunch``: leave this rank's number under its pid, for the line naming a rank that died."""
+    rank_dir = os.environ.get(RANK_DIR_ENV)
+    if rank_dir and launched_size() > 1:
+        try:
+            (Path(rank_dir) / str(os.getpid())).write_text(str(launched_rank()))
+        except OSError:  # only the line naming a dead rank is the poorer
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -163,6 +230,7 @@ def world(use_mpi: bool | None = None) -> World:
                                        f"{made.size}: a launcher variable left over in this shell? unset it, "
                                        "or start the ranks with mpiexec")
             _WORLD = made
+            note_rank()
         else:
             _WORLD = World()
     return _WORLD

@@ -4,8 +4,10 @@
 - ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch) and elapsed_s (seconds since
   this start of training: a resumed run counts again from 0), every ``log_every`` steps;
 - ``eval.csv``: step, time and every scalar metric of each evaluation (lists flattened as name_1, name_2, ...);
-- with ``tensorboard=True``: TensorBoard event files in the run directory (``train/loss``, ``eval/fg_ari``, ...),
-  written with tensorboardX (``pip install "slotref[tensorboard]"``);
+- with ``tensorboard=True``: TensorBoard event files in the run directory, written with tensorboardX
+  (``pip install "slotref[tensorboard]"``): the scalars (``train/loss``, ``eval/fg_ari``, ...), at each start
+  the config (text ``config``) and the hyperparameters (the HParams tab: every config field, against the
+  headline metric), and at each evaluation the picture ``slotref viz`` draws (image ``eval/figure``);
 - ``command.txt``: the command line, slotref's version, the git commit of its source, and the versions of
   Python and the packages it runs on, one block per start;
 - ``console.log``: the lines training printed (evaluations, warnings), as the terminal showed them.
@@ -117,6 +119,7 @@ class RunLog:
         self.run_dir = Path(run_dir)
         self.started = time.time()
         self.writer = None
+        self._session_end = None  # the hyperparameters' closing record (``hyperparameters``)
         if tensorboard:
             self.writer = require_tensorboard().SummaryWriter(str(self.run_dir))
 
@@ -130,6 +133,38 @@ class RunLog:
         if self.writer is not None:
             for k in ("loss", "lr", "images_per_s"):
                 self.writer.add_scalar(f"train/{k}", record[k], record["step"])
+
+    def hyperparameters(self, config) -> None:
+        """The run's config (``TrainConfig``) as text and as hyperparameters, once per start."""
+        if self.writer is None:
+            return
+        import dataclasses
+
+        from tensorboardX.summary import hparams
+
+        self.writer.add_text("config", "\n".join("    " + line for line in config.to_json().splitlines()), 0)
+        flat = {k: str(v) if isinstance(v, (list, tuple)) else v
+                for k, v in _flat_fields(dataclasses.asdict(config)).items()}
+        # Written into this run's event file (tensorboardX's add_hparams would open a sub-run for them).
+        experiment, start, self._session_end = hparams(flat, {f"eval/{config.headline}": None})
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(start)
+
+    def figure(self, step: int, draw) -> None:
+        """The picture ``draw(path)`` writes as a PNG, logged as the image ``eval/figure`` of ``step``."""
+        if self.writer is None:
+            return
+        import tempfile
+
+        import numpy as np
+        from PIL import Image
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "figure.png"
+            draw(path)
+            with Image.open(path) as picture:
+                pixels = np.asarray(picture.convert("RGB"))               # (H, W, 3) uint8
+        self.writer.add_image("eval/figure", pixels, step, dataformats="HWC")
 
     def console(self, line: str) -> None:
         io.append_line(self.run_dir / "console.log", line)
@@ -146,8 +181,18 @@ class RunLog:
 
     def close(self) -> None:
         if self.writer is not None:
+            if self._session_end is not None:
+                self.writer.file_writer.add_summary(self._session_end)
             self.writer.close()
             self.writer = None
+
+
+def _flat_fields(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as flat ``model.num_slots``-style keys."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flat_fields(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
 
 
 PERCENT_KEYS = ("ap_", "fg_ari", "acc_", "slot_area")

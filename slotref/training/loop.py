@@ -1,7 +1,8 @@
 """The training loop, shared by both tasks, and loading a finished or interrupted run.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per
-line), ``checkpoint.h5`` (``slotref.training.checkpoint``) and pictures.
+line), ``checkpoint.h5`` (``slotref.training.checkpoint``), the checkpoints kept on
+request (``slotref.training.kept``) and pictures.
 ``resume=True`` continues exactly: the data order and the slot noise of step s
 depend only on (seed, s).
 
@@ -41,6 +42,7 @@ from slotref.training.data import BatchOrder, load_file, load_splits, num_object
 from slotref.training.diagnostics import collapse_signs, looks_collapsed
 from slotref.training.launch import world
 from slotref.training.tasks import make_task
+from slotref.training import kept
 
 def _is_writer() -> bool:
     """Ranks other than 0 of an MPI job neither lock nor write the run directory (``launch.is_writer``)."""
@@ -131,12 +133,16 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                                  f"{len(val_split) + len(train_split)} examples of {data_path} (at most a tenth "
                                  f"of the file; eval_size is {config.eval_size})")
     log = RunLog(run_dir, tensorboard=tensorboard) if w.is_root else None
+    if log is not None:
+        log.hyperparameters(config)
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     order = BatchOrder(len(train_split), config.batch_size, config.seed)
     order = plan.batch_order(order, num_objects(train_split.targets), config.batch_size, config.seed)
     sync = collectives.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
     last_eval: dict = {}
+    best = kept.best_so_far(run_dir, config) if resume and w.is_root else -math.inf  # --keep-checkpoints best
+    saved_at = None  # the step of the checkpoint.h5 on disk, written by this start
     warned = None  # the collapse signs last warned of: the warning comes once, and again only when they change
 
     def say(line: str) -> None:  # on the terminal, and in the run's console.log
@@ -188,11 +194,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             bar.update(1)
             done = step + 1
             stopping = stop.requested if w.size == 1 else to_float(stops) > 0
-            if done % config.checkpoint_every == 0 or done == config.steps or stopping:
+            keep_step = kept.keeps_step(config, done)
+            if done % config.checkpoint_every == 0 or done == config.steps or stopping or keep_step:
                 _check_finite_params(params.tree, done, ckpt_path)
                 if w.is_root:
                     save_training_state(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
                                         average=None if average is None else average.tree)
+                    if keep_step:
+                        kept.copy_checkpoint(ckpt_path, run_dir / kept.step_name(done))
+                saved_at = done
                 w.barrier()  # on disk before any rank goes on: a rank failing later leaves it whole
             if stopping:
                 interrupted = True
@@ -203,6 +213,17 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 last_eval = task.evaluate(be, model.tree, val_split, world=w)
                 if w.is_root:
                     log.eval(done, last_eval)
+                    if log.writer is not None and len(val_split):  # viz's picture, for TensorBoard
+                        title = f"{run_dir.name}, step {done}"
+                        log.figure(done, _figure(config, be, model.tree, task, val_split, title))
+                headline = last_eval.get(config.headline)
+                if w.is_root and config.keep_checkpoints == "best" and kept.improves(headline, best):
+                    best = last_eval[config.headline]
+                    if saved_at == done:  # the checkpoint of this step is on disk: copied, not written again
+                        kept.copy_checkpoint(ckpt_path, run_dir / kept.BEST_NAME)
+                    else:
+                        save_training_state(run_dir / kept.BEST_NAME, params.tree, adam.to_tree(state), done, config,
+                                            fingerprint, average=None if average is None else average.tree)
                 say(f"step {done}: " + format_metrics(last_eval))
                 if config.task == "discovery" and looks_collapsed(last_eval):
                     signs = collapse_signs(last_eval)
@@ -236,6 +257,13 @@ def root_first(w, make):
     if err is not None:
         raise err
     return value
+
+
+def _figure(config, be, params, task, split, title, images=4):
+    """What draws ``slotref viz``'s picture of the first ``images`` examples of ``split`` to a path."""
+    from slotref.viz import draw_run  # matplotlib: only for a run that logs pictures
+
+    return lambda path: draw_run(path, config, be, params, task, split.take(slice(0, images)), title=title)
 
 
 def _check_finite_params(params, step, ckpt_path):

@@ -133,18 +133,40 @@ def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainCon
     return config, notes
 
 
+# A scaled run evaluates and saves a checkpoint at most every this many steps (and at its end; it
+# also saves on Ctrl-C or SIGTERM): scaled down as the rest, the cpu presets' intervals would
+# evaluate every 2-3 steps and save every step of a 30-step run.
+MIN_EVAL_EVERY = 50
+MIN_CHECKPOINT_EVERY = 50
+
+
 def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
     """``config`` trained for ``steps``: warm-up, decay, evaluation and checkpoint intervals, the
-    curriculum's stages and the parameter average's span scale with it (``train --steps`` and
-    ``experiment --steps``)."""
+    curriculum's stages and the parameter average's span scale with it (``train --steps``,
+    ``experiment --steps`` and a config file's ``steps``).
+
+    The intervals have a floor and a cap, so that a short run spends its time training: it evaluates
+    at most every ``MIN_EVAL_EVERY`` steps and, between two evaluations, trains on at least as many
+    examples as an evaluation reads (a training example costs about three forward passes); it saves a
+    checkpoint at most every ``MIN_CHECKPOINT_EVERY`` steps; neither interval exceeds the run, whose
+    last step always evaluates the whole validation split and saves, as a full run's does."""
     if steps is None or steps == config.steps:
         return config
     f = steps / config.steps
     at_least_one = lambda n: max(1, round(n * f))  # noqa: E731
     return replace(config, steps=steps, warmup_steps=round(config.warmup_steps * f),
-                   decay_steps=at_least_one(config.decay_steps), eval_every=at_least_one(config.eval_every),
-                   checkpoint_every=at_least_one(config.checkpoint_every),
+                   decay_steps=at_least_one(config.decay_steps),
+                   eval_every=min(steps, max(at_least_one(config.eval_every), _eval_floor(config))),
+                   checkpoint_every=min(steps, max(at_least_one(config.checkpoint_every), MIN_CHECKPOINT_EVERY)),
                    curriculum=_scaled_curriculum(config.curriculum, f), ema=_scaled_ema(config.ema, f))
+
+
+def _eval_floor(config: TrainConfig) -> int:
+    """The fewest steps between two evaluations of a scaled run: ``MIN_EVAL_EVERY``, or more to train on as
+    many examples as one evaluation reads (its validation split: ``eval_size`` examples, at most a tenth
+    of the data; ``training.data``)."""
+    examples = min(config.eval_size, config.data_size // 10)
+    return max(MIN_EVAL_EVERY, -(-examples // config.batch_size))
 
 
 def _scaled_ema(decay: float, factor: float) -> float:

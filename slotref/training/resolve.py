@@ -38,10 +38,11 @@ OPTION_FIELDS = {
     "--warmup-steps": "warmup_steps", "--decay-steps": "decay_steps", "--curriculum": "curriculum",
     "--coord-weight": "coord_weight", "--matching-coord-weight": "matching_coord_weight", "--ema": "ema",
     "--eval-iters": "eval_iterations", "--seed": "seed", "--data-dir": "data_dir", "--steps": "steps",
+    "--keep-checkpoints": "keep_checkpoints",
 }
 # The one resume policy: the fields a resumed run may change (how long it runs, where, how often it
-# reports). Every other field is the run's own; an option that would change one is refused.
-RESUME_MAY_CHANGE = ("steps", "device", "log_every", "eval_every", "checkpoint_every", "data_dir")
+# reports, which checkpoints it keeps). Every other field is the run's own; an option that would change one is refused.
+RESUME_MAY_CHANGE = ("steps", "device", "log_every", "eval_every", "checkpoint_every", "data_dir", "keep_checkpoints")
 
 
 class OptionError(ValueError):
@@ -177,7 +178,7 @@ def check_new_run_dir(run_dir: Path, config: TrainConfig) -> None:
         return
     if "config.json" not in entries:
         raise TrainingError(f"{run_dir}: not empty and not a slotref run (no config.json); choose another --out")
-    changes = [c for c in config_changes(read_run_config(run_dir), config) if c[0] != "device"]
+    changes = [c for c in config_changes(read_run_config(run_dir), config) if c[0] not in ("device", "keep_checkpoints")]
     if changes:
         key, old, new = changes[0]
         raise TrainingError(f"{run_dir}: holds another run ({key}: {old!r} there, {new!r} here); "

@@ -4,6 +4,7 @@ one-line answers to slips (click's CliRunner, in process; data and runs in a tem
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import struct
@@ -171,6 +172,11 @@ def test_train_and_eval_csv_are_flat_tables(setpred_run):
 
 def _scalars_in_event_files(run_dir):
     """Tag -> [(step, value)] from TensorBoard event files (TFRecords of Event protos)."""
+    return {tag: [(step, v.simple_value) for step, v in found] for tag, found in _event_values(run_dir).items()}
+
+
+def _event_values(run_dir):
+    """Tag -> [(step, Summary.Value)] from TensorBoard event files (TFRecords of Event protos)."""
     from tensorboardX.proto import event_pb2
 
     values = {}
@@ -182,7 +188,7 @@ def _scalars_in_event_files(run_dir):
             event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
             at += 12 + length + 4
             for v in event.summary.value:
-                values.setdefault(v.tag, []).append((event.step, v.simple_value))
+                values.setdefault(v.tag, []).append((event.step, v))
     return values
 
 
@@ -193,6 +199,27 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]
     [(step, ap)] = scalars["eval/ap_inf"]
     assert step == 4 and ap == pytest.approx(float(read_csv(out / "eval.csv")[0]["ap_inf"]), abs=1e-6)
+    # once at the start: the config as text and the hyperparameters against the headline metric
+    values = _event_values(out)
+    [(_, text)] = values["config/text_summary"]
+    config = json.loads((out / "config.json").read_text())
+    assert json.loads(text.tensor.string_val[0].decode()) == config
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+
+    [(_, start)] = values["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(start.metadata.plugin_data.content).session_start_info.hparams
+    assert hparams["model.num_slots"].number_value == config["model"]["num_slots"]
+    assert hparams["dataset"].string_value == config["dataset"]
+    [(_, experiment)] = values["_hparams_/experiment"]
+    metrics = HParamsPluginData.FromString(experiment.metadata.plugin_data.content).experiment.metric_infos
+    assert [m.name.tag for m in metrics] == ["eval/ap_inf"]
+    # at each evaluation: viz's picture, a PNG
+    from PIL import Image
+
+    [(step, figure)] = values["eval/figure"]
+    picture = Image.open(io.BytesIO(figure.image.encoded_image_string))
+    assert step == 4 and picture.format == "PNG" and picture.size == (figure.image.width, figure.image.height)
+    assert min(picture.size) > 100
 
 
 def test_tensorboard_without_tensorboardx_is_a_one_line_error(tmp_path, monkeypatch):
