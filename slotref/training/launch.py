@@ -127,6 +127,18 @@ def _write_all(fd: int, data: bytes) -> None:
         pass
 
 
+def _end_with_parent() -> None:
+    """In the launcher's child: SIGTERM when this process dies (Linux), so that a killed ``train`` does not
+    leave mpiexec and its ranks running; they save a checkpoint and stop as on any SIGTERM."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def relaunch(n: int, run_dir) -> int:
     """Run ``mpiexec -n n`` with this same command, one BLAS thread per rank; its exit status.
 
@@ -154,7 +166,8 @@ def relaunch(n: int, run_dir) -> int:
             env.setdefault(name, "1")
         child = subprocess.Popen([launcher, "-n", str(n), sys.executable, *sys.orig_argv[1:]], env=env,
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 start_new_session=True)  # a terminal's Ctrl-C reaches it once, from here
+                                 start_new_session=True,  # a terminal's Ctrl-C reaches it once, from here
+                                 preexec_fn=_end_with_parent)
         forwarded = []
 
         def forward(signum, frame):
