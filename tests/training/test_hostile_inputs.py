@@ -142,7 +142,7 @@ def test_a_full_disk_while_train_builds_its_data_cache(tmp_path, monkeypatch):
 
 def test_a_full_disk_while_converting_is_one_line(tmp_path, monkeypatch):
     pytest.importorskip("google.protobuf")
-    from test_convert import squares_scene, write_tfrecords
+    from tests.data.test_convert import squares_scene, write_tfrecords
 
     src = write_tfrecords(tmp_path / "in.tfrecords",
                           [squares_scene("tetrominoes", [(2, 8, 2, 8)], [1], i) for i in range(40)])
