@@ -257,8 +257,11 @@ def init_model(rng, config: ModelConfig, dtype=None) -> dict:
 
 
 def infer_slots(params: dict, images, noise, config: ModelConfig, num_iterations: int | None = None,
-                return_attention: bool = False):
-    """Images (B, H, W, 3) and slot noise (B, K, D) -> slots (B, K, D) [, attention (B, T, N, K)]."""
+                return_attention: bool = False, module=slot_attention):
+    """Images (B, H, W, 3) and slot noise (B, K, D) -> slots (B, K, D) [, attention (B, T, N, K)].
+
+    ``module``: the function that runs Slot Attention, Algorithm 1's ``slot_attention``; training may
+    pass one of the same signature and values whose gradient differs (``training.implicit``)."""
     _check_images(images, config)
     if config.model == "slot-mlp":
         slots = slot_mlp(params["slot_mlp"], images, config)
@@ -266,21 +269,22 @@ def infer_slots(params: dict, images, noise, config: ModelConfig, num_iterations
     inputs = encoder(params["encoder"], images, config)                       # (B, N, D_in)
     slots = sample_initial_slots(params["slot_attention"], noise)             # (B, K, D)
     t = config.num_iterations if num_iterations is None else num_iterations
-    return slot_attention(params["slot_attention"], inputs, slots, t, config.slot_attention, return_attention)
+    return module(params["slot_attention"], inputs, slots, t, config.slot_attention, return_attention)
 
 
-def set_prediction(params: dict, images, noise, config: ModelConfig, num_iterations=None, return_attention=False):
+def set_prediction(params: dict, images, noise, config: ModelConfig, num_iterations=None, return_attention=False,
+                   module=slot_attention):
     """Images (B, H, W, 3) -> predictions (B, K, 19) in [0, 1] [, attention (B, T, N, K)]."""
-    out = infer_slots(params, images, noise, config, num_iterations, return_attention)
+    out = infer_slots(params, images, noise, config, num_iterations, return_attention, module)
     slots, attn = out if return_attention else (out, None)
     predictions = sigmoid(mlp(params["head"], slots))                        # (B, K, 19)
     return (predictions, attn) if return_attention else predictions
 
 
-def autoencoder(params: dict, images, noise, config: ModelConfig, num_iterations=None):
+def autoencoder(params: dict, images, noise, config: ModelConfig, num_iterations=None, module=slot_attention):
     """Object discovery. Returns a dict: recon_combined (B, H, W, 3), recons (B, K, H, W, 3),
     masks (B, K, H, W, 1) softmax-normalised over slots, slots (B, K, D), attention (B, T, N, K)."""
-    slots, attn = infer_slots(params, images, noise, config, num_iterations, return_attention=True)
+    slots, attn = infer_slots(params, images, noise, config, num_iterations, return_attention=True, module=module)
     recons, alpha_logits = decoder(params["decoder"], slots, config)         # (B, K, H, W, 3|1)
     masks = softmax(alpha_logits, axis=1)                                    # (B, K, H, W, 1)
     recon_combined = backend.sum(recons * masks, axis=1)                     # (B, H, W, 3)

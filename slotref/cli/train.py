@@ -83,6 +83,10 @@ def _explicit(ctx, name) -> bool:
 @click.option("--ema", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Evaluate an exponential moving average of the parameters with this decay, restarted at each "
                    "curriculum stage; 0: the parameters themselves (default: the preset's).")
+@click.option("--grad", type=click.Choice(["all", "last"]), default=None,
+              help="Gradient through Slot Attention's iterations: all (the paper's, default) or last "
+                   "(implicit differentiation: the slots entering the last iteration are a constant; "
+                   "slotref docs binding).")
 @click.option("--eval-iters", type=click.IntRange(1, LIMITS["eval_iterations"]), default=None,
               help="T at test time (validation and the reported evaluation). Default: the preset's (5 in the "
                    "setpred cpu preset), or T of training when --num-iters is given.")

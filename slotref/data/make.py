@@ -81,7 +81,7 @@ def _rendered_chunks(name, config, done, n, chunk, workers):
             yield queue.popleft().result()
 
 
-def ensure_dataset(name, out_path, n, seed, resolution=None, **options):
+def ensure_dataset(name, out_path, n, seed, resolution=None, progress=True, **options):
     """Return ``out_path``, generating it first if it does not exist.
 
     An existing file must hold the same generator, options and ``n``;
@@ -89,7 +89,7 @@ def ensure_dataset(name, out_path, n, seed, resolution=None, **options):
     """
     out_path = os.fspath(out_path)
     if not os.path.exists(out_path):
-        return write_dataset(name, out_path, n, seed, resolution, **options)
+        return write_dataset(name, out_path, n, seed, resolution, progress=progress, **options)
     config = generator_config(name, seed, resolution, **options)
     meta = read_attrs(out_path)
     have = (meta.get("name"), _json_or_none(meta.get("config")), meta.get("num_examples"))

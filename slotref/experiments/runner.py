@@ -55,11 +55,11 @@ def run_config(configuration: Configuration, opts: Options, seed: int) -> TrainC
     return config
 
 
-def pin_dataset(config: TrainConfig) -> TrainConfig:
+def pin_dataset(config: TrainConfig, progress: bool = True) -> TrainConfig:
     """The same built-in data for every seed: generated (once) with ``DATA_SEED``, named by its file."""
     if config.dataset.endswith((".h5", ".hdf5")):
         return config
-    path = run_data.resolve_dataset(replace(config, seed=DATA_SEED))
+    path = run_data.resolve_dataset(replace(config, seed=DATA_SEED), progress=progress)
     return replace(config, dataset=str(path))
 
 
@@ -185,8 +185,8 @@ class RunEvaluations:
 # The runner.
 
 def command_line(name: str, opts: Options, only: tuple[str, ...] = (), out: str | Path | None = None) -> str:
-    """The ``cli.py experiment`` command that asks for ``opts`` (recorded with the results)."""
-    words = ["python cli.py experiment", name, f"--preset {opts.preset}", f"--seeds {opts.seeds}"]
+    """The ``slotref experiment`` command that asks for ``opts`` (recorded with the results)."""
+    words = ["slotref experiment", name, f"--preset {opts.preset}", f"--seeds {opts.seeds}"]
     if opts.steps is not None:
         words.append(f"--steps {opts.steps}")
     if set(opts.tasks) != {"setpred", "discovery"}:
@@ -213,7 +213,7 @@ def run_experiment(name: str, opts: Options, out: str | Path | None = None, only
     total = len(configs) * opts.seeds
     for i, (configuration, seed) in enumerate(((c, s) for c in configs for s in range(opts.seeds)), 1):
         prefix = f"{name} [{i}/{total}] {configuration.name} seed {seed}"
-        config = pin_dataset(run_config(configuration, opts, seed))
+        config = pin_dataset(run_config(configuration, opts, seed), progress)
         run_dir = out / f"{configuration.name}-seed{seed}"
         try:
             state = ensure_trained(config, run_dir, progress, echo, prefix)

@@ -122,8 +122,8 @@ class World:
         return "none (one process)"
 
     def describe(self) -> str:
-        """One line for ``cli.py info`` (local: any rank may call it alone)."""
-        return "world: 1 process (no MPI; mpiexec -n N python cli.py train ... runs N ranks)"
+        """One line for ``slotref info`` (local: any rank may call it alone)."""
+        return "world: 1 process (no MPI; mpiexec -n N slotref train ... runs N ranks)"
 
 
 class MPIWorld(World):

@@ -61,6 +61,7 @@ class TrainConfig:
     ema: float = 0.0                   # decay of the parameter average evaluation reads (training.average.ParameterAverage); 0: none
     eval_iterations: int | None = None  # T of validation and the reported evaluation (None: model.num_iterations)
     keep_checkpoints: str = "last"     # beside checkpoint.h5: "last" (none), "best", "every:N" (training.kept)
+    grad: str = "all"                  # gradient through Slot Attention's iterations: "all" (the paper's) or "last" (training.implicit)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -78,6 +79,9 @@ class TrainConfig:
             raise ConfigError("eval_iterations", f"must be None or an integer in [1, {LIMITS['eval_iterations']}], "
                                                  f"got {t!r}")
         keep_every(self.keep_checkpoints)
+        if self.grad not in ("all", "last"):
+            raise ConfigError("grad", f"must be 'all' (through every iteration, the paper's) or 'last' "
+                                      f"(implicit differentiation), got {self.grad!r}")
         for name, hint in _fields(TrainConfig):  # every field of its type and within LIMITS
             check_value(hint, getattr(self, name), name)
         lo, hi = self.data_min_objects, self.data_max_objects

@@ -22,10 +22,11 @@ TRAIN_NOISE_STREAM = 2     # be.rng(seed, TRAIN_NOISE_STREAM, step): the slot no
 EVAL_NOISE_STREAM = 999_999  # the slot noise of evaluation: fixed, independent of the step
 STAGE_ORDER_STREAM = 7     # host_rng key of the batch orders of curriculum stages that draw from a subset
 
-def resolve_dataset(config: TrainConfig, create: bool = True) -> Path:
+def resolve_dataset(config: TrainConfig, create: bool = True, progress: bool = True) -> Path:
     """The HDF5 file of the run: the user's file, or the built-in data made once and cached.
 
     ``create=False`` (evaluating a stored run) never makes data: the cached file must be there.
+    ``progress``: a progress bar while the built-in data is made.
     """
     from slotref.data import hdf5
 
@@ -48,7 +49,7 @@ def resolve_dataset(config: TrainConfig, create: bool = True) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return Path(hdf5.ensure_dataset(config.dataset, str(path), config.data_size, config.seed,
-                                    resolution=config.data_resolution, **opts))
+                                    resolution=config.data_resolution, progress=progress, **opts))
 
 
 @dataclass

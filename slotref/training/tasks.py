@@ -24,6 +24,7 @@ from slotref.models import autoencoder, set_prediction
 from slotref.training.collectives import World, shard_range
 from slotref.training.config import TrainConfig
 from slotref.training.data import Split, eval_noise, preprocess
+from slotref.training.implicit import slot_attention_module
 from slotref.training.diagnostics import collapse_per_example, summarise_collapse
 from slotref.training.setpred_loss import setpred_loss
 
@@ -36,7 +37,8 @@ class SetPredictionTask:
     def loss(self, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
         """``coord_weight``, ``matching_coord_weight``: the coordinate weights of the loss and of the
         matching (default: the run's; a curriculum stage may set them; ``setpred_loss``)."""
-        predictions = set_prediction(params, images, noise, self.config.model)
+        predictions = set_prediction(params, images, noise, self.config.model,
+                                     module=slot_attention_module(self.config.grad))
         weight = self.config.coord_weight if coord_weight is None else coord_weight
         matching = self.config.matching_coord_weight if matching_coord_weight is None else matching_coord_weight
         return setpred_loss(predictions, targets, coord_weight=weight, matching_coord_weight=matching)
@@ -88,7 +90,8 @@ class DiscoveryTask:
         self.config = config
 
     def loss(self, params, images, _targets, noise):
-        return mse(autoencoder(params, images, noise, self.config.model)["recon_combined"], images)
+        module = slot_attention_module(self.config.grad)
+        return mse(autoencoder(params, images, noise, self.config.model, module=module)["recon_combined"], images)
 
     def batch(self, be, split: Split, idx):
         return preprocess(be, split.images[idx]), None

@@ -315,7 +315,7 @@ def test_the_command_runs_an_experiment_and_prints_its_table():
     assert "table3 [1/2] slot-attention seed 0: training 2 steps" in result.output
     assert "| Slot Attention, paper | 94.3 ± 1.1" in result.output
     md = Path("runs/experiments-smoke/table3/results.md").read_text()
-    assert "`python cli.py experiment table3 --preset cpu --seeds 1 --smoke`" in md
+    assert "`slotref experiment table3 --preset cpu --seeds 1 --smoke`" in md
     again = invoke("table3", "--smoke", "--seeds", 1, "--quiet")
     assert "finished earlier (step 2), not retrained" in again.output
 

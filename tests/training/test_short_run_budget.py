@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from slotref.training.presets import MIN_CHECKPOINT_EVERY, preset_config
+from slotref.training.presets import MIN_CHECKPOINT_EVERY, MIN_EVAL_SIZE, preset_config
 from slotref.training.resolve import resolve_config
 
 
@@ -24,8 +24,10 @@ def test_a_30_step_run_evaluates_on_a_budget_proportional_to_its_length(task):
     # Between two evaluations the run trains on at least as many examples as an evaluation reads.
     assert config.eval_every * config.batch_size >= examples or config.eval_every == config.steps
     assert evaluations(config) <= 2
-    # The last evaluation reads the whole validation split, as the full run's does: the number means the same.
-    assert config.eval_size == full.eval_size and config.data_size == full.data_size
+    # The last evaluation reads the whole validation split, which holds at most as many scenes as the run
+    # trains on (at least MIN_EVAL_SIZE); the data are the full run's.
+    assert config.eval_size == min(full.eval_size, max(MIN_EVAL_SIZE, 30 * config.batch_size))
+    assert config.data_size == full.data_size
     # A checkpoint at the end (and on Ctrl-C), not every step.
     assert config.checkpoint_every == 30
 
@@ -38,6 +40,7 @@ def test_the_set_prediction_preset_at_30_steps_evaluates_once_at_its_end():
 
 def test_longer_scaled_runs_keep_the_presets_proportions():
     config, _ = resolve_config("setpred", flags={"--steps": 1250})  # a tenth of the preset
+    assert config.eval_size == preset_config("setpred").eval_size
     assert (config.eval_every, config.checkpoint_every) == (100, MIN_CHECKPOINT_EVERY)
     longer, _ = resolve_config("discovery", flags={"--steps": 11_000})  # twice the preset
     assert (longer.eval_every, longer.checkpoint_every) == (1_000, 500)
