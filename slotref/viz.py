@@ -241,3 +241,61 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
     finally:
         plt.close(fig)
     return [(e, i, j, d) for e, i, j, d in pairs]
+
+
+def draw_binding(path: Path, records: list[dict], title: str | None = None):
+    """The binding diagnostics of a run over its training steps (``records``: its metrics.jsonl), in one
+    picture: attention entropy, slot cosine and slot change, a line per iteration, each with the level of
+    the warning (``training.binding.BINDING_LEVELS``), and the gradient norms through Slot Attention and
+    the encoder. ``ValueError`` where the log holds neither (docs/binding.md)."""
+    from slotref.io import atomic_path, write_error
+    from slotref.training.binding import BINDING_LEVELS
+    from slotref.training.logs import GRAD_COLUMNS
+
+    evals = [(r["step"], r["eval"]["binding"]) for r in records if isinstance(r.get("eval"), dict)
+             and isinstance(r["eval"].get("binding"), dict)]
+    grads = {key: [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+             for key in GRAD_COLUMNS}
+    if not evals and not any(grads.values()):
+        raise ValueError("metrics.jsonl holds no binding diagnostics or gradient norms (a run of the Slot MLP, "
+                         "or one trained by a slotref that did not log them)")
+    fmt = picture_format(path)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(Path(path).parent, err) from None
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6.4), squeeze=False)
+    labels = {"entropy": "attention entropy / log K", "slot_cosine": "mean slot cosine",
+              "slot_change": "slot change ||s_t - s_(t-1)|| / ||s_(t-1)||"}
+    iterations = max((len(b.get("entropy", [])) for _, b in evals), default=0)
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(iterations, 1)))
+    for ax, key in zip(axes.flat, labels):
+        for t in range(iterations):
+            points = [(s, b[key][t]) for s, b in evals if len(b.get(key, [])) > t]
+            ax.plot(*zip(*points), marker="o", ms=3, color=colours[t], label=f"iteration {t + 1}")
+        level = BINDING_LEVELS[key][0]
+        ax.axhline(level, color="grey", ls="--", lw=1, label=f"warning level {level} (last iteration)")
+        ax.set(xlabel="training step", ylabel=labels[key], title=BINDING_LEVELS[key][1].split(" at ")[0])
+        ax.set_ylim(*((-0.02, 1.02) if key != "slot_change" else (0, None)))
+        ax.legend(fontsize=6.5)
+    ax = axes[1, 1]
+    for key, colour in zip(GRAD_COLUMNS, ("#e6194b", "#4363d8")):
+        if grads[key]:
+            ax.plot(*zip(*grads[key]), lw=1, color=colour, label=key.replace("grad_norm_", "").replace("_", " "))
+    if any(grads.values()):
+        ax.set_yscale("log")
+        ax.legend(fontsize=6.5)
+    ax.set(xlabel="training step", ylabel="L2 norm of the loss's gradient", title="gradient norm")
+    for ax in axes.flat:
+        ax.tick_params(labelsize=7)
+        ax.title.set_fontsize(9)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+    fig.suptitle("Binding" + (f": {title}" if title else "") + "\nat each evaluation, on its first validation "
+                 "scenes (slotref docs binding)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        try:
+            fig.savefig(tmp, dpi=120, format=fmt)
+        finally:
+            plt.close(fig)

@@ -1,4 +1,5 @@
-"""``eval``: AP (set prediction) or FG-ARI (discovery) of a run, or its validation curve."""
+"""``eval``: AP (set prediction) or FG-ARI (discovery) of a run, its binding diagnostics, or its validation
+curve."""
 
 from __future__ import annotations
 
@@ -33,8 +34,11 @@ CORES_NOTE = ("note: evaluated in one process, on NumPy's threads; `mpiexec -n N
 @click.option("--positions", is_flag=True,
               help="Set prediction: also the position error of the model, of a fit from where each slot's "
                    "attention lies, and of a constant (training.diagnostics.position_readout).")
+@click.option("--binding", is_flag=True,
+              help="Also the binding diagnostics of each iteration (attention entropy, slot cosine, slot change) "
+                   "on the first 64 scenes (slotref docs binding).")
 @kernels_option
-def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, positions):
+def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, positions, binding):
     """AP at the five thresholds and per object count (set prediction), or FG-ARI (discovery)."""
     if curve:
         from slotref.io import LogError
@@ -58,7 +62,7 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
     from slotref.training.resolve import OptionError
 
     try:
-        config, result = evaluate_run(run_dir, num_slots, num_iters, device, dataset, positions)
+        config, result = evaluate_run(run_dir, num_slots, num_iters, device, dataset, positions, binding)
     except OptionError as err:
         raise click.UsageError(str(err))
     except (TrainingError, DatasetError, BackendError, ValueError, OSError) as err:
@@ -89,5 +93,21 @@ def evaluate(run_dir, num_slots, num_iters, device, dataset, as_json, curve, pos
     else:
         click.echo(result_table("discovery", config, result, result["num_iters"]))
         for k, v in result.items():
-            if k not in ("step", "num_slots", "num_iters", "examples", "fg_ari"):
+            if k not in ("step", "num_slots", "num_iters", "examples", "fg_ari", "binding"):
                 click.echo(f"  {k}: {format_metric(k, v)}")
+    if binding:
+        echo_binding(result["binding"])
+
+
+def echo_binding(diagnostics: dict | None) -> None:
+    """The binding diagnostics as a table: a row per diagnostic, a column per iteration."""
+    from slotref.training.binding import BINDING_EXAMPLES
+
+    if diagnostics is None:
+        click.echo("binding: none (the Slot MLP has no Slot Attention iterations)")
+        return
+    click.echo(f"binding, on the first {BINDING_EXAMPLES} scenes (slotref docs binding):")
+    iterations = len(diagnostics["entropy"])
+    click.echo(f"  {'iteration':<12}" + "".join(f"{t:>8}" for t in range(1, iterations + 1)))
+    for key, values in diagnostics.items():
+        click.echo(f"  {key:<12}" + "".join(f"{v:>8.3f}" for v in values))

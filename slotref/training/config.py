@@ -149,7 +149,7 @@ FLOAT_RANGES = {"learning_rate": (0.0, 1.0, False), "data_zoom": (0.0, 16.0, Fal
                 "model.slot_attention.epsilon": (0.0, 1.0, True)}
 # Keys added after runs were first saved: a stored config without one takes this value.
 ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0,
-               "eval_iterations": None, "keep_checkpoints": "last"}
+               "eval_iterations": None, "keep_checkpoints": "last", "grad": "all"}
 
 
 def keep_every(keep) -> int | None:

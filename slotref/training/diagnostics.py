@@ -2,7 +2,9 @@
 
 - ``collapse_diagnostics`` (object discovery): numbers that tell the 'stripes'
   failure of section 4.1 (slots that split the image evenly) from objects
-  without pictures; ``looks_collapsed`` is the warning the training loop prints.
+  without pictures, with ``looks_collapsed`` on the levels of the warning the
+  training loop prints (``slotref.training.binding``, which also watches each
+  iteration of both tasks);
 - ``position_readout`` (set prediction): where position is lost, in the
   attention or in the head (``slotref eval --positions``).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from slotref.metrics import matched_objects
+from slotref.training.binding import BINDING_LEVELS, attention_entropy, slot_cosine
 from slotref.paper import COORD_SCALE, COORDS
 
 
@@ -33,15 +36,8 @@ def collapse_per_example(masks: np.ndarray, slots: np.ndarray, attention: np.nda
     n, k = masks.shape[:2]
     winners = np.argmax(masks, axis=1).reshape(n, -1)
     areas = np.stack([(winners == j).mean(axis=1) for j in range(k)], axis=1)   # (N, K)
-    entropy = None
-    if attention is not None:
-        a = np.clip(attention[:, -1], 1e-12, 1.0)                              # (N, N_in, K)
-        entropy = (-(a * np.log(a)).sum(-1)).mean(axis=1) / np.log(max(k, 2))
-    unit = slots / (np.linalg.norm(slots, axis=-1, keepdims=True) + 1e-12)
-    cos = unit @ unit.transpose(0, 2, 1)
-    off = ~np.eye(k, dtype=bool)
-    cosine = cos[:, off].mean(axis=1) if k > 1 else np.ones(n)
-    return {"areas": np.sort(areas, axis=1)[:, ::-1], "entropy": entropy, "cosine": cosine}
+    entropy = None if attention is None else attention_entropy(attention[:, -1])  # (N,)
+    return {"areas": np.sort(areas, axis=1)[:, ::-1], "entropy": entropy, "cosine": slot_cosine(slots)}
 
 
 def summarise_collapse(rows: dict) -> dict:
@@ -53,8 +49,10 @@ def summarise_collapse(rows: dict) -> dict:
     return result
 
 
-# The collapse signs: diagnostic -> (the level above which it shows, what it means).
-COLLAPSE_SIGNS = {"attention_entropy": (0.9, "even attention"), "slot_cosine": (0.95, "near-identical slots")}
+# The collapse signs: diagnostic -> (the level above which it shows, what it means); the levels of
+# ``binding.BINDING_LEVELS``.
+COLLAPSE_SIGNS = {"attention_entropy": BINDING_LEVELS["entropy"][::2],
+                  "slot_cosine": BINDING_LEVELS["slot_cosine"][::2]}
 
 
 def collapse_signs(diag: dict) -> list[str]:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 def evaluate_run(run_dir: str | Path, num_slots: int | None = None, num_iters: int | None = None,
                  device: str | None = None, dataset: str | Path | None = None,
-                 positions: bool = False) -> tuple[object, dict]:
+                 positions: bool = False, binding: bool = False) -> tuple[object, dict]:
     """(config, result) of the run in ``run_dir`` on its validation split (or every example of ``dataset``).
 
     ``num_slots``/``num_iters`` None: K as trained, T the run's test-time T; ``positions``: set prediction
     also reports the position error of the model, of a fit from the attention and of a constant
-    (``training.diagnostics.position_readout``). Under mpiexec the examples are shared out among the ranks.
+    (``training.diagnostics.position_readout``); ``binding``: also the diagnostics of each iteration on the
+    first scenes (``training.binding.evaluate_binding``, None for the Slot MLP). Under mpiexec the examples
+    are shared out among the ranks.
     ValueError (one line) for what the run cannot do."""
     from slotref import metrics
     from slotref.training.diagnostics import position_readout
@@ -29,6 +31,14 @@ def evaluate_run(run_dir: str | Path, num_slots: int | None = None, num_iters: i
         raise OptionError(None, "--positions is for set prediction runs")
     result = {"step": step, "num_slots": num_slots or config.model.num_slots,
               "num_iters": num_iters or config.test_iterations, "examples": len(val)}
+    if binding:
+        from dataclasses import replace
+
+        from slotref.training.binding import evaluate_binding
+
+        at = replace(config, eval_iterations=result["num_iters"],
+                     model=replace(config.model, num_slots=result["num_slots"]))
+        result["binding"] = evaluate_binding(be, params, at, val)
     if config.task != "setpred":
         result.update(task.evaluate(be, params, val, num_slots, num_iters, world=world()))
         return config, result

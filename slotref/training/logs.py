@@ -1,13 +1,19 @@
 """A run's logs, in formats any tool reads.
 
 - ``metrics.jsonl``: one JSON object per line (training records and evaluations; ``eval --curve`` reads it);
-- ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch) and elapsed_s (seconds since
-  this start of training: a resumed run counts again from 0), every ``log_every`` steps;
-- ``eval.csv``: step, time and every scalar metric of each evaluation (lists flattened as name_1, name_2, ...);
+- ``train.csv``: step, loss, lr, images_per_s, time (seconds since the epoch), elapsed_s (seconds since
+  this start of training: a resumed run counts again from 0) and the gradient norms through Slot Attention
+  and the encoder (mean over the steps since the previous row; ``training.binding.GradientNorms``), every
+  ``log_every`` steps;
+- ``eval.csv``: step, time and every scalar metric of each evaluation (lists flattened as name_1, name_2, ...),
+  and the binding diagnostics of the last iteration (``binding_entropy``, ``binding_slot_cosine``,
+  ``binding_slot_change``; metrics.jsonl has every iteration's under ``binding``, docs/binding.md);
 - with ``tensorboard=True``: TensorBoard event files in the run directory, written with tensorboardX
   (``pip install "slotref[tensorboard]"``): the scalars (``train/loss``, ``eval/fg_ari``, ...), at each start
   the config (text ``config``) and the hyperparameters (the HParams tab: every config field, against the
-  headline metric), and at each evaluation the picture ``slotref viz`` draws (image ``eval/figure``);
+  headline metric), the gradient norms (``train/grad_norm_slot_attention``, ...) and the last iteration's
+  binding diagnostics (``eval/binding_entropy``, ...), and at each evaluation the picture ``slotref viz``
+  draws (image ``eval/figure``);
 - ``command.txt``: the command line, slotref's version, the git commit of its source, and the versions of
   Python and the packages it runs on, one block per start;
 - ``console.log``: the lines training printed (evaluations, warnings), as the terminal showed them.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import csv
 import io as io_text
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -27,20 +34,29 @@ from pathlib import Path
 from slotref import __version__, io
 from slotref.training.config import TrainingError
 
-TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time", "elapsed_s")
+GRAD_COLUMNS = ("grad_norm_slot_attention", "grad_norm_encoder")   # ``binding.GradientNorms``
+LOG_NAMES = ("metrics.jsonl", "train.csv", "eval.csv", "command.txt", "console.log")  # appended to by a run
+TRAIN_COLUMNS = ("step", "loss", "lr", "images_per_s", "time", "elapsed_s", *GRAD_COLUMNS)
 # The packages whose versions command.txt records (those whose numbers a run's results depend on).
 PACKAGES = ("numpy", "scipy", "autograd", "h5py", "cupy-cuda12x", "cupy-cuda13x", "mpi4py")
 
 
 def flat_scalars(result: dict) -> dict:
-    """The numbers of an evaluation as flat columns: lists become name_1, name_2, ..."""
+    """The numbers of an evaluation as flat columns: lists become name_1, name_2, ...; the binding
+    diagnostics (a dict of per-iteration lists) their last iteration's, ``binding_entropy``, ..."""
     out = {}
     for k, v in result.items():
         if isinstance(v, (list, tuple)):
             out.update({f"{k}_{i + 1}": x for i, x in enumerate(v) if isinstance(x, (int, float))})
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = v
+    out.update({f"binding_{k}": v for k, v in last_iteration(result.get("binding") or {}).items()})
     return out
+
+
+def last_iteration(binding: dict) -> dict:
+    """{diagnostic: its number at the last iteration} of an evaluation's ``binding`` lists."""
+    return {k: v[-1] for k, v in binding.items() if isinstance(v, list) and v and isinstance(v[-1], (int, float))}
 
 
 def _csv_line(values) -> str:
@@ -73,6 +89,15 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def check_logs(run_dir: Path) -> None:
+    """Refuse a run directory whose log is a symbolic link, a FIFO or a device (``io.WriteError``, one
+    line) before anything is written: found at its first append, it would cost what was written before."""
+    for name in LOG_NAMES:
+        path = Path(run_dir) / name
+        if path.is_symlink() or path.exists():
+            os.close(io.open_log(path))  # opened to append, never written: the file stays as it is
 
 
 def write_command(run_dir: Path, argv: list[str] | None = None) -> None:
@@ -131,8 +156,9 @@ class RunLog:
         elapsed = round(record["time"] - self.started, 3) if "time" in record else None
         _append_csv(self.run_dir / "train.csv", {**{k: record.get(k) for k in TRAIN_COLUMNS}, "elapsed_s": elapsed})
         if self.writer is not None:
-            for k in ("loss", "lr", "images_per_s"):
-                self.writer.add_scalar(f"train/{k}", record[k], record["step"])
+            for k in ("loss", "lr", "images_per_s", *GRAD_COLUMNS):
+                if k in record:
+                    self.writer.add_scalar(f"train/{k}", record[k], record["step"])
 
     def hyperparameters(self, config) -> None:
         """The run's config (``TrainConfig``) as text and as hyperparameters, once per start."""
@@ -216,7 +242,9 @@ def format_metrics(result: dict) -> str:
 
 
 def curve_table(run_dir: Path) -> str:
-    """The evaluations logged during training: step, minutes of training, metrics (%)."""
+    """The evaluations logged during training: step, minutes of training, metrics (%), and where logged,
+    the binding diagnostics of the last iteration and the mean gradient norms since the previous evaluation
+    (``CURVE_EXTRAS``)."""
     import numpy as np
 
     path = run_dir / "metrics.jsonl"
@@ -233,11 +261,35 @@ def curve_table(run_dir: Path) -> str:
     gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
     elapsed = np.cumsum(gaps) / 60
     keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
-    lines = ["| step | minutes | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    extras = [(column, key) for column, key in CURVE_EXTRAS.items()
+              if any(key in (_curve_extras(r, []) if "eval" in r else r) for r in records)]
+    columns = keys + [column for column, _ in extras]
+    lines = ["| step | minutes | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    since = []  # the training records since the previous evaluation
     for i, r in enumerate(records):
         if "eval" not in r:
+            since.append(r)
             continue
-        values = " | ".join(f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
-                            for k in keys)
-        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {values} |")
+        values = [f"{100 * r['eval'][k]:.1f}" if k.startswith(("ap_", "fg_ari", "acc_")) else f"{r['eval'][k]:.3f}"
+                  for k in keys]
+        found = _curve_extras(r, since)
+        values += [f"{found[key]:.3g}" if key in found else "" for _, key in extras]
+        lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {' | '.join(values)} |")
+        since = []
     return "\n".join(lines)
+
+
+# eval --curve's columns beyond the metrics: column -> its key in ``_curve_extras`` (docs/binding.md).
+CURVE_EXTRAS = {"entropy_last": "binding_entropy", "cosine_last": "binding_slot_cosine",
+                "change_last": "binding_slot_change", "grad_sa": GRAD_COLUMNS[0], "grad_encoder": GRAD_COLUMNS[1]}
+
+
+def _curve_extras(record: dict, since: list[dict]) -> dict:
+    """The last iteration's binding diagnostics of an evaluation record, and the mean of each gradient norm
+    over the training records ``since`` the previous evaluation."""
+    found = {f"binding_{k}": v for k, v in last_iteration(record["eval"].get("binding") or {}).items()}
+    for key in GRAD_COLUMNS:
+        values = [r[key] for r in since if isinstance(r.get(key), (int, float))]
+        if values:
+            found[key] = sum(values) / len(values)
+    return found

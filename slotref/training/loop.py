@@ -37,9 +37,9 @@ from slotref.training.checkpoint import load_training_state, read_checkpoint_con
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError, read_run_config
 from slotref.training.resolve import check_new_run_dir, resumed
 from slotref.training.stop import StopRequest
-from slotref.training.logs import RunLog, format_metrics, require_tensorboard, write_command
+from slotref.training.logs import RunLog, check_logs, format_metrics, require_tensorboard, write_command
 from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
-from slotref.training.diagnostics import collapse_signs, looks_collapsed
+from slotref.training.binding import GradientNorms, binding_warning, evaluate_binding
 from slotref.training.launch import world
 from slotref.training.tasks import make_task
 from slotref.training import kept
@@ -70,6 +70,7 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, progre
     else:
         check_new_run_dir(run_dir, config)
     run_plan(config)  # a curriculum the run cannot follow: a one-line ValueError, before any file is made
+    check_logs(run_dir)  # a log that is a link or a FIFO: refused before config.json or a checkpoint is written
     if tensorboard:
         require_tensorboard()  # before any file is made
     made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # the folders this start makes
@@ -96,7 +97,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     w = world()
     local_slice = collectives.local_slice(config.batch_size, w.rank, w.size)  # a one-line error if B % N
     plan = run_plan(config)  # checked before the backend is made
-    data_path = root_first(w, lambda: resolve_dataset(config))  # built-in data is made once, by rank 0
+    data_path = root_first(w, lambda: resolve_dataset(config, progress=progress))  # built-in data is made once, by rank 0
     failure = None
     try:  # what may fail on one rank alone (its GPU, its copy of the file) fails on every rank
         if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
@@ -140,10 +141,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     order = plan.batch_order(order, num_objects(train_split.targets), config.batch_size, config.seed)
     sync = collectives.GradientSync(w, config.batch_size, params.layout)
     value_and_grad = autograd.value_and_grad(task.loss)
+    grad_norms = GradientNorms(params.layout)  # through Slot Attention and the encoder (training.binding)
     last_eval: dict = {}
     best = kept.best_so_far(run_dir, config) if resume and w.is_root else -math.inf  # --keep-checkpoints best
     saved_at = None  # the step of the checkpoint.h5 on disk, written by this start
-    warned = None  # the collapse signs last warned of: the warning comes once, and again only when they change
+    warned = None  # the signs of unbound slots last warned of: said once, and again only when they change
 
     def say(line: str) -> None:  # on the terminal, and in the run's console.log
         if w.is_root:
@@ -171,6 +173,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             loss, grads = value_and_grad(params.tree, images, targets, noise, *extra)
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)
+            grads = grad_norms.add(grads)  # flat, as Adam takes it
             lr = plan.learning_rate(step, schedule)
             # The only host sync of a step, and only every log_every steps: the
             # finiteness check guards the checkpoints, the metrics log records it.
@@ -184,7 +187,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 t_log, step_log = now, step + 1
                 if w.is_root:
                     log.train({"step": step + 1, "loss": loss_value, "lr": lr, "images_per_s": round(rate, 2),
-                               "time": time.time()})
+                               "time": time.time(), **grad_norms.mean()})
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.1f}", refresh=False)
             adam.update(params, grads, state, lr)
             if averaging is not None:  # a stage's first step starts the average from its parameters
@@ -211,6 +214,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 model = params if average is None else average  # what the run evaluates and reports
                 _check_finite_params(model.tree, done, ckpt_path)
                 last_eval = task.evaluate(be, model.tree, val_split, world=w)
+                binding = root_first(w, lambda: evaluate_binding(be, model.tree, config, val_split))  # rank 0's
+                last_eval = last_eval if binding is None else {**last_eval, "binding": binding}
                 if w.is_root:
                     log.eval(done, last_eval)
                     if log.writer is not None and len(val_split):  # viz's picture, for TensorBoard
@@ -225,15 +230,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                         save_training_state(run_dir / kept.BEST_NAME, params.tree, adam.to_tree(state), done, config,
                                             fingerprint, average=None if average is None else average.tree)
                 say(f"step {done}: " + format_metrics(last_eval))
-                if config.task == "discovery" and looks_collapsed(last_eval):
-                    signs = collapse_signs(last_eval)
-                    if [sign.split(" (")[0] for sign in signs] != warned:
-                        warned = [sign.split(" (")[0] for sign in signs]
-                        say(f"warning: slots look collapsed at step {done}: "
-                            f"{'; '.join(signs) or 'see the collapse diagnostics'} (the "
-                            "'stripes' of section 4.1). Usual early on: the Tetrominoes preset's slots split "
-                            "the image after 1,000-3,000 steps. If it persists, try another seed or more "
-                            "warm-up. (Said once; again only if the signs change.)")
+                line, warned = binding_warning(binding, done, config.steps, config.task, warned)
+                if line:
+                    say(line)
                 if on_eval is not None:
                     on_eval(done, last_eval)
     bar.close()
@@ -293,7 +292,7 @@ def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path
     template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
     params, _, step, _ = load_training_state(ckpt, be, template, config, model=True)
     if dataset is not None:
-        if not Path(dataset).is_file():
+        if not os.path.lexists(dataset):  # what exists but is no regular file, the reader names (a FIFO, a device)
             raise TrainingError(f"dataset file {dataset} does not exist")
         split, _ = load_file(Path(dataset), config, any_object_count=True)
     else:

@@ -160,7 +160,8 @@ def test_train_and_eval_csv_are_flat_tables(setpred_run):
     out, _ = setpred_run
     train_rows = read_csv(out / "train.csv")
     assert [int(r["step"]) for r in train_rows] == [1, 2, 3, 4]
-    assert set(train_rows[0]) == {"step", "loss", "lr", "images_per_s", "time", "elapsed_s"}
+    assert set(train_rows[0]) == {"step", "loss", "lr", "images_per_s", "time", "elapsed_s",
+                                  "grad_norm_slot_attention", "grad_norm_encoder"}
     [row] = read_csv(out / "eval.csv")
     assert row["step"] == "4" and 0.0 <= float(row["ap_inf"]) <= 1.0
     jsonl = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,5 @@
 """What a run keeps of itself: elapsed time in train.csv, the printed lines in console.log, the package
-versions in command.txt, and the collapse warning once per run with its reason."""
+versions in command.txt, and the warning of unbound slots once per run with its reason."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import importlib.metadata
 
 import pytest
 
-from slotref.training.diagnostics import collapse_signs
 from slotref.training.logs import write_command
 from slotref.training.loop import train
 from tests.training.test_train import discovery_run
@@ -23,20 +22,20 @@ def data_dir(tmp_path_factory):
     return d
 
 
-def test_collapse_is_warned_once_per_reason_and_the_run_keeps_its_console_and_elapsed_time(
+def test_unbound_slots_are_warned_once_per_reason_and_the_run_keeps_its_console_and_elapsed_time(
         data_dir, tmp_path, capsys, monkeypatch):
-    # the diagnostics of the three evaluations (steps 2, 4, 6): the same sign twice, then a second one
-    seen = iter([{"attention_entropy": 0.97}, {"attention_entropy": 0.98},
-                 {"attention_entropy": 0.97, "slot_cosine": 0.99}])
-    monkeypatch.setattr("slotref.training.loop.looks_collapsed", lambda diag: True)
-    monkeypatch.setattr("slotref.training.loop.collapse_signs", lambda diag: collapse_signs(next(seen)))
+    # the binding diagnostics of the three evaluations (steps 2, 4, 6): the same sign twice, then a second one
+    even = {"entropy": [0.97], "slot_cosine": [0.5], "slot_change": [0.1]}
+    seen = iter([even, {**even, "entropy": [0.98]}, {**even, "slot_cosine": [0.99]}])
+    monkeypatch.setattr("slotref.training.binding.WARN_FROM_STEP", 0)
+    monkeypatch.setattr("slotref.training.loop.evaluate_binding", lambda *args: next(seen))
     run_dir = tmp_path / "run"
     train(discovery_run(data_dir, steps=6, eval_every=2, checkpoint_every=6), run_dir, progress=False)
     out = capsys.readouterr().out
-    warnings = [line for line in out.splitlines() if line.startswith("warning: slots look collapsed")]
+    warnings = [line for line in out.splitlines() if line.startswith("warning: slots have not bound")]
     assert len(warnings) == 2, out                                   # steps 2 and 6: not again at step 4
-    assert "at step 2: even attention (attention_entropy 0.97 > 0.9)" in warnings[0]
-    assert "near-identical slots (slot_cosine 0.99 > 0.95)" in warnings[1] and "at step 6" in warnings[1]
+    assert "by step 2: attention entropy 0.97 > 0.9 (even attention)" in warnings[0]
+    assert "slot cosine 0.99 > 0.95 (near-identical slots)" in warnings[1] and "by step 6" in warnings[1]
     console = (run_dir / "console.log").read_text().splitlines()
     assert [line for line in console if line.startswith(("step ", "warning"))] == \
         [line for line in out.splitlines() if line.startswith(("step ", "warning"))]

@@ -131,7 +131,7 @@ def test_a_run_writes_config_metrics_and_checkpoint(straight_run, data_dir):
     run_dir, result = straight_run
     ap_keys = {"ap_inf", "ap_1", "ap_0.5", "ap_0.25", "ap_0.125"}
     accuracy_keys = {"acc_size", "acc_material", "acc_shape", "acc_color", "acc_all"}
-    assert set(result) == ap_keys | accuracy_keys | {"median_distance"}
+    assert set(result) == ap_keys | accuracy_keys | {"median_distance", "binding"}   # binding: docs/binding.md
     assert all(0.0 <= result[k] <= 1.0 for k in ap_keys | accuracy_keys)
     config = json.loads((run_dir / "config.json").read_text())
     # The device is resolved ($SLOTREF_DEVICE, else cpu) before the config is saved.
@@ -170,7 +170,9 @@ def test_load_run_returns_the_trained_parameters(straight_run):
     assert step == 6 and config.task == "setpred" and len(val) == 9  # 96 // 10 held out
     saved = read_checkpoint(run_dir / "checkpoint.h5")
     np.testing.assert_array_equal(params["head"][1]["w"], saved["params/head/1/w"])
-    assert task.evaluate(be, params, val) == result
+    from slotref.training.binding import evaluate_binding
+
+    assert {**task.evaluate(be, params, val), "binding": evaluate_binding(be, params, config, val)} == result
 
 
 # --------------------------------------------------------------------------
@@ -397,12 +399,13 @@ def test_a_run_that_looks_collapsed_says_so_at_its_evaluation(data_dir, tmp_path
 
     def judge(diag):
         seen.append(diag)
-        return collapsed
-    monkeypatch.setattr("slotref.training.loop.looks_collapsed", judge)
+        return ["entropy"] if collapsed else []
+    monkeypatch.setattr("slotref.training.binding.WARN_FROM_STEP", 0)
+    monkeypatch.setattr("slotref.training.binding.unbound", judge)
     train(discovery_run(data_dir), tmp_path / "run", progress=False)
     out = capsys.readouterr().out
-    assert len(seen) == 1 and {"attention_entropy", "slot_cosine"} <= set(seen[0])
-    assert ("warning: slots look collapsed at step 3" in out) == collapsed
+    assert seen and set(seen[0]) == {"entropy", "slot_cosine", "slot_change"}   # the evaluation's binding
+    assert ("warning: slots have not bound by step 3" in out) == collapsed
 
 
 def test_collapse_diagnostics_tell_objects_from_stripes():
