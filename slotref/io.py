@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-from slotref.paths import FileError, regular_file, shown, sibling_name  # noqa: F401
+from slotref.paths import FileError, file_kind, regular_file, shown, sibling_name  # noqa: F401
 
 _REASONS = {
     errno.ENOSPC: ("no space left on the device (ENOSPC)", "free some space or choose another path"),
@@ -75,6 +75,25 @@ def fsync_file(path) -> None:
         os.close(fd)
 
 
+def check_replaceable(path) -> None:
+    """Refuse (``WriteError``) an output ``path`` that is a FIFO, a device or a socket: a new file takes
+    the place of a regular file, a link or nothing, never of ``/dev/null`` renamed away under root."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # nothing there (or not reachable: the write itself says why)
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode) or stat.S_ISDIR(mode)):
+        raise write_error(path, OSError(f"is {file_kind(mode)}, not a regular file, and is never replaced"))
+
+
+def drop_unless_regular(path) -> None:
+    """Remove ``path`` if it is a link, a FIFO or a device: our temporary and partial files are regular
+    files, and anything else planted under their names would be written through (a link) or block."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
 def temporary_name(path) -> Path:
     return sibling_name(path, ".tmp")
 
@@ -87,7 +106,9 @@ def atomic_path(path):
     exception it is removed and ``path`` is unchanged; OSErrors become WriteError.
     """
     path = Path(path)
+    check_replaceable(path)
     tmp = temporary_name(path)
+    drop_unless_regular(tmp)
     try:
         yield tmp
         fsync_file(tmp)
@@ -152,6 +173,8 @@ def open_log(path, flags=os.O_WRONLY) -> int:
     except OSError as err:
         if err.errno == errno.ELOOP:
             err = OSError("is a symbolic link; a run's logs are written only to its own files, remove the link")
+        elif err.errno == errno.ENXIO:  # a FIFO nothing reads (opened without blocking): never waited on
+            err = OSError("is a FIFO (named pipe), not a regular file; remove it, logs are written to plain files")
         raise write_error(path, err) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

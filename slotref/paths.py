@@ -48,10 +48,15 @@ def regular_file(path, what="file", exists=True):
         raise FileError(f"{shown(path)}: {what}: cannot be read ({err.strerror or err}); check the path") from None
     if stat.S_ISREG(mode):
         return
-    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+    raise FileError(f"{shown(path)}: {what}: is {file_kind(mode)}, not a regular file; point at a file")
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a FIFO (named pipe)", "a device", ...)."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a symbolic link" if stat.S_ISLNK(mode) else "a regular file" if stat.S_ISREG(mode)
             else "not a regular file")
-    raise FileError(f"{shown(path)}: {what}: is {kind}, not a regular file; point at a file")
 
 
 class FileError(ValueError):

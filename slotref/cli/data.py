@@ -34,7 +34,8 @@ def data():
 @click.option("--n", "n", required=True, type=click.IntRange(min=1), help="Number of examples.")
 @click.option("--resolution", type=click.IntRange(8, 1024), default=None,
               help="Square image size (default: the dataset's own).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Example i depends only on (seed, i).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Example i depends only on (seed, i).")
 @click.option("--min-objects", type=click.IntRange(min=1), default=None, help="Fewest objects per scene.")
 @click.option("--max-objects", type=click.IntRange(min=1), default=None, help="Most objects per scene.")
 @click.option("--zoom", type=click.FloatRange(1.0, generators.MAX_ZOOM), default=None,

@@ -33,7 +33,8 @@ import numpy as np
 
 from slotref.data import schema
 from slotref.hdf5_write import H5Writing
-from slotref.io import WriteError, fsync_dir, fsync_file, shown, sibling_name, write_error
+from slotref.io import (WriteError, check_replaceable, drop_unless_regular, fsync_dir, fsync_file, shown,
+                        sibling_name, write_error)
 
 IMAGE_CHUNK_PIXELS = 2**16  # image rows per HDF5 chunk: about 200 KB of RGB
 ROW_CHUNK = 1024  # rows per HDF5 chunk of the small per-example fields
@@ -95,7 +96,9 @@ class Writer:
     def __init__(self, out, *, name, height, width, source, config, masks, max_objects=None,
                  total=None, state=None, chunk=64):
         self.out = os.fspath(out)
+        check_replaceable(self.out)  # a FIFO or a device at OUT is refused before any example is made
         self.partial = partial_path(self.out)
+        drop_unless_regular(self.partial)  # a link there would be written through, then renamed to OUT
         self.chunk = chunk
         self.buffer = []
         self.fields = schema.fields(height, width, masks, max_objects)
