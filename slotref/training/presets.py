@@ -138,10 +138,10 @@ def fit_to_file(config: TrainConfig, keep_slots: bool = False) -> tuple[TrainCon
 # evaluate every 2-3 steps and save every step of a 30-step run.
 MIN_EVAL_EVERY = 50
 MIN_CHECKPOINT_EVERY = 50
-# A scaled run's evaluation reads at most as many scenes as the run trains on, and at least this many
-# (the discovery presets' validation size): a 30-step run of the set-prediction preset would otherwise
-# evaluate 1,024 scenes, twice what it trains on.
-MIN_EVAL_SIZE = 256
+# A scaled run's validation split holds at most a quarter of the scenes the run trains on, and at least
+# this many: a 30-step run (480 training scenes) evaluates 128 scenes, not the presets' 1,024 or 256, and
+# ``experiment iterations`` evaluates it five times.
+MIN_EVAL_SIZE = 128
 
 
 def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
@@ -154,12 +154,12 @@ def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
     examples as an evaluation reads (a training example costs about three forward passes); it saves a
     checkpoint at most every ``MIN_CHECKPOINT_EVERY`` steps; neither interval exceeds the run, whose
     last step always evaluates the whole validation split and saves, as a full run's does. The validation
-    split holds at most as many scenes as the run trains on (at least ``MIN_EVAL_SIZE``)."""
+    split holds at most a quarter of the scenes the run trains on (at least ``MIN_EVAL_SIZE``)."""
     if steps is None or steps == config.steps:
         return config
     f = steps / config.steps
     at_least_one = lambda n: max(1, round(n * f))  # noqa: E731
-    config = replace(config, eval_size=min(config.eval_size, max(MIN_EVAL_SIZE, steps * config.batch_size)))
+    config = replace(config, eval_size=min(config.eval_size, max(MIN_EVAL_SIZE, steps * config.batch_size // 4)))
     return replace(config, steps=steps, warmup_steps=round(config.warmup_steps * f),
                    decay_steps=at_least_one(config.decay_steps),
                    eval_every=min(steps, max(at_least_one(config.eval_every), _eval_floor(config))),

@@ -24,9 +24,10 @@ def test_a_30_step_run_evaluates_on_a_budget_proportional_to_its_length(task):
     # Between two evaluations the run trains on at least as many examples as an evaluation reads.
     assert config.eval_every * config.batch_size >= examples or config.eval_every == config.steps
     assert evaluations(config) <= 2
-    # The last evaluation reads the whole validation split, which holds at most as many scenes as the run
-    # trains on (at least MIN_EVAL_SIZE); the data are the full run's.
-    assert config.eval_size == min(full.eval_size, max(MIN_EVAL_SIZE, 30 * config.batch_size))
+    # The last evaluation reads the whole validation split, which holds at most a quarter of the scenes the
+    # run trains on (at least MIN_EVAL_SIZE); the data are the full run's.
+    assert config.eval_size == min(full.eval_size, max(MIN_EVAL_SIZE, 30 * config.batch_size // 4))
+    assert config.eval_size < full.eval_size
     assert config.data_size == full.data_size
     # A checkpoint at the end (and on Ctrl-C), not every step.
     assert config.checkpoint_every == 30
