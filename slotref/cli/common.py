@@ -29,7 +29,7 @@ kernels_option = click.option(
 
 # What each preset costs (docs/performance.md has the step times behind these figures).
 PRESET_COSTS = (
-    "cpu: set prediction ~23 min on 2 CPU cores; discovery on Tetrominoes ~57 min, Multi-dSprites ~3.5 h "
+    "cpu: set prediction ~15 min on 2 CPU cores; discovery on Tetrominoes ~57 min, Multi-dSprites ~3.5 h "
     "(2.3 s/step), CLEVR6 about a day (~18 s/step at 128x128); paper: Table 11's 150k-500k steps, "
     "for a GPU (hours to days)")
 
@@ -96,6 +96,8 @@ def result_table(task, config, result, test_iterations=None) -> str:
         if reported:
             line += f"; paper (Table 1) {reported[0]:.1f} ± {reported[1]:.1f}"
         lines = [line]
+    if getattr(config, "grad", "all") == "last":
+        lines.append("trained with the last iteration's gradient, --grad last (`slotref docs binding`)")
     if getattr(config, "ema", 0):
         lines.append(f"evaluated with the parameter average, ema {config.ema:g} (`slotref docs curriculum`)")
     t = test_iterations or config.test_iterations

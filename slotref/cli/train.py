@@ -119,7 +119,7 @@ def train(ctx, task, dataset, preset, config_file, print_config, fast_dev_run, o
 
     \b
     slotref train --task setpred --fast-dev-run     # the whole pipeline in seconds
-    slotref train --task setpred                    # the cpu preset, ~23 min on 2 cores
+    slotref train --task setpred                    # the cpu preset, ~15 min on 2 cores
     slotref train --config runs/RUN/config.json --seed 1
     """
     from slotref.backend import BackendError

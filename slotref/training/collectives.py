@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -22,6 +23,7 @@ from slotref.backend import is_host_array, to_float, to_host, tree_leaves, xp_of
 from slotref.flat import FlatLayout, FlatTree
 
 ALLREDUCE_ENV = "SLOTREF_ALLREDUCE"  # host | nccl: override the automatic choice
+ABORT_GRACE_S = 0.5  # seconds between a rank's last line and MPI_Abort (MPIWorld.abort)
 
 
 class DistributedError(ValueError):
@@ -186,6 +188,9 @@ class MPIWorld(World):
     def abort(self, message: str):
         # sys.__stderr__: the command line silences the other ranks' sys.stderr, never this line
         print(f"rank {self.rank} of {self.size}: {message}", file=sys.__stderr__, flush=True)
+        # MPI_Abort has mpiexec kill every rank at once, and what a rank wrote but mpiexec has not yet
+        # forwarded (this line, a traceback) can be lost on a loaded machine: give it time to pass.
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(1)
 
     def raise_together(self, err: BaseException | None) -> None:

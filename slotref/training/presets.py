@@ -60,7 +60,7 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # evaluation reads an average of the parameters over about the
             # last 1,000 steps (ema 0.999) with T = 5 iterations (trained with
             # T = 3, as the paper's Figure 22); the gradient is the last iteration's
-            # (CPU_SETPRED_GRAD, implicit differentiation); 12,500 steps, about 20 minutes of
+            # (CPU_SETPRED_GRAD, implicit differentiation); 12,500 steps, about 15 minutes of
             # 2 cores on two single-threaded ranks (train --procs auto). 1,024 validation scenes of 21,000: AP_inf
             # on 256 varies by 3-4 points from one draw to another.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=12_500, batch_size=16,
