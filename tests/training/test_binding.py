@@ -22,20 +22,7 @@ from slotref.training.binding import (GradientNorms, attention_entropy, binding_
 from slotref.training.logs import curve_table
 from slotref.training.loop import train
 from tests.tool.test_cli import invoke
-from tests.training.test_train import discovery_run, setpred_run
-
-SA8 = SlotAttentionConfig(input_size=8, slot_size=8, mlp_hidden_size=16)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from slotref.data.hdf5 import write_dataset
-
-    d = tmp_path_factory.mktemp("data")
-    write_dataset("clevr-shapes", d / "clevr.h5", 96, 0, resolution=32, min_objects=2, max_objects=4,
-                  progress=False, workers=1)
-    write_dataset("tetrominoes", d / "tetrominoes.h5", 48, 0, progress=False, workers=1)
-    return d
+from tests.training.test_train import SA8, data_dir, discovery_run, setpred_run  # noqa: F401 (data_dir: a fixture)
 
 
 def tiny_model(rng, **overrides):

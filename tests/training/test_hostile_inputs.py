@@ -232,19 +232,8 @@ def test_a_checkpoint_that_points_elsewhere_is_refused(indirection, words, run, 
 
 
 # --------------------------------------------------------------------------
-# A run's logs are its own files: a link is refused, never written through.
-
-@pytest.mark.parametrize("log", ["metrics.jsonl", "train.csv", "command.txt"])
-def test_a_symlinked_log_is_refused_and_its_target_unchanged(log, run, tmp_path):  # noqa: F811
-    run_dir = copy_run(run, tmp_path / "run")
-    target = tmp_path / "victim.txt"
-    target.write_text("keep me\n")
-    (run_dir / log).unlink()
-    os.symlink(target, run_dir / log)
-    result = invoke("train", "--out", run_dir, "--resume", "--steps", 6, "--quiet")
-    assert_one_line_error(result, log, "symbolic link")
-    assert target.read_text() == "keep me\n"
-
+# A run's logs are its own files: a link is refused, never written through (a resume with a linked log:
+# tests/tool/test_hostile_cli.py).
 
 def test_append_line_refuses_a_link_and_a_fifo(tmp_path):
     os.symlink(tmp_path / "elsewhere", tmp_path / "log.jsonl")
