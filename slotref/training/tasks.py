@@ -24,8 +24,8 @@ from slotref.models import autoencoder, set_prediction
 from slotref.training.collectives import World, shard_range
 from slotref.training.config import TrainConfig
 from slotref.training.data import Split, eval_noise, preprocess
-from slotref.training.implicit import slot_attention_module
 from slotref.training.diagnostics import collapse_per_example, summarise_collapse
+from slotref.training.implicit import slot_attention_module
 from slotref.training.setpred_loss import setpred_loss
 
 class SetPredictionTask:
