@@ -289,8 +289,7 @@ def draw_binding(path: Path, records: list[dict], title: str | None = None):
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
         ax.title.set_fontsize(9)
-        ax.xaxis.label.set_fontsize(8)
-        ax.yaxis.label.set_fontsize(8)
+        ax.xaxis.label.set_fontsize(8), ax.yaxis.label.set_fontsize(8)
     fig.suptitle("Binding" + (f": {title}" if title else "") + "\nat each evaluation, on its first validation "
                  "scenes (slotref docs binding)", fontsize=9)
     fig.tight_layout()
