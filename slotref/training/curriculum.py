@@ -14,6 +14,8 @@ Keys (all optional; a key left out keeps the run's setting; docs/curriculum.md):
 - ``warmup``: a linear warm-up of N steps from the stage's start; ``reset_adam``: a fresh Adam state there.
 - ``coord_weight``, ``matching_coord_weight``: the coordinates' weight in the set prediction loss and
   in the Hungarian matching's cost during the stage (``training.setpred_loss``; the run's otherwise).
+- ``grad``: the gradient through Slot Attention's iterations during the stage, ``all`` or ``last``
+  (``train --grad``, ``training.implicit``; the run's otherwise).
 
 Why it is sound: Slot Attention (Algorithm 1) runs with any K and no
 parameter depends on K (the slots are drawn from one shared Gaussian), so the
@@ -35,8 +37,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from slotref.training.config import LIMITS
+from slotref.training.implicit import GRADS
 
-KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight", "matching_coord_weight")
+KEYS = ("slots", "objects", "lr", "warmup", "reset_adam", "coord_weight", "matching_coord_weight", "grad")
 MAX_SLOTS = LIMITS["model.num_slots"]
 
 
@@ -56,6 +59,7 @@ class Stage:
     reset_adam: bool = False
     coord_weight: float | None = None  # set prediction: the loss's coordinate weight
     matching_coord_weight: float | None = None  # ... and the matching's
+    grad: str | None = None            # the gradient through the iterations (training.implicit.GRADS)
 
     @property
     def end(self) -> float:
@@ -71,7 +75,8 @@ class Stage:
                  f"lr={self.lr_scale:g}x" if self.lr_scale is not None else "",
                  f"warmup={self.warmup}" if self.warmup else "", "reset_adam" if self.reset_adam else "",
                  *(f"{key}={getattr(self, key):g}" for key in ("coord_weight", "matching_coord_weight")
-                   if getattr(self, key) is not None)]
+                   if getattr(self, key) is not None),
+                 f"grad={self.grad}" if self.grad is not None else ""]
         return ",".join(filter(None, parts)) + ("" if self.length is None else f":{self.length}")
 
 
@@ -103,6 +108,10 @@ def _parse_item(stage: Stage, key: str, has_value: bool, value: str, part: str) 
         return replace(stage, reset_adam=not has_value or value.lower() in ("1", "true", "yes"))
     if not has_value or not value:
         raise ValueError(f"curriculum stage {part!r}: {key} needs a value ({key}=...)")
+    if key == "grad":
+        if value not in GRADS:
+            raise ValueError(f"curriculum stage {part!r}: grad must be one of {', '.join(GRADS)}, got {value!r}")
+        return replace(stage, grad=value)
     if key == "slots":
         return replace(stage, slots=_int(value, "slots", part, 1, MAX_SLOTS))
     if key == "warmup":
@@ -227,6 +236,10 @@ class Curriculum:
         """The matching's coordinate weight at ``step``: the stage's, else the run's (None: the loss's)."""
         weight = self.stage_at(step).matching_coord_weight
         return run_weight if weight is None else weight
+
+    def grad(self, step: int, run_grad: str) -> str:
+        """The gradient through Slot Attention at ``step`` ('all' or 'last'): the stage's, else the run's."""
+        return self.stage_at(step).grad or run_grad
 
     def resets_adam(self, step: int) -> bool:
         """True at the first step of a stage with ``reset_adam``."""

@@ -160,8 +160,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
     with stop, w.fail_fast(agreed=(DivergenceError,)):
         for step in range(start, config.steps):
             # Step s's examples and slot noise are drawn for the global batch; this rank keeps its slice.
-            # The curriculum's stage sets K (slot noise, target rows), the Adam reset, the learning rate
-            # and the set prediction loss's coordinate weights (loss and matching).
+            # The curriculum's stage sets K (slot noise, target rows), the Adam reset, the learning rate,
+            # the set prediction loss's coordinate weights (loss and matching) and the gradient option.
             k_step = plan.slots(step, config.model.num_slots)
             images, targets = task.batch(be, train_split, order(step)[local_slice])
             targets = plan.targets(targets, step, config.model.num_slots)
@@ -170,6 +170,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 state = adam.init(params)
             extra = (plan.coord_weight(step, config.coord_weight),
                      plan.matching_coord_weight(step, config.matching_coord_weight)) if config.task == "setpred" else ()
+            extra += (plan.grad(step, config.grad),)
             loss, grads = value_and_grad(params.tree, images, targets, noise, *extra)
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)

@@ -34,11 +34,12 @@ class SetPredictionTask:
     def __init__(self, config: TrainConfig):
         self.config = config
 
-    def loss(self, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
+    def loss(self, params, images, targets, noise, coord_weight=None, matching_coord_weight=None, grad=None):
         """``coord_weight``, ``matching_coord_weight``: the coordinate weights of the loss and of the
-        matching (default: the run's; a curriculum stage may set them; ``setpred_loss``)."""
+        matching; ``grad``: the gradient through Slot Attention (default: the run's; a curriculum stage
+        may set them; ``setpred_loss``, ``training.implicit``)."""
         predictions = set_prediction(params, images, noise, self.config.model,
-                                     module=slot_attention_module(self.config.grad))
+                                     module=slot_attention_module(grad or self.config.grad))
         weight = self.config.coord_weight if coord_weight is None else coord_weight
         matching = self.config.matching_coord_weight if matching_coord_weight is None else matching_coord_weight
         return setpred_loss(predictions, targets, coord_weight=weight, matching_coord_weight=matching)
@@ -89,8 +90,9 @@ class DiscoveryTask:
     def __init__(self, config: TrainConfig):
         self.config = config
 
-    def loss(self, params, images, _targets, noise):
-        module = slot_attention_module(self.config.grad)
+    def loss(self, params, images, _targets, noise, grad=None):
+        """``grad``: the gradient through Slot Attention (default: the run's; a curriculum stage may set it)."""
+        module = slot_attention_module(grad or self.config.grad)
         return mse(autoencoder(params, images, noise, self.config.model, module=module)["recon_combined"], images)
 
     def batch(self, be, split: Split, idx):

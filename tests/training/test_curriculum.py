@@ -71,6 +71,15 @@ def test_matching_coord_weight_is_the_stages_or_the_runs_and_round_trips():
         Curriculum.parse("slots=2:10; slots=4,matching_coord_weight=1").check(4, None)
 
 
+def test_grad_is_the_stages_or_the_runs_and_round_trips():
+    c = Curriculum.parse("grad=last:4; slots=3")
+    assert [c.grad(s, "all") for s in (0, 3, 4, 9)] == ["last", "last", "all", "all"]
+    assert c.grad(5, "last") == "last"                     # a stage without one keeps the run's
+    assert str(c) == "grad=last:4; slots=3"
+    assert Curriculum.parse(str(c)) == c
+    assert c.scaled(0.5).stages[0].grad == "last"
+
+
 def test_the_empty_curriculum_is_the_plain_schedule():
     for text in ("", "  "):
         c = Curriculum.parse(text)
@@ -96,6 +105,8 @@ def test_the_empty_curriculum_is_the_plain_schedule():
     ("coord_weight=0", "coord_weight must be a positive number"),
     ("coord_weight=heavy", "'heavy'"),
     ("coord_weight=inf", "'inf'"),
+    ("grad=first", "grad must be one of all, last, got 'first'"),
+    ("grad=", "grad needs a value"),
     ("slots=1,objects=2:10; slots=3", "objects=2 needs at least as many slots"),
     ("slots=1:10;; slots=3", "empty stage"),
     ("slots=1:10; slots=3;", "empty stage"),
@@ -190,7 +201,8 @@ def test_num_objects_counts_the_real_rows_of_the_targets():
 # --------------------------------------------------------------------------
 # Runs.
 
-CURRICULUM = "slots=2,objects=2:3; slots=4,reset_adam,warmup=2:2; slots=4,coord_weight=3,matching_coord_weight=1"
+CURRICULUM = ("slots=2,objects=2,grad=last:3; slots=4,reset_adam,warmup=2:2; "
+              "slots=4,coord_weight=3,matching_coord_weight=1")
 
 
 def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
@@ -201,15 +213,16 @@ def test_a_run_follows_its_curriculum(data_dir, tmp_path, monkeypatch):
         batches.append(num_objects(split.targets[idx]))
         return batch(task, be, split, idx)
 
-    def recording_loss(task, params, images, targets, noise, coord_weight=None, matching_coord_weight=None):
-        forwards.append((noise.shape[1], targets.shape[1], coord_weight, matching_coord_weight))
-        return loss(task, params, images, targets, noise, coord_weight, matching_coord_weight)
+    def recording_loss(task, params, images, targets, noise, coord_weight=None, matching_coord_weight=None,
+                       grad=None):
+        forwards.append((noise.shape[1], targets.shape[1], coord_weight, matching_coord_weight, grad))
+        return loss(task, params, images, targets, noise, coord_weight, matching_coord_weight, grad)
 
     monkeypatch.setattr(train_module.SetPredictionTask, "batch", recording_batch)
     monkeypatch.setattr(train_module.SetPredictionTask, "loss", recording_loss)
     run_dir = tmp_path / "curriculum"
     train(setpred_run(data_dir, curriculum=CURRICULUM), run_dir, progress=False)
-    assert forwards == [(2, 2, 1.0, None)] * 3 + [(4, 4, 1.0, None)] * 2 + [(4, 4, 3.0, 1.0)]
+    assert forwards == [(2, 2, 1.0, None, "last")] * 3 + [(4, 4, 1.0, None, "all")] * 2 + [(4, 4, 3.0, 1.0, "all")]
     assert all(n.max() <= 2 for n in batches[:3]) and max(n.max() for n in batches[3:]) > 2
     lrs = [r["lr"] for r in records(run_dir) if "loss" in r]
     assert lrs[3] == 0.0 and lrs[4] > 0.0                     # the warm-up restarts at the switch
@@ -221,6 +234,17 @@ def test_a_one_stage_curriculum_with_the_runs_k_trains_as_without_one(data_dir, 
     train(setpred_run(data_dir), tmp_path / "plain", progress=False)
     train(setpred_run(data_dir, curriculum="slots=4"), tmp_path / "one-stage", progress=False)
     assert_same_checkpoints(tmp_path / "plain" / "checkpoint.h5", tmp_path / "one-stage" / "checkpoint.h5")
+
+
+def test_a_stages_grad_trains_as_the_runs_option(data_dir, tmp_path):
+    """A one-stage ``grad=last`` trains as ``grad="last"``, and differently from the paper's gradient."""
+    train(setpred_run(data_dir, grad="last"), tmp_path / "option", progress=False)
+    train(setpred_run(data_dir, curriculum="grad=last"), tmp_path / "stage", progress=False)
+    train(setpred_run(data_dir), tmp_path / "all", progress=False)
+    assert_same_checkpoints(tmp_path / "option" / "checkpoint.h5", tmp_path / "stage" / "checkpoint.h5")
+    option, paper = (read_checkpoint(tmp_path / d / "checkpoint.h5") for d in ("option", "all"))
+    weights = [k for k in option if k.startswith("params/slot_attention/")]
+    assert weights and any(not np.array_equal(option[k], paper[k]) for k in weights)
 
 
 @pytest.mark.parametrize("stop", [2, 3, 4, 5])   # before, at and after the stage boundaries (steps 3 and 5)
