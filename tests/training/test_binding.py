@@ -128,6 +128,15 @@ def test_the_warning_names_the_signs_and_what_to_try_once_past_a_fifth_of_the_ru
     assert "slot change at the last iteration 0.60 > 0.5 (the iteration has not settled)" in line
 
 
+def test_slots_still_moving_alone_are_no_warning():
+    """A bound run whose slots still move at the last iteration (slot change above its level, entropy and
+    cosine low) is not said to be unbound; with a sign of unbound slots the slot change is named too."""
+    moving = {**BOUND, "slot_change": [1.1, 1.3, 1.3]}
+    assert binding_warning(moving, 3000, 10_000, "discovery") == (None, None)
+    line, kinds = binding_warning({**moving, "entropy": [0.9, 0.95, 0.97]}, 3000, 10_000, "discovery")
+    assert kinds == ["entropy", "slot_change"] and "slot change at the last iteration 1.30 > 0.5" in line
+
+
 def test_a_run_warns_once_at_the_evaluation_whose_slots_have_not_bound(data_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(binding, "WARN_FROM_STEP", 0)
     seen = iter([BOUND, UNBOUND, UNBOUND])                                   # steps 2, 4, 6
