@@ -14,8 +14,7 @@ Keys (all optional; a key left out keeps the run's setting; docs/curriculum.md):
 - ``warmup``: a linear warm-up of N steps from the stage's start; ``reset_adam``: a fresh Adam state there.
 - ``coord_weight``, ``matching_coord_weight``: the coordinates' weight in the set prediction loss and
   in the Hungarian matching's cost during the stage (``training.setpred_loss``; the run's otherwise).
-- ``grad``: the gradient through Slot Attention's iterations during the stage, ``all`` or ``last``
-  (``train --grad``, ``training.implicit``; the run's otherwise).
+- ``grad``: ``all`` or ``last``, the stage's gradient through Slot Attention (``train --grad``).
 
 Why it is sound: Slot Attention (Algorithm 1) runs with any K and no
 parameter depends on K (the slots are drawn from one shared Gaussian), so the
@@ -59,7 +58,7 @@ class Stage:
     reset_adam: bool = False
     coord_weight: float | None = None  # set prediction: the loss's coordinate weight
     matching_coord_weight: float | None = None  # ... and the matching's
-    grad: str | None = None            # the gradient through the iterations (training.implicit.GRADS)
+    grad: str | None = None            # training.implicit.GRADS
 
     @property
     def end(self) -> float:
