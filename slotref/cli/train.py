@@ -87,6 +87,10 @@ def _explicit(ctx, name) -> bool:
               help="Gradient through Slot Attention's iterations: all (the paper's, default) or last "
                    "(implicit differentiation: the slots entering the last iteration are a constant; "
                    "slotref docs binding).")
+@click.option("--restart-unbound", type=click.IntRange(0, LIMITS["restart_unbound"]), default=None, metavar="STEPS",
+              help="Draw new initial weights (a fresh Adam state, the learning-rate schedule from that step) when "
+                   "the slots have not bound STEPS steps into a draw, at most twice; 0: never (default: the "
+                   "preset's; slotref docs binding).")
 @click.option("--eval-iters", type=click.IntRange(1, LIMITS["eval_iterations"]), default=None,
               help="T at test time (validation and the reported evaluation). Default: the preset's (5 in the "
                    "setpred cpu preset), or T of training when --num-iters is given.")

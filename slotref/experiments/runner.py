@@ -32,7 +32,7 @@ from slotref.experiments.plans import Configuration, EvalData, ExperimentError, 
 from slotref.experiments.report import json_safe, render_markdown, summarise
 from slotref.io import LockError
 from slotref.training import data as run_data
-from slotref.training import loop
+from slotref.training import evaluation, loop
 from slotref.training.config import DivergenceError, TrainConfig
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget  # noqa: F401 (scale_budget: re-exported)
 from slotref.training.resolve import resolve_config
@@ -172,7 +172,7 @@ class RunEvaluations:
         key = self.key(data, num_slots, num_iterations)
         if key not in self.cache:
             if self._loaded is None:
-                config, be, params, task, val, _ = loop.load_run(self.run_dir, self.device)
+                config, be, params, task, val, _ = evaluation.load_run(self.run_dir, self.device)
                 self._loaded = (config, be, params, task, val)
             config, be, params, task, val = self._loaded
             split = val if data is None else run_data.load_file(held_out_file(config, data), config,

@@ -13,12 +13,14 @@
 - ``checkpoint``: HDF5 checkpoints, written atomically; ``load_model``/``save_model``;
 - ``launch``: starting the ranks (``--procs``, mpiexec) and the world of this process;
 - ``collectives``: what the ranks exchange (batch slices, the gradient's allreduce);
-- ``loop``: ``train`` and ``load_run``; ``evaluation``: ``evaluate_run`` (``slotref eval``).
+- ``loop``: ``train``; ``restart``: new initial weights for slots that have not bound;
+- ``evaluation``: ``load_run`` and ``evaluate_run`` (``slotref eval``).
 """
 
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError
 from slotref.training.data import load_file, resolve_dataset
-from slotref.training.loop import load_run, train
+from slotref.training.evaluation import load_run
+from slotref.training.loop import train
 from slotref.training.presets import fit_to_file, preset_config
 from slotref.training.tasks import threshold_name
 

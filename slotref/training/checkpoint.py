@@ -44,10 +44,11 @@ TASKS = ("setpred", "discovery")
 
 
 def save_training_state(path: Path, params, adam_state, step: int, config: TrainConfig, fingerprint: str,
-                        average=None) -> None:
+                        average=None, draw: tuple[int, int] = (0, 0)) -> None:
     """Write atomically: a temporary file, fsynced, renamed over the old checkpoint, the folder fsynced.
 
-    ``average``: the parameter average (a tree shaped like ``params``) of a run with ``ema`` > 0.
+    ``average``: the parameter average (a tree shaped like ``params``) of a run with ``ema`` > 0;
+    ``draw``: (number, first step) of the initial weights ``params`` grew from (``training.restart``).
     A write that fails (a full disk) is one ``WriteError``; the new file is read back and checked
     before it replaces the old one, which stays as it was on any failure.
     """
@@ -61,6 +62,7 @@ def save_training_state(path: Path, params, adam_state, step: int, config: Train
             f.attrs["config"] = config.to_json()
             f.attrs["dataset_fingerprint"] = fingerprint
             f.attrs["adam_t"] = adam_state["t"]
+            f.attrs["draw"], f.attrs["draw_start"] = draw
             groups = [("params", params), ("adam/m", adam_state["m"]), ("adam/v", adam_state["v"])]
             if average is not None:
                 groups.append(("average", average))
@@ -155,7 +157,8 @@ def read_checkpoint_config(path: Path) -> TrainConfig:
 def load_training_state(path: Path, be, template_params, config: TrainConfig, model: bool = False):
     """(params, adam_state, step, fingerprint), checked leaf by leaf against ``template_params``.
 
-    ``adam_state`` holds the parameter average as ``"average"`` (None for a run without one).
+    ``adam_state`` holds the parameter average as ``"average"`` (None for a run without one) and the
+    draw of the initial weights as ``"draw"``: (number, first step), (0, 0) in a checkpoint without one.
     ``model``: ``params`` are the parameters the run evaluates, its average where it keeps one.
     """
     path = Path(path)
@@ -197,7 +200,9 @@ def load_training_state(path: Path, be, template_params, config: TrainConfig, mo
                 raise TrainingError(f"checkpoint {path} is a {stored.task} run, not {config.task}")
             params = fill(f, "params", template_params)
             state = {"m": fill(f, "adam/m", template_params), "v": fill(f, "adam/v", template_params),
-                     "t": int(f.attrs["adam_t"]), "average": None}
+                     "t": int(f.attrs["adam_t"]), "average": None,
+                     "draw": tuple(_integer_attr(path, f, key) if key in f.attrs else 0
+                                   for key in ("draw", "draw_start"))}
             if stored.ema > 0:
                 state["average"] = fill(f, "average", template_params)
                 if model:

@@ -62,6 +62,7 @@ class TrainConfig:
     eval_iterations: int | None = None  # T of validation and the reported evaluation (None: model.num_iterations)
     keep_checkpoints: str = "last"     # beside checkpoint.h5: "last" (none), "best", "every:N" (training.kept)
     grad: str = "all"                  # gradient through Slot Attention's iterations: "all" (the paper's) or "last" (training.implicit)
+    restart_unbound: int = 0           # new initial weights when the slots have not bound this many steps into a draw (training.restart); 0: never
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
@@ -82,6 +83,9 @@ class TrainConfig:
         if self.grad not in ("all", "last"):
             raise ConfigError("grad", f"must be 'all' (through every iteration, the paper's) or 'last' "
                                       f"(implicit differentiation), got {self.grad!r}")
+        if self.restart_unbound and self.curriculum:
+            raise ConfigError("restart_unbound", "does not combine with a curriculum, whose stages count from step 0 "
+                                                 "(drop one: --restart-unbound 0 or --curriculum \"\")")
         for name, hint in _fields(TrainConfig):  # every field of its type and within LIMITS
             check_value(hint, getattr(self, name), name)
         lo, hi = self.data_min_objects, self.data_max_objects
@@ -135,7 +139,7 @@ LIMITS = {
     "steps": 10**8, "batch_size": 4096, "warmup_steps": 10**15, "decay_steps": 10**15, "eval_every": 10**8,
     "eval_size": 10**6, "eval_iterations": 100, "checkpoint_every": 10**8, "log_every": 10**8, "max_objects": 255,
     "data_size": 10**7, "data_resolution": 1024, "data_min_objects": 255, "data_max_objects": 255,
-    "seed": 2**63 - 1,
+    "seed": 2**63 - 1, "restart_unbound": 10**8,
     "model.resolution": 1024, "model.encoder_channels": 4096, "model.encoder_kernel": 64, "model.mlp_size": 4096,
     "model.num_slots": 256, "model.num_iterations": 100, "model.head_hidden": 4096, "model.output_size": 4096,
     "model.decoder_channels": 4096, "model.decoder_init_resolution": 1024, "model.encoder_strides": 16,
@@ -143,13 +147,14 @@ LIMITS = {
     "model.slot_attention.mlp_hidden_size": 16384, "model.slot_attention.num_train_slots": 256,
 }
 # Sizes that may be 0 (the others must be at least 1).
-MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size"}
+MAY_BE_ZERO = {"warmup_steps", "seed", "eval_size", "restart_unbound"}
 # Ranges of the real-valued fields: (low, high, whether low itself is allowed); the others: any finite number.
 FLOAT_RANGES = {"learning_rate": (0.0, 1.0, False), "data_zoom": (0.0, 16.0, False),
                 "model.slot_attention.epsilon": (0.0, 1.0, True)}
 # Keys added after runs were first saved: a stored config without one takes this value.
 ADDED_LATER = {"curriculum": "", "coord_weight": 1.0, "matching_coord_weight": None, "ema": 0.0,
-               "eval_iterations": None, "keep_checkpoints": "last", "grad": "all"}
+               "eval_iterations": None, "keep_checkpoints": "last", "grad": "all",
+               "restart_unbound": 0}
 
 
 def keep_every(keep) -> int | None:

@@ -1,4 +1,4 @@
-"""The training loop, shared by both tasks, and loading a finished or interrupted run.
+"""The training loop, shared by both tasks.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per
 line), ``checkpoint.h5`` (``slotref.training.checkpoint``), the checkpoints kept on
@@ -26,23 +26,22 @@ from tqdm import tqdm
 
 from slotref import backend, io
 from slotref.training.curriculum import run_plan
-from slotref.backend import get_backend, host_rng, to_float, tree_leaves
+from slotref.backend import get_backend, to_float, tree_leaves
 from slotref.flat import FlatTree
 from slotref.kernels.allocator import keep_freed_host_memory
-from slotref.models import init_model
 from slotref.optim import Adam, Schedule
 from slotref.training.average import ParameterAverage
 from slotref.training import collectives
-from slotref.training.checkpoint import load_training_state, read_checkpoint_config, save_training_state
+from slotref.training.checkpoint import load_training_state, save_training_state
 from slotref.training.config import DivergenceError, TrainConfig, TrainingError, read_run_config
 from slotref.training.resolve import check_new_run_dir, resumed
 from slotref.training.stop import StopRequest
 from slotref.training.logs import RunLog, check_logs, format_metrics, require_tensorboard, write_command
-from slotref.training.data import BatchOrder, load_file, load_splits, num_objects, resolve_dataset, train_noise
+from slotref.training.data import BatchOrder, load_splits, num_objects, resolve_dataset, train_noise
 from slotref.training.binding import GradientNorms, binding_warning, evaluate_binding
 from slotref.training.launch import world
 from slotref.training.tasks import make_task
-from slotref.training import kept
+from slotref.training import kept, restart
 
 def _is_writer() -> bool:
     """Ranks other than 0 of an MPI job neither lock nor write the run directory (``launch.is_writer``)."""
@@ -107,12 +106,12 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         config = replace(config, device=be.device)
         task = make_task(config)
         train_split, val_split, fingerprint = load_splits(data_path, config)
-        params = FlatTree.from_tree(be.tree_asarray(init_model(host_rng(config.seed, 0), config.model)))
+        params = FlatTree.from_tree(be.tree_asarray(restart.initial_params(config)))
         adam = Adam()
         state = adam.init(params)
         averaging = ParameterAverage(config.ema) if config.ema > 0 else None
         average = None  # started at each stage's first step
-        start = 0
+        start, draw = 0, restart.Draw()  # the draw of the initial weights trained (training.restart)
         if resume and ckpt_path.exists():
             tree, tree_state, start, saved_fp = load_training_state(ckpt_path, be, params.tree, config)
             # An empty fingerprint: weights written without data (save_model, import-tf), fine-tuned on any file.
@@ -120,6 +119,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 raise TrainingError(f"checkpoint {ckpt_path} was trained on another dataset than {data_path}")
             params.assign(tree)
             state = adam.from_tree(tree_state, params)
+            draw = restart.Draw(*tree_state["draw"])
             if averaging is not None:
                 average = params.layout.copy_in(tree_state["average"], params.xp)
     except Exception as err:  # noqa: BLE001 - raised again on every rank
@@ -152,12 +152,32 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             tqdm.write(line)
             log.console(line)
 
+    def redraw_if_unbound(done: int, binding=None) -> None:  # train --restart-unbound (training.restart)
+        nonlocal draw, state, average, warned
+        if not restart.due(config, draw, done):
+            return
+        if binding is None:
+            binding = root_first(w, lambda: evaluate_binding(be, params.tree, config, val_split))
+        signs = restart.redraw_signs(binding)
+        if signs:
+            draw, warned = restart.Draw(draw.number + 1, done), None
+            say(restart.message(signs, draw))
+            params.assign(be.tree_asarray(restart.initial_params(config, draw.number)))
+            state = adam.init(params)
+            average = None if averaging is None else averaging.start(params)
+            if w.is_root:  # the checkpoint of this step holds the new draw
+                save_training_state(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
+                                    average=None if average is None else average.tree,
+                                    draw=(draw.number, draw.start))
+            w.barrier()
+
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and w.is_root), unit="step",
                dynamic_ncols=True)
     t_log, step_log = time.perf_counter(), start
     stop = StopRequest()
     interrupted = False
     with stop, w.fail_fast(agreed=(DivergenceError,)):
+        redraw_if_unbound(start)  # a run stopped at the step its draw is checked at, resumed
         for step in range(start, config.steps):
             # Step s's examples and slot noise are drawn for the global batch; this rank keeps its slice.
             # The curriculum's stage sets K (slot noise, target rows), the Adam reset, the learning rate,
@@ -175,7 +195,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)
             grads = grad_norms.add(grads)  # flat, as Adam takes it
-            lr = plan.learning_rate(step, schedule)
+            lr = plan.learning_rate(step - draw.start, schedule)  # from the first step of the draw trained
             # The only host sync of a step, and only every log_every steps: the
             # finiteness check guards the checkpoints, the metrics log records it.
             if (step + 1) % config.log_every == 0:
@@ -203,7 +223,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                 _check_finite_params(params.tree, done, ckpt_path)
                 if w.is_root:
                     save_training_state(ckpt_path, params.tree, adam.to_tree(state), done, config, fingerprint,
-                                        average=None if average is None else average.tree)
+                                        average=None if average is None else average.tree,
+                                        draw=(draw.number, draw.start))
                     if keep_step:
                         kept.copy_checkpoint(ckpt_path, run_dir / kept.step_name(done))
                 saved_at = done
@@ -211,7 +232,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             if stopping:
                 interrupted = True
                 break
-            if done % config.eval_every == 0 or done == config.steps:
+            evaluated = done % config.eval_every == 0 or done == config.steps
+            if evaluated:
                 model = params if average is None else average  # what the run evaluates and reports
                 _check_finite_params(model.tree, done, ckpt_path)
                 last_eval = task.evaluate(be, model.tree, val_split, world=w)
@@ -229,13 +251,15 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                         kept.copy_checkpoint(ckpt_path, run_dir / kept.BEST_NAME)
                     else:
                         save_training_state(run_dir / kept.BEST_NAME, params.tree, adam.to_tree(state), done, config,
-                                            fingerprint, average=None if average is None else average.tree)
+                                            fingerprint, average=None if average is None else average.tree,
+                                            draw=(draw.number, draw.start))
                 say(f"step {done}: " + format_metrics(last_eval))
                 line, warned = binding_warning(binding, done, config.steps, config.task, warned)
                 if line:
                     say(line)
                 if on_eval is not None:
                     on_eval(done, last_eval)
+            redraw_if_unbound(done, binding if evaluated else None)
     bar.close()
     w.barrier()  # the checkpoint is on disk before any rank returns
     if log is not None:
@@ -271,36 +295,3 @@ def _check_finite_params(params, step, ckpt_path):
         if not bool(backend.xp_of(leaf).isfinite(leaf).all()):
             raise DivergenceError(f"parameter {name} is not finite at step {step}; the last good checkpoint "
                                 f"({ckpt_path if ckpt_path.exists() else 'none'}) is kept")
-
-
-def load_run(run_dir: str | Path, device: str | None = None, dataset: str | Path | None = None):
-    """(config, backend, params, task, split, step) of a finished or interrupted run.
-
-    ``split``: every example of ``dataset`` (an HDF5 file) when given; otherwise the run's validation
-    split, read from its training file if that is still where it was (nothing is generated here).
-    """
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoint.h5"
-    if not ckpt.exists():
-        raise TrainingError(f"{run_dir}: no checkpoint.h5 (is it a run directory?)")
-    config = read_checkpoint_config(ckpt)  # checked: known keys, types, sane sizes
-    if device:
-        config = replace(config, device=device)
-    w = world()
-    if w.size > 1 and (config.device or os.environ.get(backend.DEVICE_ENV) or "cpu").lower() == "gpu":
-        w.use_device()  # this rank's GPU, before the backend is made
-    be = get_backend(config.device, config.dtype)
-    template = be.tree_asarray(init_model(host_rng(config.seed, 0), config.model))
-    params, _, step, _ = load_training_state(ckpt, be, template, config, model=True)
-    if dataset is not None:
-        if not os.path.lexists(dataset):  # what exists but is no regular file, the reader names (a FIFO, a device)
-            raise TrainingError(f"dataset file {dataset} does not exist")
-        split, _ = load_file(Path(dataset), config, any_object_count=True)
-    else:
-        path = resolve_dataset(config, create=False)
-        if not path.is_file():
-            height, width = config.model.resolution
-            raise TrainingError(f"the run's training file {path} is not there: pass --dataset FILE.h5 "
-                                f"({height}x{width} {config.task} data, e.g. from `slotref data make`)")
-        _, split, _ = load_splits(path, config)
-    return config, be, params, make_task(config), split, step

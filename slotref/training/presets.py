@@ -9,12 +9,11 @@ from slotref import paper
 from slotref.models import discovery_config, setpred_config
 from slotref.training.config import TrainConfig
 
-# The discovery CPU presets draw the initial weights with PyTorch's defaults
-# (models.ModelConfig.init): on Tetrominoes they reached FG-ARI 0.23 at step 500
-# where the official code's Glorot initialisers reached 0.06. Set prediction keeps
-# Glorot, which ended its CPU preset with a lower position error (2.01 and 1.76
-# in two runs, against 2.34; docs/results.md). The paper presets keep Glorot, as the official code.
-DISCOVERY_CPU_INIT = "torch"
+# The discovery CPU presets draw the initial weights as the official code (Glorot) and draw them again
+# when the slots have not bound 1,000 steps into a draw (training.restart): on Tetrominoes, which
+# draws bind decides the outcome (docs/binding.md, docs/results.md).
+DISCOVERY_CPU_INIT = "glorot"
+DISCOVERY_CPU_RESTART_UNBOUND = 1_000
 
 # Camera zoom of the set-prediction CPU preset's built-in data (data make --zoom).
 CPU_SETPRED_ZOOM = 3.0
@@ -87,10 +86,11 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # preset") it reached the highest FG-ARI at the step counts an hour of
             # two CPU cores allows (batch 32: about 3,000 steps; batch 16: about 5,500).
             # On the CPU: FG-ARI 0.895 after 5,500 steps, 57 minutes.
-            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=5_500, batch_size=16,
+            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=6_000, batch_size=16,
                                learning_rate=2 * paper.LEARNING_RATE, warmup_steps=300, decay_steps=5_000,
                                eval_every=500, eval_size=256, checkpoint_every=250, data_size=20_000,
-                               data_resolution=res, model=discovery_config(arch, init=DISCOVERY_CPU_INIT))
+                               data_resolution=res, restart_unbound=DISCOVERY_CPU_RESTART_UNBOUND,
+                               model=discovery_config(arch, init=DISCOVERY_CPU_INIT))
     else:
         raise ValueError(f"unknown task {task!r}: expected setpred or discovery")
     raise ValueError(f"unknown preset {preset!r}: expected cpu or paper")
@@ -152,7 +152,7 @@ MIN_EVAL_SIZE = 128
 
 def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
     """``config`` trained for ``steps``: warm-up, decay, evaluation and checkpoint intervals, the
-    curriculum's stages and the parameter average's span scale with it (``train --steps``,
+    curriculum's stages, the parameter average's span and the step of the binding check scale with it (``train --steps``,
     ``experiment --steps`` and a config file's ``steps``).
 
     The intervals have a floor and a cap, so that a short run spends its time training: it evaluates
@@ -170,7 +170,8 @@ def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
                    decay_steps=at_least_one(config.decay_steps),
                    eval_every=min(steps, max(at_least_one(config.eval_every), _eval_floor(config))),
                    checkpoint_every=min(steps, max(at_least_one(config.checkpoint_every), MIN_CHECKPOINT_EVERY)),
-                   curriculum=_scaled_curriculum(config.curriculum, f), ema=_scaled_ema(config.ema, f))
+                   curriculum=_scaled_curriculum(config.curriculum, f), ema=_scaled_ema(config.ema, f),
+                   restart_unbound=config.restart_unbound and at_least_one(config.restart_unbound))
 
 
 def _eval_floor(config: TrainConfig) -> int:

@@ -38,7 +38,7 @@ OPTION_FIELDS = {
     "--warmup-steps": "warmup_steps", "--decay-steps": "decay_steps", "--curriculum": "curriculum",
     "--coord-weight": "coord_weight", "--matching-coord-weight": "matching_coord_weight", "--ema": "ema",
     "--eval-iters": "eval_iterations", "--seed": "seed", "--data-dir": "data_dir", "--steps": "steps",
-    "--keep-checkpoints": "keep_checkpoints", "--grad": "grad",
+    "--keep-checkpoints": "keep_checkpoints", "--grad": "grad", "--restart-unbound": "restart_unbound",
 }
 # The one resume policy: the fields a resumed run may change (how long it runs, where, how often it
 # reports, which checkpoints it keeps). Every other field is the run's own; an option that would change one is refused.

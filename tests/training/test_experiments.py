@@ -27,7 +27,7 @@ from slotref.experiments import runner
 from slotref.experiments.plans import ABLATIONS, EXPERIMENTS, ExperimentError, Options, configurations
 from slotref.experiments.runner import run_config, run_experiment, scale_budget, smoke_overrides
 from slotref.models import init_model
-from slotref.training import DivergenceError, loop as training
+from slotref.training import DivergenceError, evaluation, loop as training
 from slotref.training.presets import preset_config
 
 
@@ -115,8 +115,8 @@ def test_table1_has_both_models_on_every_discovery_dataset():
 
 
 def test_iterations_evaluates_one_model_trained_with_three_iterations_at_t_3_to_7(monkeypatch):
-    load_run = Calls(training.load_run)
-    monkeypatch.setattr(training, "load_run", load_run)
+    load_run = Calls(evaluation.load_run)
+    monkeypatch.setattr(evaluation, "load_run", load_run)
     result = run("iterations", tiny())
     assert [t["key"] for t in result["tables"]] == ["setpred", "discovery"]
     for t in result["tables"]:
@@ -162,9 +162,9 @@ def test_ablations_run_every_default_switch_on_both_tasks():
 
 def test_a_second_call_neither_retrains_nor_reevaluates(monkeypatch):
     first = run("table3", tiny(seeds=2))
-    train, load_run = Calls(training.train), Calls(training.load_run)
+    train, load_run = Calls(training.train), Calls(evaluation.load_run)
     monkeypatch.setattr(training, "train", train)
-    monkeypatch.setattr(training, "load_run", load_run)
+    monkeypatch.setattr(evaluation, "load_run", load_run)
     second = run("table3", tiny(seeds=2))
     assert (train.count, load_run.count) == (0, 0)
     assert second["tables"] == first["tables"]

@@ -15,7 +15,7 @@ from slotref.optim import Adam
 from slotref.training.average import ParameterAverage
 from slotref.training import tasks as train_module
 from slotref.training.config import TrainConfig, TrainingError, config_from_stored
-from slotref.training.loop import load_run, train
+from slotref.training import load_run, train
 from slotref.training.presets import fast_dev_run, preset_config, scale_budget
 from tests.training.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32
 from tests.training.test_train import assert_config_refuses, assert_same_checkpoints, read_checkpoint, records, setpred_run

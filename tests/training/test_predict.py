@@ -13,7 +13,7 @@ import pytest
 
 import slotref
 from slotref.data.hdf5 import write_dataset
-from slotref.training.loop import load_run, train
+from slotref.training import load_run, train
 from slotref.training.tasks import SetPredictionTask
 from tests.tool.test_cli import invoke
 from tests.training.test_curriculum import data_dir  # noqa: F401 - the fixture: 96 scenes of 2-4 objects at 32x32

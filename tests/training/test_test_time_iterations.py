@@ -12,7 +12,7 @@ import pytest
 from slotref.cli.common import result_table
 from slotref.experiments.plans import with_model
 from slotref.training.config import TrainConfig, config_from_stored
-from slotref.training.loop import load_run, train
+from slotref.training import load_run, train
 from slotref.training.presets import preset_config
 from slotref.training.tasks import SetPredictionTask
 from tests.tool.test_cli import assert_one_line_error, invoke
