@@ -44,8 +44,8 @@ WARN_AFTER = 0.2
 WARN_FROM_STEP = 500
 TRY = {"setpred": "--grad last (the gradient of the last iteration alone); the cpu preset's curriculum "
                   "(slotref docs curriculum); more --steps; another --seed; a lower --lr",
-       "discovery": "--grad last (the gradient of the last iteration alone); more --steps or --warmup-steps; "
-                    "another --seed; a lower --lr"}
+       "discovery": "new initial weights (--restart-unbound 1000, another --seed or --init); more --steps or "
+                    "--warmup-steps; --grad last (the gradient of the last iteration alone); a lower --lr"}
 
 
 def attention_entropy(attention) -> np.ndarray:

@@ -254,7 +254,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                                             fingerprint, average=None if average is None else average.tree,
                                             draw=(draw.number, draw.start))
                 say(f"step {done}: " + format_metrics(last_eval))
-                line, warned = binding_warning(binding, done, config.steps, config.task, warned)
+                line, warned = (None, warned) if restart.check_to_come(config, draw, done) else \
+                    binding_warning(binding, done, config.steps, config.task, warned)
                 if line:
                     say(line)
                 if on_eval is not None:

@@ -43,6 +43,12 @@ def due(config, draw: Draw, done: int) -> bool:
     return s > 0 and draw.number < MAX_REDRAWS and done - draw.start == s and done < config.steps
 
 
+def check_to_come(config, draw: Draw, done: int) -> bool:
+    """Whether ``draw`` is still to be checked, at or after step ``done``: the binding warning waits for it."""
+    s = config.restart_unbound
+    return s > 0 and draw.number < MAX_REDRAWS and done - draw.start <= s
+
+
 def redraw_signs(binding: dict | None) -> list[str]:
     """The signs of unbound slots (``binding_signs``) that call for new weights; [] when the slots bound
     (or for the Slot MLP, which has no attention: ``binding`` None)."""

@@ -46,6 +46,13 @@ def test_a_draw_is_checked_once_its_steps_in_while_redraws_and_steps_remain():
     assert not any(restart.due(TrainConfig(steps=10), restart.Draw(), d) for d in range(11))  # 0: never
 
 
+def test_the_warning_waits_for_a_check_to_come():
+    config = TrainConfig(steps=10, restart_unbound=3)
+    assert [d for d in range(11) if restart.check_to_come(config, restart.Draw(1, 3), d)] == [0, 1, 2, 3, 4, 5, 6]
+    assert not restart.check_to_come(config, restart.Draw(restart.MAX_REDRAWS, 6), 7)   # the last draw: warned
+    assert not restart.check_to_come(TrainConfig(steps=10), restart.Draw(), 1)
+
+
 def test_only_even_attention_or_copied_slots_call_for_new_weights():
     assert restart.redraw_signs(BOUND) == []
     assert restart.redraw_signs({**BOUND, "slot_change": [2.0]}) == []       # still moving, yet bound
