@@ -247,7 +247,8 @@ def draw_binding(path: Path, records: list[dict], title: str | None = None):
     """The binding diagnostics of a run over its training steps (``records``: its metrics.jsonl), in one
     picture: attention entropy, slot cosine and slot change, a line per iteration, each with the level of
     the warning (``training.binding.BINDING_LEVELS``), and the gradient norms through Slot Attention and
-    the encoder. ``ValueError`` where the log holds neither (docs/binding.md)."""
+    the encoder; a dotted line where the run drew new initial weights. ``ValueError`` where the log holds
+    neither (docs/binding.md)."""
     from slotref.io import atomic_path, write_error
     from slotref.training.binding import BINDING_LEVELS
     from slotref.training.logs import GRAD_COLUMNS
@@ -287,6 +288,8 @@ def draw_binding(path: Path, records: list[dict], title: str | None = None):
         ax.legend(fontsize=6.5)
     ax.set(xlabel="training step", ylabel="L2 norm of the loss's gradient", title="gradient norm")
     for ax in axes.flat:
+        for step in [r["step"] for r in records if "redraw" in r]:  # new initial weights (training.restart)
+            ax.axvline(step, color="black", ls=":", lw=1)
         ax.tick_params(labelsize=7)
         ax.title.set_fontsize(9)
         ax.xaxis.label.set_fontsize(8), ax.yaxis.label.set_fontsize(8)

@@ -195,6 +195,10 @@ class RunLog:
     def console(self, line: str) -> None:
         io.append_line(self.run_dir / "console.log", line)
 
+    def redraw(self, step: int, draw: int, signs: list[str]) -> None:
+        """New initial weights (``training.restart``): draw ``draw`` (0 the first) from ``step`` on."""
+        self._jsonl({"step": step, "redraw": draw, "signs": signs, "time": time.time()})
+
     def eval(self, step: int, result: dict) -> None:
         now = time.time()
         self._jsonl({"step": step, "eval": result, "time": now})
@@ -244,7 +248,7 @@ def format_metrics(result: dict) -> str:
 def curve_table(run_dir: Path) -> str:
     """The evaluations logged during training: step, minutes of training, metrics (%), and where logged,
     the binding diagnostics of the last iteration and the mean gradient norms since the previous evaluation
-    (``CURVE_EXTRAS``)."""
+    (``CURVE_EXTRAS``), and in a run that drew new initial weights, the draw evaluated (1 the first)."""
     import numpy as np
 
     path = run_dir / "metrics.jsonl"
@@ -263,10 +267,12 @@ def curve_table(run_dir: Path) -> str:
     keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
     extras = [(column, key) for column, key in CURVE_EXTRAS.items()
               if any(key in (_curve_extras(r, []) if "eval" in r else r) for r in records)]
-    columns = keys + [column for column, _ in extras]
+    redraws = any("redraw" in r for r in records)
+    columns = keys + [column for column, _ in extras] + (["draw"] if redraws else [])
     lines = ["| step | minutes | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
-    since = []  # the training records since the previous evaluation
+    since, draw = [], 0  # the training records since the previous evaluation; the draw trained
     for i, r in enumerate(records):
+        draw = r.get("redraw", draw)
         if "eval" not in r:
             since.append(r)
             continue
@@ -274,6 +280,7 @@ def curve_table(run_dir: Path) -> str:
                   for k in keys]
         found = _curve_extras(r, since)
         values += [f"{found[key]:.3g}" if key in found else "" for _, key in extras]
+        values += [str(draw + 1)] if redraws else []
         lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {' | '.join(values)} |")
         since = []
     return "\n".join(lines)

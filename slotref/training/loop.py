@@ -162,6 +162,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         if signs:
             draw, warned = restart.Draw(draw.number + 1, done), None
             say(restart.message(signs, draw))
+            if w.is_root:
+                log.redraw(done, draw.number, signs)
             params.assign(be.tree_asarray(restart.initial_params(config, draw.number)))
             state = adam.init(params)
             average = None if averaging is None else averaging.start(params)

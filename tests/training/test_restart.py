@@ -8,11 +8,14 @@ import h5py
 import numpy as np
 import pytest
 
+from slotref import io
 from slotref.backend import tree_astype, tree_leaves
 from slotref.optim import Schedule
 from slotref.training import restart
 from slotref.training.config import ConfigError, TrainConfig
+from slotref.training.logs import curve_table
 from slotref.training.loop import train
+from slotref.viz import draw_binding
 from slotref.training.presets import preset_config, scale_budget
 from tests.training.test_train import assert_same_checkpoints, discovery_run, read_checkpoint, records
 
@@ -88,6 +91,12 @@ def test_unbound_slots_get_new_weights_a_fresh_adam_and_a_new_warm_up(data_dir, 
     schedule = Schedule(config.learning_rate, config.warmup_steps, config.decay_steps)
     lrs = [r["lr"] for r in records(tmp_path / "run") if "loss" in r]
     assert lrs == pytest.approx([schedule(s) for s in (0, 1, 0, 1, 0, 1)])   # the schedule restarts
+    # metrics.jsonl records each redraw; eval --curve gives the draw each evaluation read, viz marks them
+    assert [(r["step"], r["redraw"]) for r in records(tmp_path / "run") if "redraw" in r] == [(2, 1), (4, 2)]
+    table = curve_table(tmp_path / "run").splitlines()
+    assert table[0].endswith("| draw |") and table[-1].startswith("| 6 |") and table[-1].endswith("| 3 |")
+    draw_binding(tmp_path / "binding.png", io.read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert (tmp_path / "binding.png").stat().st_size > 0
 
 
 def test_a_redraw_trains_from_the_new_draws_initial_weights(data_dir, tmp_path, monkeypatch):
@@ -109,6 +118,7 @@ def test_a_run_whose_slots_bound_trains_as_without_the_option(data_dir, tmp_path
     assert_same_checkpoints(tmp_path / "checked" / "checkpoint.h5", tmp_path / "plain" / "checkpoint.h5")
     attrs = read_checkpoint(tmp_path / "checked" / "checkpoint.h5")["attrs"]
     assert (attrs["draw"], attrs["draw_start"]) == (0, 0)
+    assert "| draw |" not in curve_table(tmp_path / "checked")                 # no redraw, no column
 
 
 @pytest.mark.parametrize("stop", [1, 2, 3])   # before, at and after the step of the check
