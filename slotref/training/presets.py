@@ -9,10 +9,10 @@ from slotref import paper
 from slotref.models import discovery_config, setpred_config
 from slotref.training.config import TrainConfig
 
-# The discovery CPU presets draw the initial weights as the official code (Glorot) and draw them again
-# when the slots have not bound 1,000 steps into a draw (training.restart): on Tetrominoes, which
-# draws bind decides the outcome (docs/binding.md, docs/results.md).
-DISCOVERY_CPU_INIT = "glorot"
+# The discovery CPU presets draw the initial weights with PyTorch's defaults (models.ModelConfig.init)
+# and draw them again when the slots have not bound 1,000 steps into a draw (training.restart): on
+# Tetrominoes, whether the slots bind is settled by the draw (docs/binding.md, docs/results.md).
+DISCOVERY_CPU_INIT = "torch"
 DISCOVERY_CPU_RESTART_UNBOUND = 1_000
 
 # Camera zoom of the set-prediction CPU preset's built-in data (data make --zoom).
