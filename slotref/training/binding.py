@@ -134,8 +134,16 @@ def unbound(binding: dict | None) -> list[str]:
 def binding_signs(binding: dict | None) -> list[str]:
     """The signs of unbound slots at the last iteration: 'attention entropy 0.97 > 0.9 (even attention)'."""
     last = last_iteration(binding or {})
-    return [f"{name} {last[key]:.2f} > {level} ({meaning})"
+    return [f"{name} {_above(last[key], level)} > {level} ({meaning})"
             for key, (level, name, meaning) in BINDING_LEVELS.items() if key in unbound(binding)]
+
+
+def _above(value: float, level: float) -> str:
+    """``value`` (above ``level``) with two decimals, or as many more as show it above: 0.951, not 0.95."""
+    digits = 2
+    while float(f"{value:.{digits}f}") <= level and digits < 6:
+        digits += 1
+    return f"{value:.{digits}f}"
 
 
 def binding_warning(binding: dict | None, step: int, steps: int, task: str, warned=None):

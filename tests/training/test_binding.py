@@ -116,6 +116,8 @@ def test_the_warning_names_the_signs_and_what_to_try_once_past_a_fifth_of_the_ru
     assert "another --seed" in line and "--grad last" in line and "slotref docs binding" in line
     assert "slotref docs curriculum" in binding_warning(UNBOUND, 3000, 10_000, "setpred")[0]
     assert binding_warning(BOUND, 3000, 10_000, "discovery") == (None, None)
+    close = {**BOUND, "slot_cosine": [0.3, 0.5, 0.951]}                          # above 0.95, not "0.95 > 0.95"
+    assert "slot cosine 0.951 > 0.95 (near-identical slots)" in binding_warning(close, 3000, 10_000, "discovery")[0]
     assert binding_warning(UNBOUND, 1000, 10_000, "discovery") == (None, None)      # before 20% of the run
     assert binding_warning(UNBOUND, 400, 1000, "discovery") == (None, None)         # before step 500
     assert binding_warning(None, 3000, 10_000, "discovery") == (None, None)          # the Slot MLP: nothing
