@@ -84,8 +84,9 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # Batch 16 at twice the paper's learning rate: in a sweep of the
             # Tetrominoes preset on a GPU (docs/results.md, "The sweep behind the
             # preset") it reached the highest FG-ARI at the step counts an hour of
-            # two CPU cores allows (batch 32: about 3,000 steps; batch 16: about 5,500).
-            # On the CPU: FG-ARI 0.895 after 5,500 steps, 57 minutes.
+            # two CPU cores allowed (batch 32: about 3,000 steps; batch 16: about 5,500).
+            # New initial weights when the slots have not bound after 1,000 steps
+            # (DISCOVERY_CPU_RESTART_UNBOUND); seeds 0-2: docs/results.md.
             return TrainConfig(task=task, dataset=dataset, preset=preset, steps=6_000, batch_size=16,
                                learning_rate=2 * paper.LEARNING_RATE, warmup_steps=300, decay_steps=5_000,
                                eval_every=500, eval_size=256, checkpoint_every=250, data_size=20_000,
