@@ -87,7 +87,7 @@ def preset_config(task: str, dataset: str | None = None, preset: str | None = No
             # two CPU cores allowed (batch 32: about 3,000 steps; batch 16: about 5,500).
             # New initial weights when the slots have not bound after 1,000 steps
             # (DISCOVERY_CPU_RESTART_UNBOUND); seeds 0-2: docs/results.md.
-            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=6_000, batch_size=16,
+            return TrainConfig(task=task, dataset=dataset, preset=preset, steps=5_500, batch_size=16,
                                learning_rate=2 * paper.LEARNING_RATE, warmup_steps=300, decay_steps=5_000,
                                eval_every=500, eval_size=256, checkpoint_every=250, data_size=20_000,
                                data_resolution=res, restart_unbound=DISCOVERY_CPU_RESTART_UNBOUND,
