@@ -153,7 +153,7 @@ MIN_EVAL_SIZE = 128
 
 def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
     """``config`` trained for ``steps``: warm-up, decay, evaluation and checkpoint intervals, the
-    curriculum's stages, the parameter average's span and the step of the binding check scale with it (``train --steps``,
+    curriculum's stages and the parameter average's span scale with it (``train --steps``,
     ``experiment --steps`` and a config file's ``steps``).
 
     The intervals have a floor and a cap, so that a short run spends its time training: it evaluates
@@ -171,8 +171,7 @@ def scale_budget(config: TrainConfig, steps: int | None) -> TrainConfig:
                    decay_steps=at_least_one(config.decay_steps),
                    eval_every=min(steps, max(at_least_one(config.eval_every), _eval_floor(config))),
                    checkpoint_every=min(steps, max(at_least_one(config.checkpoint_every), MIN_CHECKPOINT_EVERY)),
-                   curriculum=_scaled_curriculum(config.curriculum, f), ema=_scaled_ema(config.ema, f),
-                   restart_unbound=config.restart_unbound and at_least_one(config.restart_unbound))
+                   curriculum=_scaled_curriculum(config.curriculum, f), ema=_scaled_ema(config.ema, f))
 
 
 def _eval_floor(config: TrainConfig) -> int:

@@ -35,10 +35,11 @@ OPTION_FIELDS = {
     **{"--" + name.replace("_", "-"): f"model.slot_attention.{name}" for name in ABLATIONS},
     "--position-embedding": "model.position_embedding",
     "--batch-size": "batch_size", "--lr": "learning_rate", "--device": "device", "--data-size": "data_size",
-    "--warmup-steps": "warmup_steps", "--decay-steps": "decay_steps", "--curriculum": "curriculum",
+    "--warmup-steps": "warmup_steps", "--decay-steps": "decay_steps",
+    "--restart-unbound": "restart_unbound", "--curriculum": "curriculum",  # the redraw off before a curriculum
     "--coord-weight": "coord_weight", "--matching-coord-weight": "matching_coord_weight", "--ema": "ema",
     "--eval-iters": "eval_iterations", "--seed": "seed", "--data-dir": "data_dir", "--steps": "steps",
-    "--keep-checkpoints": "keep_checkpoints", "--grad": "grad", "--restart-unbound": "restart_unbound",
+    "--keep-checkpoints": "keep_checkpoints", "--grad": "grad",
 }
 # The one resume policy: the fields a resumed run may change (how long it runs, where, how often it
 # reports, which checkpoints it keeps). Every other field is the run's own; an option that would change one is refused.

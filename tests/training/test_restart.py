@@ -146,13 +146,15 @@ def test_a_checkpoint_from_before_redraws_resumes_as_draw_0(data_dir, tmp_path):
     assert (attrs["step"], attrs["draw"], attrs["draw_start"]) == (3, 0, 0)
 
 
-def test_the_option_refuses_a_curriculum_and_scales_with_the_budget():
+def test_the_option_refuses_a_curriculum_and_keeps_its_step_whatever_the_budget():
     with pytest.raises(ConfigError, match="restart_unbound does not combine with a curriculum"):
         TrainConfig(restart_unbound=100, curriculum="slots=1:10; slots=2")
     with pytest.raises(ConfigError, match="restart_unbound"):
         TrainConfig(restart_unbound=-1)
+    # Slots bind after about as many steps in a short run as in a long one: a run shorter than the
+    # check never redraws (restart.due), however the budget scales.
     cpu = preset_config("discovery")
-    assert scale_budget(cpu, cpu.steps // 2).restart_unbound == cpu.restart_unbound // 2
+    assert {scale_budget(cpu, n).restart_unbound for n in (100, cpu.steps // 2, 4 * cpu.steps)} == {1_000}
     assert scale_budget(preset_config("setpred"), 100).restart_unbound == 0
 
 
@@ -165,3 +167,10 @@ def test_the_command_line_sets_it(tmp_path):
     assert json.loads(out.output)["restart_unbound"] == 500
     out = invoke("train", "--task", "discovery", "--restart-unbound", "-3", "--print-config")
     assert out.exit_code == 2 and "--restart-unbound" in out.output
+    # the preset's redraw turned off makes room for a curriculum, in either order on the command line
+    for args in (["--restart-unbound", "0", "--curriculum", "lr=0.5x:100; lr=1x"],
+                 ["--curriculum", "lr=0.5x:100; lr=1x", "--restart-unbound", "0"]):
+        out = invoke("train", "--task", "discovery", *args, "--print-config")
+        assert out.exit_code == 0 and json.loads(out.output)["curriculum"] == "lr=0.5x:100; lr=1x", out.output
+    out = invoke("train", "--task", "discovery", "--curriculum", "lr=0.5x:100; lr=1x", "--print-config")
+    assert out.exit_code == 2 and "--restart-unbound 0" in out.output

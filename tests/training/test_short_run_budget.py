@@ -44,7 +44,7 @@ def test_longer_scaled_runs_keep_the_presets_proportions():
     assert config.eval_size == preset_config("setpred").eval_size
     assert (config.eval_every, config.checkpoint_every) == (100, MIN_CHECKPOINT_EVERY)
     longer, _ = resolve_config("discovery", flags={"--steps": 11_000})  # twice the preset
-    assert (longer.eval_every, longer.checkpoint_every, longer.restart_unbound) == (1_000, 500, 2_000)
+    assert (longer.eval_every, longer.checkpoint_every) == (1_000, 500)
 
 
 def test_experiment_and_config_file_short_runs_get_the_same_budget(tmp_path):
