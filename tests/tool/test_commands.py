@@ -113,7 +113,7 @@ def test_data_size_of_a_file_is_refused(tmp_path):
 
 def test_preset_help_states_the_cost_per_task():
     text = "".join(invoke("train", "--help").output.split())
-    for words in ("~15min", "~57min", "Multi-dSprites", "CLEVR6", "GPU", "--fast-dev-run", "scalewithit"):
+    for words in ("~15min", "~45min", "Multi-dSprites", "CLEVR6", "GPU", "--fast-dev-run", "scalewithit"):
         assert words in text, words
     assert "minutesonalaptop" not in text
 
