@@ -246,9 +246,8 @@ def _draw_setpred(path, config, be, params, task, split, num_slots, num_iteratio
 def draw_binding(path: Path, records: list[dict], title: str | None = None):
     """The binding diagnostics of a run over its training steps (``records``: its metrics.jsonl), in one
     picture: attention entropy, slot cosine and slot change, a line per iteration, each with the level of
-    the warning (``training.binding.BINDING_LEVELS``), and the gradient norms through Slot Attention and
-    the encoder; a dotted line where the run drew new initial weights. ``ValueError`` where the log holds
-    neither (docs/binding.md)."""
+    the warning (``training.binding.BINDING_LEVELS``), the gradient norms through Slot Attention and the
+    encoder, and a dotted line at each redraw of the weights. ``ValueError`` where the log holds neither."""
     from slotref.io import atomic_path, write_error
     from slotref.training.binding import BINDING_LEVELS
     from slotref.training.logs import GRAD_COLUMNS

@@ -267,8 +267,7 @@ def curve_table(run_dir: Path) -> str:
     keys = [k for k, v in evals[0]["eval"].items() if isinstance(v, float)]
     extras = [(column, key) for column, key in CURVE_EXTRAS.items()
               if any(key in (_curve_extras(r, []) if "eval" in r else r) for r in records)]
-    redraws = any("redraw" in r for r in records)
-    columns = keys + [column for column, _ in extras] + (["draw"] if redraws else [])
+    columns = keys + [column for column, _ in extras] + ["draw"] * any("redraw" in r for r in records)
     lines = ["| step | minutes | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     since, draw = [], 0  # the training records since the previous evaluation; the draw trained
     for i, r in enumerate(records):
@@ -280,7 +279,7 @@ def curve_table(run_dir: Path) -> str:
                   for k in keys]
         found = _curve_extras(r, since)
         values += [f"{found[key]:.3g}" if key in found else "" for _, key in extras]
-        values += [str(draw + 1)] if redraws else []
+        values += [str(draw + 1)] * ("draw" in columns)
         lines.append(f"| {r['step']} | {elapsed[i]:.1f} | {' | '.join(values)} |")
         since = []
     return "\n".join(lines)
