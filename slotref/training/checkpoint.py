@@ -203,6 +203,8 @@ def load_training_state(path: Path, be, template_params, config: TrainConfig, mo
                      "t": int(f.attrs["adam_t"]), "average": None,
                      "draw": tuple(_integer_attr(path, f, key) if key in f.attrs else 0
                                    for key in ("draw", "draw_start"))}
+            if state["draw"][1] > step:
+                raise _error(path, "draw_start", f"attribute is {state['draw'][1]}, after the checkpoint's step {step}")
             if stored.ema > 0:
                 state["average"] = fill(f, "average", template_params)
                 if model:

@@ -36,17 +36,16 @@ def initial_params(config, number: int = 0) -> dict:
     return init_model(rng, config.model)
 
 
-def due(config, draw: Draw, done: int) -> bool:
-    """Whether the slots of ``draw`` are checked after step ``done``: ``restart_unbound`` steps into a
-    draw, while redraws are left and steps remain to train the next draw."""
-    s = config.restart_unbound
-    return s > 0 and draw.number < MAX_REDRAWS and done - draw.start == s and done < config.steps
-
-
 def check_to_come(config, draw: Draw, done: int) -> bool:
-    """Whether ``draw`` is still to be checked, at or after step ``done``: the binding warning waits for it."""
+    """Whether ``draw`` is still to be checked, at or after step ``done``: ``restart_unbound`` steps into
+    it, while redraws are left and steps remain to train the next draw. The binding warning waits for it."""
     s = config.restart_unbound
-    return s > 0 and draw.number < MAX_REDRAWS and done - draw.start <= s
+    return s > 0 and draw.number < MAX_REDRAWS and done <= draw.start + s < config.steps
+
+
+def due(config, draw: Draw, done: int) -> bool:
+    """Whether the slots of ``draw`` are checked after step ``done``."""
+    return check_to_come(config, draw, done) and done == draw.start + config.restart_unbound
 
 
 def redraw_signs(binding: dict | None) -> list[str]:

@@ -174,3 +174,14 @@ def test_the_command_line_sets_it(tmp_path):
         assert out.exit_code == 0 and json.loads(out.output)["curriculum"] == "lr=0.5x:100; lr=1x", out.output
     out = invoke("train", "--task", "discovery", "--curriculum", "lr=0.5x:100; lr=1x", "--print-config")
     assert out.exit_code == 2 and "--restart-unbound 0" in out.output
+
+
+def test_a_draw_that_starts_after_the_checkpoints_step_is_a_one_line_error(data_dir, tmp_path):
+    from slotref.training.config import TrainingError
+
+    run_dir = tmp_path / "run"
+    train(discovery_run(data_dir, steps=2, checkpoint_every=2), run_dir, progress=False)
+    with h5py.File(run_dir / "checkpoint.h5", "r+") as f:
+        f.attrs["draw_start"] = 7
+    with pytest.raises(TrainingError, match="draw_start: attribute is 7, after the checkpoint.s step 2"):
+        train(discovery_run(data_dir, steps=3), run_dir, resume=True, progress=False)
