@@ -43,7 +43,8 @@ def test_longer_scaled_runs_keep_the_presets_proportions():
     config, _ = resolve_config("setpred", flags={"--steps": 1250})  # a tenth of the preset
     assert config.eval_size == preset_config("setpred").eval_size
     assert (config.eval_every, config.checkpoint_every) == (100, MIN_CHECKPOINT_EVERY)
-    longer, _ = resolve_config("discovery", flags={"--steps": 11_000})  # twice the preset
+    twice = 2 * preset_config("discovery").steps
+    longer, _ = resolve_config("discovery", flags={"--steps": twice})
     assert (longer.eval_every, longer.checkpoint_every) == (1_000, 500)
 
 

@@ -76,7 +76,9 @@ def test_the_setpred_cpu_preset_tests_with_five_iterations_and_other_t_drop_it()
     assert resolved("--num-iters", 4)["eval_iterations"] is None            # tests with the T it trains with
     assert resolved("--num-iters", 4, "--eval-iters", 6)["eval_iterations"] == 6
     assert resolved("--preset", "paper")["eval_iterations"] is None
-    assert preset_config("discovery").eval_iterations is None
+    discovery = preset_config("discovery")
+    assert (discovery.model.num_iterations, discovery.test_iterations) == (5, 7)
+    assert preset_config("discovery", preset="paper").eval_iterations is None
     assert_one_line_error(invoke("train", "--task", "setpred", "--print-config", "--eval-iters", 0), "--eval-iters")
 
 
