@@ -226,19 +226,11 @@ class Curriculum:
     def slots(self, step: int, num_slots: int) -> int:
         return self.stage_at(step).slots or num_slots
 
-    def coord_weight(self, step: int, run_weight: float) -> float:
-        """The set prediction loss's coordinate weight at ``step``: the stage's, else the run's."""
-        weight = self.stage_at(step).coord_weight
-        return run_weight if weight is None else weight
-
-    def matching_coord_weight(self, step: int, run_weight: float | None) -> float | None:
-        """The matching's coordinate weight at ``step``: the stage's, else the run's (None: the loss's)."""
-        weight = self.stage_at(step).matching_coord_weight
-        return run_weight if weight is None else weight
-
-    def grad(self, step: int, run_grad: str) -> str:
-        """The gradient through Slot Attention at ``step`` ('all' or 'last'): the stage's, else the run's."""
-        return self.stage_at(step).grad or run_grad
+    def setting(self, step: int, key: str, run_value):
+        """A stage's ``coord_weight``, ``matching_coord_weight`` or ``grad`` at ``step``: the stage's, else
+        the run's (``run_value``)."""
+        value = getattr(self.stage_at(step), key)
+        return run_value if value is None else value
 
     def resets_adam(self, step: int) -> bool:
         """True at the first step of a stage with ``reset_adam``."""

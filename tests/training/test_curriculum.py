@@ -53,8 +53,8 @@ def test_objects_take_a_range_and_lr_a_value_or_a_multiple():
 
 def test_coord_weight_sets_the_stages_loss_weight_and_round_trips():
     c = Curriculum.parse("slots=1,objects=1:4; slots=3:2; slots=3,coord_weight=2.5")
-    assert [c.coord_weight(s, 1.0) for s in range(8)] == [1.0] * 6 + [2.5] * 2
-    assert [c.coord_weight(s, 3.0) for s in (0, 6)] == [3.0, 2.5]   # a stage without one keeps the run's
+    assert [c.setting(s, "coord_weight", 1.0) for s in range(8)] == [1.0] * 6 + [2.5] * 2
+    assert [c.setting(s, "coord_weight", 3.0) for s in (0, 6)] == [3.0, 2.5]   # a stage without one keeps the run's
     assert str(c) == "slots=1,objects=1:4; slots=3:2; slots=3,coord_weight=2.5"
     assert Curriculum.parse(str(c)) == c
     assert c.scaled(0.5).stages[2].coord_weight == 2.5
@@ -62,8 +62,8 @@ def test_coord_weight_sets_the_stages_loss_weight_and_round_trips():
 
 def test_matching_coord_weight_is_the_stages_or_the_runs_and_round_trips():
     c = Curriculum.parse("slots=1,objects=1:4; slots=3,coord_weight=2,matching_coord_weight=1")
-    assert [c.matching_coord_weight(s, None) for s in (0, 3, 4, 9)] == [None, None, 1.0, 1.0]
-    assert c.matching_coord_weight(0, 2.0) == 2.0          # a stage without one keeps the run's
+    assert [c.setting(s, "matching_coord_weight", None) for s in (0, 3, 4, 9)] == [None, None, 1.0, 1.0]
+    assert c.setting(0, "matching_coord_weight", 2.0) == 2.0          # a stage without one keeps the run's
     assert str(c) == "slots=1,objects=1:4; slots=3,coord_weight=2,matching_coord_weight=1"
     with pytest.raises(ValueError, match="matching_coord_weight must be a positive number"):
         Curriculum.parse("slots=3,matching_coord_weight=-1")
@@ -73,8 +73,8 @@ def test_matching_coord_weight_is_the_stages_or_the_runs_and_round_trips():
 
 def test_grad_is_the_stages_or_the_runs_and_round_trips():
     c = Curriculum.parse("grad=last:4; slots=3")
-    assert [c.grad(s, "all") for s in (0, 3, 4, 9)] == ["last", "last", "all", "all"]
-    assert c.grad(5, "last") == "last"                     # a stage without one keeps the run's
+    assert [c.setting(s, "grad", "all") for s in (0, 3, 4, 9)] == ["last", "last", "all", "all"]
+    assert c.setting(5, "grad", "last") == "last"                     # a stage without one keeps the run's
     assert str(c) == "grad=last:4; slots=3"
     assert Curriculum.parse(str(c)) == c
     assert c.scaled(0.5).stages[0].grad == "last"
