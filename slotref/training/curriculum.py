@@ -232,6 +232,12 @@ class Curriculum:
         value = getattr(self.stage_at(step), key)
         return run_value if value is None else value
 
+    def loss_settings(self, step: int, config) -> tuple:
+        """The loss's extra arguments at ``step``: set prediction's coordinate weights (loss, matching), then
+        the gradient option."""
+        keys = ("coord_weight", "matching_coord_weight", "grad") if config.task == "setpred" else ("grad",)
+        return tuple(self.setting(step, key, getattr(config, key)) for key in keys)
+
     def resets_adam(self, step: int) -> bool:
         """True at the first step of a stage with ``reset_adam``."""
         stage = self.stage_at(step)

@@ -190,11 +190,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             noise = train_noise(be, config, step, k_step)[local_slice]
             if plan.resets_adam(step):
                 state = adam.init(params)
-            extra = (plan.setting(step, "coord_weight", config.coord_weight),
-                     plan.setting(step, "matching_coord_weight", config.matching_coord_weight)
-                     ) if config.task == "setpred" else ()
-            extra += (plan.setting(step, "grad", config.grad),)
-            loss, grads = value_and_grad(params.tree, images, targets, noise, *extra)
+            loss, grads = value_and_grad(params.tree, images, targets, noise, *plan.loss_settings(step, config))
             # One allreduce: the global loss, the summed gradient, and the ranks' Ctrl-C votes.
             loss, grads, stops = sync.reduce(loss, grads, stop.requested)
             grads = grad_norms.add(grads)  # flat, as Adam takes it
