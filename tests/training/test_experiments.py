@@ -299,7 +299,9 @@ def test_the_cli_prints_the_papers_numbers_beside_a_run():
     assert "94.3 ± 1.1" in ap_text and "0.9 ± 0.2" in ap_text and "50.0" in ap_text
     ari_text = result_table("discovery", preset_config("discovery", "tetrominoes"), {"fg_ari": 0.25})
     assert "25.0" in ari_text and "99.5 ± 0.2" in ari_text
-    assert "parameter average, ema 0.999" in ap_text and "average" not in ari_text   # only the setpred preset
+    assert "parameter average, ema 0.999" in ap_text and "parameter average, ema 0.999" in ari_text
+    paper_text = result_table("discovery", preset_config("discovery", "tetrominoes", "paper"), {"fg_ari": 0.25})
+    assert "average" not in paper_text   # the paper's presets evaluate the parameters themselves
 
 
 # --------------------------------------------------------------------------

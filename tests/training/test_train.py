@@ -449,12 +449,12 @@ def test_presets_are_the_papers_table_11():
         (500_000, 64, 10_000, 100_000)
     assert discovery.model.resolution == (35, 35) and discovery.model.num_slots == 4
     # The official code's Glorot initialisers at the paper's settings and for set prediction on the CPU;
-    # PyTorch's for the discovery CPU presets, drawn again when the slots have not bound after 1,000
+    # PyTorch's for the discovery CPU presets, drawn again when the slots have not bound after 1,500
     # steps (training.restart). The other presets never draw again.
     cpu = [preset_config("discovery", d, "cpu") for d in ("tetrominoes", "multi-dsprites")]
     assert paper.model.init == discovery.model.init == preset_config("setpred").model.init == "glorot"
     assert {c.model.init for c in cpu} == {"torch"}
-    assert [c.restart_unbound for c in [paper, discovery, preset_config("setpred"), *cpu]] == [0, 0, 0, 1000, 1000]
+    assert [c.restart_unbound for c in [paper, discovery, preset_config("setpred"), *cpu]] == [0, 0, 0, 1500, 1500]
     with pytest.raises(ValueError, match="preset"):
         preset_config("setpred", preset="huge")
     with pytest.raises(ValueError, match="task"):
