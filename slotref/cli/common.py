@@ -29,8 +29,8 @@ kernels_option = click.option(
 
 # What each preset costs (docs/performance.md has the step times behind these figures).
 PRESET_COSTS = (
-    "cpu: set prediction ~15 min on 2 CPU cores; discovery on Tetrominoes ~45 min, Multi-dSprites ~4 h "
-    "(2.3 s/step), CLEVR6 ~1.4 days (~18 s/step at 128x128); paper: Table 11's 150k-500k steps, "
+    "cpu: set prediction ~15 min on 2 CPU cores; discovery on Tetrominoes ~45 min, Multi-dSprites ~5 h "
+    "(1.6 s/step), CLEVR6 ~1.6 days (~12.5 s/step at 128x128); paper: Table 11's 150k-500k steps, "
     "for a GPU (hours to days)")
 
 BUILT_IN = ("clevr-shapes", "clevr6-shapes", "tetrominoes", "multi-dsprites")
