@@ -258,8 +258,7 @@ def curve_table(run_dir: Path) -> str:
     evals = [r for r in records if "eval" in r]
     if not evals:
         return f"{run_dir}: no evaluation logged yet"
-    # Minutes of training: the time between consecutive log lines, leaving out
-    # pauses (an interrupted and resumed run), i.e. gaps over 10x the median.
+    # Minutes of training: the time between log lines, leaving out pauses (resumes): gaps over 10x the median.
     times = np.array([r["time"] for r in records])
     gaps = np.diff(times, prepend=times[0])
     gaps[gaps > 10 * np.median(gaps[1:] if len(gaps) > 1 else gaps)] = 0.0
