@@ -153,10 +153,11 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
             log.console(line)
 
     def redraw_if_unbound(done: int, binding=None) -> None:  # train --restart-unbound (training.restart)
+        """``binding``: the diagnostics of the trained parameters at ``done``, when evaluated already."""
         nonlocal draw, state, average, warned
         if not restart.due(config, draw, done):
             return
-        if binding is None:
+        if binding is None:  # the parameters, not their average: that still holds much of the initial draw
             binding = root_first(w, lambda: evaluate_binding(be, params.tree, config, val_split))
         signs = restart.redraw_signs(binding)
         if signs:
@@ -259,7 +260,7 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
                     say(line)
                 if on_eval is not None:
                     on_eval(done, last_eval)
-            redraw_if_unbound(done, binding if evaluated else None)
+            redraw_if_unbound(done, binding if evaluated and model is params else None)
     bar.close()
     w.barrier()  # the checkpoint is on disk before any rank returns
     if log is not None:

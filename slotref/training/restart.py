@@ -4,7 +4,8 @@ Whether Slot Attention's slots ever leave the even split of the inputs is settle
 in the first few hundred steps: with the same data and schedule, one draw binds and another keeps its
 slots near-copies of one another for thousands of steps (``docs/binding.md``). A run with
 ``restart_unbound = S`` therefore reads the binding diagnostics of ``training.binding`` S steps after
-each draw of its initial weights; when a sign of unbound slots shows (``binding.UNBOUND_SIGNS``), it
+each draw of its initial weights, from the parameters trained (a parameter average, ``ema``, still holds
+much of the draw's initial weights then); when a sign of unbound slots shows (``binding.UNBOUND_SIGNS``), it
 draws new initial weights, starts Adam afresh and starts its learning-rate schedule again from that
 step, at most ``MAX_REDRAWS`` times. Steps go on counting and so does the data: step s still reads the
 batch and slot noise of (seed, s), and the run ends at its ``steps``.

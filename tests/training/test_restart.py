@@ -121,6 +121,27 @@ def test_a_run_whose_slots_bound_trains_as_without_the_option(data_dir, tmp_path
     assert "| draw |" not in curve_table(tmp_path / "checked")                 # no redraw, no column
 
 
+def test_the_check_reads_the_trained_weights_not_their_average(data_dir, tmp_path, monkeypatch):
+    # A draw's average still holds much of its initial weights when checked (ema 0.999: 22% after 1,500
+    # steps), so the check evaluates the parameters; the evaluation of the same step reports the average.
+    seen = []
+
+    def binding_of(be, params, *rest):
+        seen.append({k: np.array(v) for k, v in tree_leaves(params)})
+        return BOUND
+
+    monkeypatch.setattr("slotref.training.loop.evaluate_binding", binding_of)
+    train(discovery_run(data_dir, steps=3, restart_unbound=2, ema=0.5, eval_every=2, checkpoint_every=2),
+          tmp_path / "checked", progress=False)
+    reported, checked = seen[:2]                                  # step 2: the evaluation, then the check
+    train(discovery_run(data_dir, steps=2, ema=0.5, eval_every=2, checkpoint_every=2), tmp_path / "plain",
+          progress=False)
+    at_2 = read_checkpoint(tmp_path / "plain" / "checkpoint.h5")
+    assert checked and all(np.array_equal(v, at_2[f"params/{k}"]) for k, v in checked.items())
+    assert all(np.array_equal(v, at_2[f"average/{k}"]) for k, v in reported.items())
+    assert not all(np.array_equal(checked[k], reported[k]) for k in checked)
+
+
 @pytest.mark.parametrize("stop", [1, 2, 3])   # before, at and after the step of the check
 def test_resume_is_exact_around_a_redraw(data_dir, tmp_path, monkeypatch, stop):
     scripted_binding(monkeypatch, UNBOUND)
