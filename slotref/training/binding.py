@@ -44,7 +44,7 @@ WARN_AFTER = 0.2
 WARN_FROM_STEP = 500
 TRY = {"setpred": "--grad last (the gradient of the last iteration alone); the cpu preset's curriculum "
                   "(slotref docs curriculum); more --steps; another --seed; a lower --lr",
-       "discovery": "new initial weights (--restart-unbound 1000, another --seed or --init); more --steps or "
+       "discovery": "new initial weights (--restart-unbound 1500, another --seed or --init); more --steps or "
                     "--warmup-steps; --grad last (the gradient of the last iteration alone); a lower --lr"}
 
 

@@ -112,7 +112,7 @@ BOUND = {"entropy": [0.5, 0.3, 0.2], "slot_cosine": [0.3, 0.25, 0.25], "slot_cha
 def test_the_warning_names_the_signs_and_what_to_try_once_past_a_fifth_of_the_run():
     line, warned = binding_warning(UNBOUND, 3000, 10_000, "discovery")
     assert line.startswith("warning: slots have not bound by step 3000: attention entropy 0.97 > 0.9 "
-                           "(even attention). Try: new initial weights (--restart-unbound 1000")
+                           "(even attention). Try: new initial weights (--restart-unbound 1500")
     assert "another --seed" in line and "--grad last" in line and "slotref docs binding" in line
     assert "slotref docs curriculum" in binding_warning(UNBOUND, 3000, 10_000, "setpred")[0]
     assert binding_warning(BOUND, 3000, 10_000, "discovery") == (None, None)
