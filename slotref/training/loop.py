@@ -160,6 +160,8 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, progress: bool, on_
         if binding is None:  # the parameters, not their average: that still holds much of the initial draw
             binding = root_first(w, lambda: evaluate_binding(be, params.tree, config, val_split))
         signs = restart.redraw_signs(binding)
+        if not signs and binding is not None:
+            say(restart.kept_message(binding, draw, done))
         if signs:
             draw, warned = restart.Draw(draw.number + 1, done), None
             say(restart.message(signs, draw))

@@ -57,6 +57,13 @@ def redraw_signs(binding: dict | None) -> list[str]:
     return binding_signs(binding)
 
 
+def kept_message(binding: dict, draw: Draw, done: int) -> str:
+    """The line a check that keeps ``draw`` prints, with what it read: the evaluations of a run with a
+    parameter average report the average, which may still look unbound then."""
+    return (f"step {done}: the slots of draw {draw.number + 1} have bound (its parameters: attention entropy "
+            f"{binding['entropy'][-1]:.2f}, slot cosine {binding['slot_cosine'][-1]:.2f}); no new weights")
+
+
 def message(signs: list[str], new: Draw) -> str:
     """The line a redraw to the draw ``new`` prints."""
     return (f"slots have not bound after step {new.start}: {'; '.join(signs)}. New initial weights (draw "

@@ -109,11 +109,14 @@ def test_a_redraw_trains_from_the_new_draws_initial_weights(data_dir, tmp_path, 
     assert drawn and all(np.array_equal(saved[f"params/{k}"], v) for k, v in drawn.items())
 
 
-def test_a_run_whose_slots_bound_trains_as_without_the_option(data_dir, tmp_path, monkeypatch):
+def test_a_run_whose_slots_bound_trains_as_without_the_option(data_dir, tmp_path, monkeypatch, capsys):
     calls = scripted_binding(monkeypatch, BOUND)
     train(discovery_run(data_dir, steps=4, restart_unbound=2, eval_every=4, checkpoint_every=4), tmp_path / "checked",
           progress=False)
     assert len(calls) == 2                                                  # the check at step 2, the evaluation
+    kept = "step 2: the slots of draw 1 have bound (its parameters: attention entropy 0.20, slot cosine 0.30); no new"
+    assert kept in capsys.readouterr().out
+    assert kept in (tmp_path / "checked" / "console.log").read_text()
     train(discovery_run(data_dir, steps=4, eval_every=4, checkpoint_every=4), tmp_path / "plain", progress=False)
     assert_same_checkpoints(tmp_path / "checked" / "checkpoint.h5", tmp_path / "plain" / "checkpoint.h5")
     attrs = read_checkpoint(tmp_path / "checked" / "checkpoint.h5")["attrs"]
