@@ -26,9 +26,8 @@ DISCOVERY_CPU_GRAD = "last"
 DISCOVERY_CPU_TEST_ITERATIONS = 7
 # The discovery CPU presets' batch and steps: batch 8, what 45 minutes of two ranks on 2 cores train on
 # Tetrominoes (docs/results.md gives the measured minutes). Half the batch of batch 16's 6,500 steps, at
-# the same learning rate: on Tetrominoes, seeds 0 and 2 ended at 98.6 and 93.6% FG-ARI against 75.8 and
-# 79.5% (0.85x the images), while seed 1's slots bound only on its third draw, near the end (52.8%;
-# docs/results.md, docs/notes/binding-search.md).
+# the same learning rate: on Tetrominoes, seeds 0-2 ended at 98.6, 94.6 and 93.3% FG-ARI, each on its
+# first draw, against 75.8, 96.8 and 79.5% (0.85x the images; docs/results.md).
 DISCOVERY_CPU_BATCH = 8
 DISCOVERY_CPU_STEPS = 11_000
 
