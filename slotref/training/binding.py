@@ -23,6 +23,7 @@ from slotref.models import encoder
 from slotref.slot_attention import sample_initial_slots, slot_attention
 from slotref.training.data import eval_noise, preprocess
 from slotref.training.logs import last_iteration
+from slotref.training.presets import DISCOVERY_CPU_RESTART_UNBOUND
 
 BINDING_EXAMPLES = 64    # the first validation scenes each evaluation watches
 DIAGNOSTICS = ("entropy", "slot_cosine", "slot_change")
@@ -44,8 +45,9 @@ WARN_AFTER = 0.2
 WARN_FROM_STEP = 500
 TRY = {"setpred": "--grad last (the gradient of the last iteration alone); the cpu preset's curriculum "
                   "(slotref docs curriculum); more --steps; another --seed; a lower --lr",
-       "discovery": "new initial weights (--restart-unbound 1500, another --seed or --init); more --steps or "
-                    "--warmup-steps; --grad last (the gradient of the last iteration alone); a lower --lr"}
+       "discovery": f"new initial weights (--restart-unbound {DISCOVERY_CPU_RESTART_UNBOUND}, another --seed or "
+                    "--init); more --steps or --warmup-steps; --grad last (the gradient of the last iteration "
+                    "alone); a lower --lr"}
 
 
 def attention_entropy(attention) -> np.ndarray:
